@@ -1,0 +1,271 @@
+"""The HTTP service: OpenAI-compatible endpoints over routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from proxy import metrics
+from proxy.auth import KeyCheck
+from proxy.body import RequestIdMiddleware, read_json, request_id
+from proxy.config import Config
+from proxy.errors import InvalidRequest, ModelNotFound, ProxyError, UpstreamTimedOut, internal_error
+from proxy.recording import RequestRecord, finish
+from proxy.requests import CHAT_PARAMS, TEXT_PARAMS, ChatRequest, CompletionRequest, parse_body
+from proxy.responses import chat_completion, new_id, rvr_body, text_completion
+from proxy.routing import Route, Router
+from proxy.services import RequestServices
+from proxy.streaming import relay, replay
+from strategies.contract import Candidate, Outcome, StopReason, VerifyContext
+from strategies.sampling import run_best_of_n
+
+log = logging.getLogger("rvr_proxy")
+T = TypeVar("T")
+KEEPALIVE_S = 2.0
+
+
+class Proxy:
+    """Per-process state built once from config; requests only read it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.router = Router(config)
+        self.check_key = KeyCheck(config.server.api_keys)
+        self.http: httpx.AsyncClient | None = None
+
+    async def handle(self, request: Request, endpoint: str) -> Response:
+        record = RequestRecord(request_id(request), endpoint)
+        streaming = False
+        try:
+            self.check_key(request.headers.get("authorization"))
+            data = await read_json(request, self.config.server.max_body_bytes)
+            body = parse_body(ChatRequest if endpoint == "chat" else CompletionRequest, data)
+            route = self.router.resolve(body.model)
+            record.route, record.strategy = route.name, route.strategy
+            record.prompt = getattr(body, "messages", None) or getattr(body, "prompt", None)
+            params = self._params(body, route, endpoint)
+            headers = {"x-rvr-route": route.name}
+            if body.stream:
+                streaming = True
+                return self._stream(request, body, route, endpoint, params, record, headers)
+            outcome = await self._guarded(request, self._execute(body, route, endpoint, params))
+            record.outcome = outcome
+            headers["x-rvr-candidates"] = str(len(outcome.candidates))
+            build = chat_completion if endpoint == "chat" else text_completion
+            return JSONResponse(build(outcome, route.name, body.n, self._rvr(outcome, route, body)), headers=headers)
+        except ProxyError as exc:
+            record.status, record.error = exc.status, exc.message
+            return error_response(exc)
+        except asyncio.CancelledError:
+            record.status, record.error = 499, "client disconnected"
+            raise
+        except Exception as exc:  # never a stack trace to the client or the log
+            record.status, record.error = 500, type(exc).__name__
+            return error_response(internal_error())
+        finally:
+            if not streaming:
+                finish(record, self.config.server.log_prompts)
+
+    # ---- request preparation --------------------------------------------------------------
+
+    def _params(self, body: ChatRequest | CompletionRequest, route: Route, endpoint: str) -> dict[str, Any]:
+        limits = route.settings.limits
+        if body.n > limits.max_n:
+            raise InvalidRequest(f"n={body.n} exceeds this route's limit of {limits.max_n}", param="n")
+        params = body.upstream_params(CHAT_PARAMS if endpoint == "chat" else TEXT_PARAMS)
+        if limits.max_tokens is not None:
+            asked = body.token_limit
+            if asked is not None and asked > limits.max_tokens:
+                raise InvalidRequest(f"max_tokens={asked} exceeds this route's limit of {limits.max_tokens}", param="max_tokens")
+            if asked is None:  # the operator's cap, not one the proxy invents
+                params["max_tokens"] = limits.max_tokens
+        if route.strategy != "passthrough":
+            if endpoint == "text" and not isinstance(body.prompt, str):
+                raise InvalidRequest("strategy routes take one prompt string", param="prompt")
+            if route.wants_logprobs and "logprobs" not in params:
+                params["logprobs"] = True if endpoint == "chat" else 1
+        elif body.rvr is not None:
+            raise InvalidRequest(f"route {route.name!r} is a passthrough route: `rvr` options do not apply", param="rvr")
+        return params
+
+    def _rvr(self, outcome: Outcome, route: Route, body: ChatRequest | CompletionRequest) -> dict[str, Any] | None:
+        if outcome.strategy == "passthrough":
+            return None
+        return rvr_body(outcome, route.name, bool(body.rvr and body.rvr.details))
+
+    # ---- execution --------------------------------------------------------------------------
+
+    async def _execute(self, body: Any, route: Route, endpoint: str, params: dict[str, Any]) -> Outcome:
+        if route.strategy == "passthrough":
+            if endpoint == "chat":
+                result = await route.upstream.chat(body.messages, params, body.n)
+            else:
+                result = await route.upstream.complete(body.prompt, params, body.n)
+            candidates = [
+                Candidate(i, "original", c.get("message") or {"role": "assistant", "content": c.get("text", "")},
+                          c.get("finish_reason"), None, c.get("logprobs"))
+                for i, c in enumerate(result.choices)
+            ]
+            return Outcome(candidates, 0, StopReason.PASSTHROUGH, result.usage, "passthrough", upstream_errors=result.errors)
+        messages = body.messages if endpoint == "chat" else [{"role": "user", "content": body.prompt}]
+        assert self.http is not None
+        services = RequestServices(route.upstream, self.router.clients, params, endpoint, self.http)
+        ctx = VerifyContext(messages, services, response_format=params.get("response_format"))
+        settings = route.settings.strategy
+        audit = random.random() < getattr(settings, "audit_rate", 0.0)
+        return await run_best_of_n(
+            settings, body.rvr, messages, services, route.verifiers, route.variants, ctx,
+            rng=np.random.default_rng(), clock=time.monotonic, audit=audit, route_state=route.risk_state, answer_of=route.answer_of,
+        )
+
+    async def _guarded(self, request: Request, work: Awaitable[T]) -> T:
+        """Run `work`, cancelling it (and its upstream calls) if the client goes away."""
+        task = asyncio.ensure_future(work)
+
+        async def watch_disconnect() -> None:
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    task.cancel()
+                    return
+
+        watcher = asyncio.ensure_future(watch_disconnect())
+        try:
+            return await asyncio.wait_for(task, self.config.server.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise UpstreamTimedOut("the request took longer than the proxy's request timeout") from None
+        finally:
+            watcher.cancel()
+
+    def _stream(self, request: Request, body: Any, route: Route, endpoint: str, params: dict[str, Any],
+                record: RequestRecord, headers: dict[str, str]) -> StreamingResponse:
+        obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
+        stream_id = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
+
+        def failed(exc: Exception) -> None:
+            record.status = exc.status if isinstance(exc, ProxyError) else 500
+            record.error = getattr(exc, "message", type(exc).__name__)
+
+        if route.strategy == "passthrough":
+            if body.n != 1:
+                raise InvalidRequest("streaming with n > 1 is not supported; use n=1 or stream=false", param="n")
+            upstream = route.upstream
+            chunks = upstream.stream_chat(body.messages, params) if endpoint == "chat" else upstream.stream_text(body.prompt, params)
+            events = relay(chunks, route=route.name, stream_id=stream_id, include_usage=body.include_usage,
+                           record=record, on_error=failed)
+        else:
+            async def work() -> Outcome:
+                record.outcome = await self._execute(body, route, endpoint, params)
+                return record.outcome
+
+            events = replay(work(), route=route.name, stream_id=stream_id, obj=obj, n=body.n,
+                            include_usage=body.include_usage, rvr=lambda o: self._rvr(o, route, body),
+                            keepalive_s=KEEPALIVE_S, on_error=failed)
+        return StreamingResponse(self._finishing(events, record), media_type="text/event-stream",
+                                 headers={**headers, "cache-control": "no-cache"})
+
+    async def _finishing(self, events: AsyncIterator[bytes], record: RequestRecord) -> AsyncIterator[bytes]:
+        try:
+            async for item in events:
+                yield item
+        except asyncio.CancelledError:
+            record.status, record.error = 499, "client disconnected"
+            raise
+        finally:
+            finish(record, self.config.server.log_prompts)
+
+
+def error_response(exc: ProxyError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def create_app(config: Config) -> FastAPI:
+    proxy = Proxy(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with httpx.AsyncClient() as http:  # one pool for reward-model calls, never per request
+            proxy.http = http
+            yield
+
+    app = FastAPI(title="rvr-proxy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.proxy = proxy
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(_NotFound(f"no such endpoint: {request.method} {request.url.path}"))
+        if exc.status_code == 405:
+            return error_response(_MethodNotAllowed(f"method {request.method} is not allowed on {request.url.path}"))
+        return error_response(ProxyError(str(exc.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(InvalidRequest("invalid request"))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(internal_error())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await proxy.handle(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await proxy.handle(request, "text")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        try:
+            proxy.check_key(request.headers.get("authorization"))
+        except ProxyError as exc:
+            return error_response(exc)
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "rvr-proxy"} for name in proxy.router.routes]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ready = proxy.http is not None
+        return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        payload, content_type = metrics.render()
+        return Response(payload, media_type=content_type)
+
+    return app
+
+
+class _NotFound(ModelNotFound):
+    code = "not_found"
+
+
+class _MethodNotAllowed(InvalidRequest):
+    status = 405
+    code = "method_not_allowed"
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` and multi-worker serving: config comes from RVR_CONFIG."""
+    from proxy.settings_source import config_from_env
+
+    return create_app(config_from_env(os.environ))

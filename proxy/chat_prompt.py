@@ -1,0 +1,155 @@
+"""Render OpenAI chat messages to one plain-text prompt for a *base* (not instruction-tuned) model.
+
+Why: the embedded Gemma 3 270M is a base model. Asked through llama.cpp's chat endpoint it
+returns empty text, so chat requests are served by text completion on a rendered transcript.
+
+The transcript format (chosen by measuring, see `FORMAT` below):
+
+    <system text, if any>
+    <blank line>
+    Question: <user text>
+    Answer: <assistant text>
+    Question: <user text>
+    Answer:
+
+- System and developer messages go first, in order, joined by blank lines: a base model reads
+  them as a preamble.
+- `user` turns are rendered as "Question:", `assistant` turns as "Answer:". Tool results
+  are shown as "Result:" lines and an assistant's tool calls as "Call: name(arguments)" lines,
+  so nothing the client sent is silently dropped.
+- The prompt ends with "Answer:" (no trailing space: the model's first token carries the
+  space, which is how such text appears in training data).
+- `stop` cuts generation where the model starts inventing the next turn, which a base model
+  does almost immediately after answering.
+
+Content-part lists (`[{"type": "text", "text": ...}, ...]`) are joined to text; non-text parts
+(images, audio) are replaced by a short placeholder because this model cannot see them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RenderedPrompt", "TranscriptFormat", "FORMAT", "render_chat", "content_text"]
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    prompt: str
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TranscriptFormat:
+    """Labels of one transcript style; kept as data so alternatives can be measured side by side."""
+
+    user: str
+    assistant: str
+    tool: str = "Result"
+    call: str = "Call"
+
+    def stops(self) -> list[str]:
+        # A newline followed by any turn label means the model has started a new turn. Tool and
+        # call labels are included because a base model may hallucinate those too.
+        labels = (self.user, self.assistant, self.tool, self.call)
+        seen: list[str] = []
+        for label in labels:
+            stop = f"\n{label}:"
+            if stop not in seen:
+                seen.append(stop)
+        return seen
+
+
+# Measured on 1-digit addition (see tests/test_embedded.py::measure_formats and the report in
+# the module's history): "Question:/Answer:" did at least as well as "User:/Assistant:" and
+# "Q:/A:" with this base model, and it reads naturally for short factual questions.
+FORMAT = TranscriptFormat(user="Question", assistant="Answer")
+
+
+def content_text(content: Any) -> str:
+    """Text of an OpenAI message `content`: a string, a list of content parts, or None."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Mapping):  # a single part sent without the list; be lenient
+        content = [content]
+    if isinstance(content, Iterable):
+        pieces: list[str] = []
+        for part in content:
+            if isinstance(part, str):
+                pieces.append(part)
+            elif isinstance(part, Mapping):
+                kind = part.get("type", "text")
+                if kind == "text" or "text" in part:
+                    pieces.append(str(part.get("text", "")))
+                elif kind == "refusal":
+                    pieces.append(str(part.get("refusal", "")))
+                else:
+                    # The model can't see images/audio/files; say so rather than drop silently.
+                    pieces.append(f"[{kind}]")
+        # Parts are usually fragments of one text; a newline keeps separate paragraphs apart
+        # without gluing words together.
+        return "\n".join(p for p in pieces if p)
+    return str(content)
+
+
+def _tool_calls_text(message: Mapping[str, Any], fmt: TranscriptFormat) -> list[str]:
+    lines: list[str] = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", {}) if isinstance(call, Mapping) else {}
+        name = function.get("name", "")
+        arguments = function.get("arguments", "")
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        lines.append(f"{fmt.call}: {name}({arguments})")
+    legacy = message.get("function_call")  # pre-tools API
+    if isinstance(legacy, Mapping):
+        lines.append(f"{fmt.call}: {legacy.get('name', '')}({legacy.get('arguments', '')})")
+    return lines
+
+
+def render_chat(
+    messages: Sequence[Mapping[str, Any]], fmt: TranscriptFormat = FORMAT
+) -> RenderedPrompt:
+    """Render chat `messages` to a prompt ending with the assistant label, plus stop sequences.
+
+    If the last message is an assistant message, it is treated as a prefix to continue
+    (prefill): the prompt ends with its text instead of a fresh "Answer:".
+    """
+    preamble: list[str] = []
+    turns: list[str] = []
+    prefill: str | None = None
+    for i, message in enumerate(messages):
+        role = str(message.get("role", "user"))
+        text = content_text(message.get("content")).strip()
+        if role in ("system", "developer"):
+            # System text anywhere goes to the preamble: a base model has no other way to
+            # treat it as instructions, and mid-transcript system lines just confuse it.
+            if text:
+                preamble.append(text)
+        elif role == "assistant":
+            parts = [text] if text else []
+            calls = _tool_calls_text(message, fmt)
+            if i == len(messages) - 1 and not calls:
+                prefill = text
+                continue
+            body = "\n".join(parts + calls)
+            turns.append(f"{fmt.assistant}: {body}".rstrip())
+        elif role in ("tool", "function"):
+            turns.append(f"{fmt.tool}: {text}".rstrip())
+        else:  # "user" and anything unknown: the client's words
+            turns.append(f"{fmt.user}: {text}".rstrip())
+
+    if prefill is not None:
+        turns.append(f"{fmt.assistant}: {prefill}" if prefill else f"{fmt.assistant}:")
+    else:
+        turns.append(f"{fmt.assistant}:")
+
+    prompt = "\n".join(turns)
+    if preamble:
+        prompt = "\n\n".join(preamble) + "\n\n" + prompt
+    return RenderedPrompt(prompt=prompt, stop=fmt.stops())

@@ -1,0 +1,143 @@
+"""`rvr-proxy serve | check-config | bench`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at import
+
+from proxy.config import ConfigError, load_config  # noqa: E402
+from proxy.settings_source import EMBEDDED_API_BASE_ENV, config_from_env, configured_source  # noqa: E402
+
+log = logging.getLogger("rvr_proxy")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rvr-proxy", description="OpenAI-compatible proxy that mitigates rational value risk.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the OpenAI-compatible API")
+    serve.add_argument("--config", help="YAML config file (default: $RVR_CONFIG, else the embedded model)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    check = sub.add_parser("check-config", help="validate a config file without serving")
+    check.add_argument("file")
+    bench = sub.add_parser("bench", help="run the real-model benchmark (bench/real_model.py)")
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.file)
+    if args.command == "bench":
+        return run_bench(args.args)
+    return serve_command(args)
+
+
+def check_config(path: str) -> int:
+    try:
+        validate(path)
+    except ConfigError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{path}: ok")
+    return 0
+
+
+def validate(path: str) -> None:
+    """Parse the file and build every route, so verifier and variant specs are checked too."""
+    from proxy.routing import Router
+
+    Router(load_config(path))
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s", stream=sys.stderr)
+    if args.config:
+        os.environ["RVR_CONFIG"] = args.config
+    host = None
+    try:
+        if configured_source(os.environ) == "embedded":
+            host = start_embedded()
+        from proxy.routing import Router
+
+        Router(config_from_env(os.environ))  # fail fast, before any worker starts
+    except ConfigError as exc:
+        print(f"rvr-proxy: {exc}", file=sys.stderr)
+        _stop(host)
+        return 2
+    except EmbeddedUnavailable as exc:
+        print(f"rvr-proxy: {exc}", file=sys.stderr)
+        return 2
+    metrics_dir = _private_metrics_dir(args.workers)
+    try:
+        import uvicorn
+
+        uvicorn.run("proxy.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
+                    access_log=False, log_level=args.log_level, timeout_graceful_shutdown=10)
+    finally:
+        _stop(host)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+class EmbeddedUnavailable(RuntimeError):
+    pass
+
+
+def start_embedded() -> object:
+    from proxy.embedded import EmbeddedModelError, embedded_available
+
+    problem = embedded_available()
+    if problem is not None:
+        raise EmbeddedUnavailable(problem)
+    from proxy.embedded_host import EmbeddedHost
+
+    host = EmbeddedHost()
+    log.info('{"event": "embedded_model_starting"}')
+    try:
+        api_base = host.start()
+    except (EmbeddedModelError, TimeoutError) as exc:
+        host.stop()
+        raise EmbeddedUnavailable(f"the embedded model did not start: {exc}") from None
+    os.environ[EMBEDDED_API_BASE_ENV] = api_base
+    log.info('{"event": "embedded_model_ready", "api_base": "%s"}', api_base)
+    return host
+
+
+def _stop(host: object | None) -> None:
+    if host is not None:
+        host.stop()  # type: ignore[attr-defined]
+
+
+def _private_metrics_dir(workers: int) -> str | None:
+    """Workers sum their counters through files; each instance gets its own fresh directory,
+    so two proxies on one host never wipe each other's."""
+    if workers <= 1:
+        return None
+    path = tempfile.mkdtemp(prefix=f"rvr-proxy-metrics-{os.getpid()}-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+def run_bench(argv: Sequence[str]) -> int:
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "real_model.py"
+    if not script.exists():
+        print("rvr-proxy bench: bench/real_model.py is part of the source checkout; run it from there", file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *argv]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The YAML config, parsed once at start-up into typed objects.
+
+Shape (LiteLLM users should feel at home: `litellm_params` reach litellm as written):
+
+    server:   {api_keys: [os.environ/RVR_KEY], max_body_bytes: 1048576, ...}
+    upstreams: [{name, litellm_params: {model, api_base, api_key, ...}, mode, supports_n, ...}]
+    routes:    [{model, upstream, strategy: {name: passthrough | best_of_n, ...}, limits: {...}}]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from proxy.secrets import MissingSecret, resolve
+from strategies.settings import BestOfNSettings, PassthroughSettings, StrategySettings
+
+LABEL_SAFE = r"^[A-Za-z0-9_.:/-]{1,128}$"
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message names the bad key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Strict):
+    api_keys: list[str] = Field(default_factory=list)  # when set, Bearer auth is required
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    default_upstream: str | None = None  # serves unknown `model` names as passthrough
+    log_prompts: bool = False  # prompts are personal data: off unless asked for
+    request_timeout_s: float = Field(600.0, gt=0)
+
+
+class UpstreamSettings(_Strict):
+    name: str = Field(pattern=LABEL_SAFE)
+    litellm_params: dict[str, Any]
+    mode: Literal["chat", "completion"] = "chat"  # completion: chats are rendered for a base model
+    supports_n: bool | None = None  # None: try `n`, learn if the upstream ignores or rejects it
+    max_concurrency: int = Field(64, ge=1, le=10_000)
+    timeout_s: float = Field(120.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+    retry_backoff_s: float = Field(0.25, ge=0)
+    fallback: str | None = None  # another upstream's name, tried when this one fails
+
+    @field_validator("litellm_params")
+    @classmethod
+    def _has_model(cls, params: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(params.get("model"), str) or not params["model"]:
+            raise ValueError("litellm_params.model is required")
+        return params
+
+
+class RouteLimits(_Strict):
+    """Caps a client can lower but never raise."""
+
+    max_n: int = Field(8, ge=1, le=512)  # the client's `n` (choices returned)
+    max_tokens: int | None = Field(None, ge=1)  # per completion; None leaves it to the client
+
+
+class RouteSettings(_Strict):
+    model: str = Field(pattern=LABEL_SAFE)
+    upstream: str
+    strategy: StrategySettings = Field(default_factory=PassthroughSettings)
+    limits: RouteLimits = Field(default_factory=RouteLimits)
+
+
+class Config(_Strict):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    upstreams: list[UpstreamSettings] = Field(min_length=1)
+    routes: list[RouteSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Config:
+        names = [u.name for u in self.upstreams]
+        _unique(names, "upstreams", "name")
+        _unique([r.model for r in self.routes], "routes", "model")
+        known = set(names)
+        for i, up in enumerate(self.upstreams):
+            if up.fallback is not None and up.fallback not in known:
+                raise ValueError(f"upstreams.{i}.fallback: unknown upstream {up.fallback!r}")
+        if self.server.default_upstream is not None and self.server.default_upstream not in known:
+            raise ValueError(f"server.default_upstream: unknown upstream {self.server.default_upstream!r}")
+        for i, route in enumerate(self.routes):
+            if route.upstream not in known:
+                raise ValueError(f"routes.{i}.upstream: unknown upstream {route.upstream!r}")
+            if isinstance(route.strategy, BestOfNSettings):
+                _check_strategy_upstreams(route.strategy, known, f"routes.{i}.strategy")
+        return self
+
+    def upstream(self, name: str) -> UpstreamSettings:
+        return next(u for u in self.upstreams if u.name == name)
+
+    def secrets(self) -> list[str]:
+        """Every secret value, so output can be scrubbed of them."""
+        values = list(self.server.api_keys)
+        for up in self.upstreams:
+            for key in ("api_key", "aws_secret_access_key", "vertex_credentials"):
+                if isinstance(up.litellm_params.get(key), str):
+                    values.append(up.litellm_params[key])
+        for route in self.routes:
+            if isinstance(route.strategy, BestOfNSettings):
+                for spec in route.strategy.verifiers:
+                    endpoint = spec.get("endpoint")
+                    if isinstance(endpoint, dict) and isinstance(endpoint.get("api_key"), str):
+                        values.append(endpoint["api_key"])
+        return values
+
+
+def _unique(values: list[str], where: str, key: str) -> None:
+    seen: set[str] = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            raise ValueError(f"{where}.{i}.{key}: duplicate {value!r}")
+        seen.add(value)
+
+
+def _check_strategy_upstreams(strategy: BestOfNSettings, known: set[str], path: str) -> None:
+    if strategy.paraphrase_upstream is not None and strategy.paraphrase_upstream not in known:
+        raise ValueError(f"{path}.paraphrase_upstream: unknown upstream {strategy.paraphrase_upstream!r}")
+    for j, spec in enumerate(strategy.verifiers):
+        upstream = spec.get("upstream")
+        if upstream is not None and upstream not in known:
+            raise ValueError(f"{path}.verifiers.{j}.upstream: unknown upstream {upstream!r}")
+
+
+def parse_config(raw: Any, environ: dict[str, str] | None = None) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError("the config must be a YAML mapping with `upstreams` and `routes`")
+    try:
+        resolved = resolve(raw, "config", environ)
+    except MissingSecret as exc:
+        raise ConfigError(str(exc).removeprefix("config.")) from None
+    try:
+        return Config.model_validate(resolved)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+    return parse_config(raw)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        # Discriminated unions add the tag to the path; users never wrote it.
+        loc = [str(p) for p in err["loc"] if p not in ("best_of_n", "passthrough")]
+        message = err["msg"].removeprefix("Value error, ")
+        # Cross-reference checks already name their path in the message.
+        lines.append(f"{'.'.join(loc)}: {message}" if loc else message)
+    return "invalid config:\n  " + "\n  ".join(lines)

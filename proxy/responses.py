@@ -1,0 +1,92 @@
+"""OpenAI response objects built from one Outcome."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from strategies.contract import Candidate, Outcome, Usage
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage_body(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens}
+
+
+def returned(outcome: Outcome, n: int) -> list[Candidate]:
+    """The candidates a client gets: all of them on passthrough, else the best `n`, chosen first."""
+    if outcome.strategy == "passthrough":
+        return outcome.candidates
+    order = sorted(
+        range(len(outcome.candidates)),
+        key=lambda i: (i != outcome.selected, -(_score(outcome, i))),
+    )
+    return [outcome.candidates[i] for i in order[:n]]
+
+
+def _score(outcome: Outcome, i: int) -> float:
+    value = outcome.scores[i] if i < len(outcome.scores) else None
+    return value if value is not None else float("-inf")
+
+
+def chat_completion(outcome: Outcome, route: str, n: int, rvr: dict[str, Any] | None) -> dict[str, Any]:
+    choices = [
+        {"index": i, "message": c.message, "finish_reason": c.finish_reason or "stop", "logprobs": c.logprobs}
+        for i, c in enumerate(returned(outcome, n))
+    ]
+    body: dict[str, Any] = {
+        "id": new_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": route,
+        "choices": choices,
+        "usage": usage_body(outcome.usage),
+    }
+    if rvr is not None:
+        body["rvr"] = rvr
+    return body
+
+
+def text_completion(outcome: Outcome, route: str, n: int, rvr: dict[str, Any] | None) -> dict[str, Any]:
+    choices = [
+        {"index": i, "text": c.text, "finish_reason": c.finish_reason or "stop", "logprobs": c.logprobs}
+        for i, c in enumerate(returned(outcome, n))
+    ]
+    body: dict[str, Any] = {
+        "id": new_id("cmpl"),
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": route,
+        "choices": choices,
+        "usage": usage_body(outcome.usage),
+    }
+    if rvr is not None:
+        body["rvr"] = rvr
+    return body
+
+
+def rvr_body(outcome: Outcome, route: str, details: bool) -> dict[str, Any]:
+    """The `rvr` extension: what the strategy did and why it stopped."""
+    body: dict[str, Any] = {
+        "route": route,
+        "strategy": outcome.strategy,
+        "candidates": len(outcome.candidates),
+        "selected": outcome.selected,
+        "stop_reason": outcome.stop_reason.value,
+        "variants": list(outcome.variants),
+        "scores": list(outcome.scores),
+        "views": {name: list(values) for name, values in outcome.view_scores.items()},
+        "candidate_variants": [c.variant for c in outcome.candidates],
+        "verifier_disagreement": outcome.verifier_disagreement,
+        "upstream_errors": outcome.upstream_errors,
+        "audit": outcome.audit,
+        "timings_ms": {k: round(v * 1000, 2) for k, v in outcome.timings.items()},
+        "risk": outcome.risk.as_dict() if outcome.risk is not None else None,
+    }
+    if details:
+        body["candidate_texts"] = [c.text for c in outcome.candidates]
+    return body

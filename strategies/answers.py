@@ -1,0 +1,245 @@
+"""Final-answer extraction and normalization, so that votes compare answers, not prose.
+
+optillm grouped candidates by text similarity and so counted "answer is 21" and "answer is 24"
+as one answer; here two candidates agree only when their *extracted, normalized* answers are equal.
+
+Extraction tries, in order, and takes the last occurrence of the first kind that matches
+(reasoning comes first, the final answer last):
+
+1. custom regexes from config (the first capture group, or the whole match if it has none);
+2. ``#### x`` (GSM8K style);
+3. ``\\boxed{x}`` with nested braces (MATH style);
+4. "the answer is x" / "answer: x";
+5. an option letter: ``(B)``, ``B.`` / ``B)`` at the start of a line, "option B" / "choice B";
+6. the last number in the text.
+
+Tool-call candidates are keyed by what they would do: every call's function name and its
+arguments as canonical JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Any
+
+from strategies.contract import Candidate
+
+PatternLike = str | re.Pattern[str]
+
+_HASH = re.compile(r"####\s*([^\n]+)")
+_BOXED_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# The phrase ends at a line break or at a full stop that is not a decimal point.
+_ANSWER_PHRASE = re.compile(
+    r"(?:\banswer\s+is|\banswer\s*:|\banswer\s+would\s+be)\s*:?\s*([^\n]*?)\s*(?:(?<!\d)\.(?!\d)|\n|$)",
+    re.IGNORECASE,
+)
+_OPTION_FORMS = (
+    re.compile(r"\(([A-J])\)"),
+    re.compile(r"(?m)^\s*([A-J])[.)](?=\s|$)"),
+    re.compile(r"\b(?:option|choice)\s+\(?([A-J])\b\)?", re.IGNORECASE),
+)
+_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?(?![\w])")
+
+_OPTION_ALONE = re.compile(r"^(?:option\s+|choice\s+)?\(?([a-j])\)?[.):]?$")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_NUMERIC = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?$")
+# A number followed by a short unit ("42 apples", "3 km/h", "50%"); the unit is dropped.
+_NUMBER_WITH_UNIT = re.compile(r"^([-+]?[\d.,/]+)\s*(?:%|[a-z]+(?:/[a-z]+)?\.?(?:\s+[a-z]+)?)$")
+_LATEX_FRAC = re.compile(r"\\d?t?frac\s*\{\s*([-+]?\d+)\s*\}\s*\{\s*(\d+)\s*\}")
+_LATEX_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
+_MARKDOWN = re.compile(r"[*`]+")  # not `_`: it is a LaTeX subscript and part of names
+
+
+def compile_patterns(patterns: Iterable[PatternLike]) -> tuple[re.Pattern[str], ...]:
+    """Compile config regexes once; a bad one raises ValueError naming it."""
+    compiled: list[re.Pattern[str]] = []
+    for pattern in patterns:
+        if isinstance(pattern, re.Pattern):
+            compiled.append(pattern)
+            continue
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ValueError(f"answer pattern {pattern!r} is not a valid regex: {exc}") from exc
+    return tuple(compiled)
+
+
+def extract_answer(
+    candidate_or_text: Candidate | str,
+    patterns: Sequence[PatternLike] = (),
+    *,
+    defaults: bool = True,
+) -> str | None:
+    """The normalized final answer of a text or candidate, or None when there is none."""
+    text = candidate_or_text.text if isinstance(candidate_or_text, Candidate) else candidate_or_text
+    if not text:
+        return None
+    raw = _extract_raw(text, compile_patterns(patterns), defaults)
+    if raw is None:
+        return None
+    answer = normalize_answer(raw)
+    return answer or None
+
+
+def answer_key(
+    candidate: Candidate, patterns: Sequence[PatternLike] = (), *, defaults: bool = True
+) -> str | None:
+    """What a vote compares: the tool calls if the candidate makes any, else its final answer."""
+    if candidate.tool_calls:
+        return tool_calls_key(candidate.tool_calls)
+    return extract_answer(candidate, patterns, defaults=defaults)
+
+
+def tool_calls_key(tool_calls: Sequence[dict[str, Any]]) -> str:
+    """Canonical key of a set of tool calls: name + compact sorted-key JSON arguments.
+
+    Calls are sorted because parallel calls in a different order do the same thing; call ids
+    are ignored because they are random per sample.
+    """
+    keys = sorted(one_call_key(call) for call in tool_calls)
+    return "tool:" + "|".join(keys)
+
+
+def one_call_key(call: dict[str, Any]) -> str:
+    """One tool call as `name(canonical JSON args)`; also how judges are shown tool calls."""
+    function = call.get("function") or {}
+    name = str(function.get("name") or call.get("name") or "")
+    arguments = function.get("arguments", call.get("arguments"))
+    if isinstance(arguments, str):
+        try:
+            parsed: Any = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError:
+            # Invalid JSON is still an answer; compare it verbatim rather than drop it.
+            return f"{name}({arguments.strip()})"
+    else:
+        parsed = arguments if arguments is not None else {}
+    canonical = json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"{name}({canonical})"
+
+
+def _extract_raw(text: str, custom: Sequence[re.Pattern[str]], defaults: bool) -> str | None:
+    for pattern in custom:
+        matches = list(pattern.finditer(text))
+        if matches:
+            last = matches[-1]
+            return last.group(1) if pattern.groups else last.group(0)
+    if not defaults:
+        return None
+    for extractor in (_last_hash, _last_boxed, _last_answer_phrase, _last_option, _last_number):
+        found = extractor(text)
+        if found is not None and found.strip():
+            return found
+    return None
+
+
+def _last_hash(text: str) -> str | None:
+    matches = _HASH.findall(text)
+    return matches[-1] if matches else None
+
+
+def _last_boxed(text: str) -> str | None:
+    starts = list(_BOXED_START.finditer(text))
+    for start in reversed(starts):
+        inner = _balanced(text, start.end())
+        if inner is not None:
+            return inner
+    return None
+
+
+def _balanced(text: str, pos: int) -> str | None:
+    """The text up to the brace that closes the one just before `pos`, or None if unclosed."""
+    depth = 1
+    for i in range(pos, len(text)):
+        ch = text[i]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[pos:i]
+    return None
+
+
+def _last_answer_phrase(text: str) -> str | None:
+    matches = [m.group(1) for m in _ANSWER_PHRASE.finditer(text) if m.group(1).strip()]
+    return matches[-1] if matches else None
+
+
+def _last_option(text: str) -> str | None:
+    best: tuple[int, str] | None = None
+    for form in _OPTION_FORMS:
+        for m in form.finditer(text):
+            if best is None or m.start() > best[0]:
+                best = (m.start(), m.group(1))
+    return best[1] if best else None
+
+
+def _last_number(text: str) -> str | None:
+    matches = _NUMBER.findall(text)
+    return matches[-1] if matches else None
+
+
+def normalize_answer(raw: str) -> str:
+    """Canonical form of an extracted answer: equal meaning, equal string (as far as cheap)."""
+    s = raw.strip()
+    inner = _last_boxed(s)
+    if inner is not None:
+        s = inner
+    s = _LATEX_TEXT.sub(r"\1", s)
+    s = _LATEX_FRAC.sub(r"\1/\2", s)
+    s = s.replace("\\$", "$").replace("\\%", "%").replace("\\!", "").replace("\\,", "")
+    s = _MARKDOWN.sub("", s)
+    s = s.strip().strip("$").strip()
+    s = s.strip("\"'“”‘’").strip()
+    s = s.rstrip(".,;:!").strip()
+    s = re.sub(r"\s+", " ", s).lower()
+    if s.startswith("$"):
+        s = s[1:].lstrip()
+
+    option = _OPTION_ALONE.match(s)
+    if option:
+        return option.group(1)
+
+    with_unit = _NUMBER_WITH_UNIT.match(s)
+    if with_unit:
+        s = with_unit.group(1)
+    number = _canonical_number(s)
+    return number if number is not None else s
+
+
+def _canonical_number(s: str) -> str | None:
+    """'1,000' -> '1000', '3.0' -> '3', '1/2' and '0.5' -> '0.5', '2/6' -> '1/3'."""
+    s = _THOUSANDS.sub("", s).rstrip(".")
+    if not _NUMERIC.match(s):
+        return None
+    try:
+        if "/" in s:
+            num, den = s.split("/")
+            if int(den) == 0:
+                return None
+            value = Fraction(Decimal(num)) / int(den)
+        else:
+            value = Fraction(Decimal(s))
+    except (InvalidOperation, ValueError, ZeroDivisionError):
+        return None
+    return _format_fraction(value)
+
+
+def _format_fraction(value: Fraction) -> str:
+    den = value.denominator
+    # A fraction with a terminating decimal expansion is written as that decimal, so that
+    # 1/2 and 0.5 vote together; others stay p/q (1/3 has no exact decimal).
+    while den % 2 == 0:
+        den //= 2
+    while den % 5 == 0:
+        den //= 5
+    if den != 1:
+        return f"{value.numerator}/{value.denominator}"
+    text = format(Decimal(value.numerator) / Decimal(value.denominator), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text

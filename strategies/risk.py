@@ -1,0 +1,372 @@
+"""Rational value risk estimators (method §2–§3), computed from one request's candidates.
+
+All utilities are the ensemble scores s̄ in [0, 1] (see `strategies.selection`). A term a
+request cannot measure is `None`, never 0; the route's running estimate may stand in for it,
+and the report says so in `sources`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from strategies.contract import ORIGINAL_VARIANT, RiskReport
+from strategies.selection import utilities as ensemble_utilities
+
+DEFAULT_K_REF = 64
+DEFAULT_RESAMPLES = 200
+MIN_CANDIDATES_FOR_TREND = 4  # D_n and D_{n/2} need n/4 ≥ 1
+INTERVAL = (5.0, 95.0)  # a 90% percentile interval
+TERMS = ("candidate", "prompt", "verifier")
+
+
+# --- expected maximum of k draws ---------------------------------------------------------
+
+
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def _integer_weights(n: int, k: int) -> np.ndarray:
+    """w_i = C(i−1, k−1) / C(n, k) for the i-th smallest of n (1-based); 0 below i = k.
+
+    Log space keeps n in the hundreds finite; the weights are renormalized so rounding
+    cannot leak mass (they sum to 1 exactly by the hockey-stick identity).
+    """
+    weights = np.zeros(n)
+    log_total = _log_comb(n, k)
+    for i in range(k, n + 1):
+        weights[i - 1] = math.exp(_log_comb(i - 1, k - 1) - log_total)
+    return weights / weights.sum()
+
+
+def expected_max_weights(n: int, k: float) -> np.ndarray:
+    """Weights on ascending-sorted scores giving Ê_k; a fractional k interpolates linearly.
+
+    Fractional k appears when n is odd and the method asks for Ê_{n/2}: the expected best of
+    2.5 draws is read as halfway between the best of 2 and the best of 3.
+    """
+    if n < 1 or not 1 <= k <= n:
+        raise ValueError(f"need 1 ≤ k ≤ n, got k={k}, n={n}")
+    low = math.floor(k)
+    frac = k - low
+    weights = _integer_weights(n, low)
+    if frac > 0:
+        weights = (1 - frac) * weights + frac * _integer_weights(n, low + 1)
+    return weights
+
+
+def expected_max(scores: Sequence[float] | np.ndarray, k: float) -> float:
+    """Unbiased expected best of k draws from the n observed (mean max over all k-subsets)."""
+    values = np.sort(np.asarray(scores, dtype=float))
+    return float(values @ expected_max_weights(len(values), k))
+
+
+# --- binary utilities (§2) ---------------------------------------------------------------
+
+
+def reu_binary(p: float | np.ndarray, k: int) -> float | np.ndarray:
+    """REU_K for a right/wrong task where one sample is right with probability p."""
+    result = 1.0 - (1.0 - np.asarray(p, dtype=float)) ** k
+    return float(result) if result.ndim == 0 else result
+
+
+def recoverable_share(rvr: float, reu: float) -> float | None:
+    """RVR / ((1 − REU) + RVR): the part of the total loss that sampling can win back."""
+    denominator = (1.0 - reu) + rvr
+    return None if denominator <= 0 else rvr / denominator
+
+
+# --- the candidate term ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Doubling:
+    """The trend of Ê over the last two doublings of n."""
+
+    d_n: float  # Ê_n − Ê_{n/2}
+    d_half: float  # Ê_{n/2} − Ê_{n/4}
+    rho: float  # clip(D_n / D_{n/2}, 0, 1)
+
+    @property
+    def predicted_gain(self) -> float:
+        """What the next doubling should add (§4.2)."""
+        return self.d_n * self.rho
+
+
+_ROUNDING = 1e-12  # log-space weights leave ~1e-16 residue; a flat tail must read as exactly 0
+
+
+def _snap(values: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(values) < _ROUNDING, 0.0, values)
+
+
+def _ratio(d_n: float, d_half: float) -> float:
+    if d_half > 0:
+        return min(max(d_n / d_half, 0.0), 1.0)
+    return 1.0 if d_n > 0 else 0.0  # growth after a flat step: assume it keeps going
+
+
+def doubling(scores: Sequence[float] | np.ndarray) -> Doubling | None:
+    """None below four candidates: the trend needs Ê_{n/4} with n/4 ≥ 1."""
+    values = np.sort(np.asarray(scores, dtype=float))
+    n = len(values)
+    if n < MIN_CANDIDATES_FOR_TREND:
+        return None
+    e_n, e_half, e_quarter = (float(values @ expected_max_weights(n, k)) for k in (n, n / 2, n / 4))
+    d_n, d_half = (float(d) for d in _snap(np.array([e_n - e_half, e_half - e_quarter])))
+    return Doubling(d_n, d_half, _ratio(d_n, d_half))
+
+
+def doublings_to(k_ref: int, n: int) -> float:
+    """T = log2(K_ref / n); zero once n has reached K_ref."""
+    return max(math.log2(k_ref / n), 0.0)
+
+
+def geometric_sum(rho: float, steps: float) -> float:
+    """Σ_{t=1..T} ρ^t in closed form, so a fractional T counts a partial last doubling."""
+    if steps <= 0:
+        return 0.0
+    if rho >= 1.0:
+        return steps
+    return rho * (1.0 - rho**steps) / (1.0 - rho)
+
+
+def candidate_term(scores: Sequence[float] | np.ndarray, k_ref: int = DEFAULT_K_REF) -> float | None:
+    """Ĉ = D_n · Σ_{t=1..T} ρ^t: gain still available from sampling up to K_ref."""
+    trend = doubling(scores)
+    if trend is None:
+        return None
+    return trend.d_n * geometric_sum(trend.rho, doublings_to(k_ref, len(scores)))
+
+
+# --- AEU and the prompt term -------------------------------------------------------------
+
+
+def original_mask(variants: Sequence[str]) -> np.ndarray:
+    """Which candidates came from the plain prompt; all of them if none is named original."""
+    mask = np.array([v == ORIGINAL_VARIANT for v in variants], dtype=bool)
+    return mask if mask.any() else np.ones(len(variants), dtype=bool)
+
+
+def aeu(scores: Sequence[float] | np.ndarray, variants: Sequence[str]) -> float | None:
+    values = np.asarray(scores, dtype=float)
+    if len(values) == 0:
+        return None
+    return float(values[original_mask(variants)].mean())
+
+
+def prompt_term(scores: Sequence[float] | np.ndarray, variants: Sequence[str]) -> float | None:
+    """P̂ = Ê_m(pooled) − Ê_m(original only) at m = the original count; None without variants."""
+    values = np.asarray(scores, dtype=float)
+    is_original = np.array([v == ORIGINAL_VARIANT for v in variants], dtype=bool)
+    m = int(is_original.sum())
+    if m == 0 or m == len(values):
+        return None
+    return float(_snap(np.array(expected_max(values, m) - values[is_original].max())))
+
+
+# --- the verifier term -------------------------------------------------------------------
+
+
+def verifier_term(
+    views: np.ndarray,
+    weights: np.ndarray,
+    eligible: np.ndarray,
+    selected: int,
+    rng: np.random.Generator,
+    resamples: int = DEFAULT_RESAMPLES,
+) -> float | None:
+    """V̂r = mean_b [max_i s̄_i^(b) − s̄_ŷ^(b)] over view sets drawn with replacement.
+
+    None for fewer than two views: the method lists "one view" among the cases a request
+    cannot measure (the bootstrap of one deterministic view is 0 by construction, which says
+    nothing about the verifier). Resamples in which ŷ has no score are skipped.
+    """
+    width = views.shape[1]
+    if width < 2:
+        return None
+    picks = rng.integers(0, width, size=(resamples, width))
+    resampled = np.transpose(views[:, picks], (1, 0, 2))  # B × n × W
+    means = ensemble_utilities(resampled, weights[picks][:, None, :], eligible)
+    chosen = means[:, selected]
+    usable = ~np.isnan(chosen)
+    if not usable.any():
+        return None
+    best = np.nanmax(means[usable], axis=1)
+    return float(np.mean(best - chosen[usable]))
+
+
+# --- route-level fallbacks ---------------------------------------------------------------
+
+
+class RouteRiskState:
+    """Running means of the three residual terms over a route's requests, in one process.
+
+    Fed only by terms a request measured itself (audit traffic and ordinary requests), never by
+    values it borrowed from here, so the estimate cannot feed on itself. Not thread-safe: one
+    per route per event loop.
+    """
+
+    def __init__(self) -> None:
+        self._sums = dict.fromkeys(TERMS, 0.0)
+        self._counts = dict.fromkeys(TERMS, 0)
+
+    def observe(self, report: RiskReport) -> None:
+        for term in TERMS:
+            value = getattr(report, term)
+            if value is not None and report.sources.get(term) == "request":
+                self._sums[term] += value
+                self._counts[term] += 1
+
+    def estimate(self, term: str) -> float | None:
+        count = self._counts[term]
+        return self._sums[term] / count if count else None
+
+    def count(self, term: str) -> int:
+        return self._counts[term]
+
+
+# --- the per-request report --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Terms:
+    candidate: float | None
+    prompt: float | None
+    verifier: float | None
+
+
+def _fill_from_route(measured: _Terms, route: RouteRiskState | None) -> tuple[_Terms, dict[str, str]]:
+    values: dict[str, float | None] = {}
+    sources: dict[str, str] = {}
+    for term in TERMS:
+        value = getattr(measured, term)
+        if value is not None:
+            sources[term] = "request"
+        elif route is not None and (value := route.estimate(term)) is not None:
+            sources[term] = "route"
+        values[term] = value
+    return _Terms(**values), sources
+
+
+def _residual(terms: _Terms) -> tuple[float | None, list[str]]:
+    parts = {
+        "candidate": terms.candidate,
+        "prompt": None if terms.prompt is None else max(terms.prompt, 0.0),
+        "verifier": terms.verifier,
+    }
+    used = [name for name, value in parts.items() if value is not None]
+    if not used:
+        return None, []
+    return float(sum(parts[name] for name in used)), used  # type: ignore[misc]
+
+
+def _stratified_resamples(variants: Sequence[str], rng: np.random.Generator, count: int) -> np.ndarray:
+    """B × n row indices, resampling within each variant so its count (and m) stays fixed."""
+    labels = np.asarray(variants)
+    picks = np.empty((count, len(labels)), dtype=int)
+    for label in dict.fromkeys(variants):
+        rows = np.flatnonzero(labels == label)
+        picks[:, rows] = rows[rng.integers(0, len(rows), size=(count, len(rows)))]
+    return picks
+
+
+def _bootstrap_terms(
+    scores: np.ndarray, variants: Sequence[str], k_ref: int, picks: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Ê_n, Ĉ, AEU and P̂ for every resample at once (sorting rows, then fixed weight vectors)."""
+    n = len(scores)
+    samples = scores[picks]
+    is_original = original_mask(variants)  # strata keep positions, so one mask fits every row
+    out: dict[str, np.ndarray] = {
+        "best": samples.max(axis=1),
+        "aeu": np.where(is_original, samples, 0.0).sum(axis=1) / is_original.sum(),
+    }
+    ordered = np.sort(samples, axis=1)
+    if n >= MIN_CANDIDATES_FOR_TREND:
+        e_n, e_half, e_quarter = (ordered @ expected_max_weights(n, k) for k in (n, n / 2, n / 4))
+        d_n, d_half = _snap(e_n - e_half), _snap(e_half - e_quarter)
+        rho = np.array([_ratio(a, b) for a, b in zip(d_n, d_half)])
+        steps = doublings_to(k_ref, n)
+        out["candidate"] = d_n * np.array([geometric_sum(r, steps) for r in rho])
+    originals = np.array([v == ORIGINAL_VARIANT for v in variants])
+    m = int(originals.sum())
+    if 0 < m < n:
+        pooled = ordered @ expected_max_weights(n, m)
+        out["prompt"] = _snap(pooled - np.where(originals, samples, -np.inf).max(axis=1))
+    return out
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(values, INTERVAL)
+    return float(low), float(high)
+
+
+def _intervals(
+    boot: dict[str, np.ndarray], terms: _Terms, sources: dict[str, str]
+) -> dict[str, tuple[float, float]]:
+    """90% percentile intervals for baseline, candidate and residual where they are defined.
+
+    Route-supplied terms and the verifier term (whose noise is over views, not candidates)
+    enter as constants; a residual made only of constants gets no interval.
+    """
+    intervals: dict[str, tuple[float, float]] = {}
+    candidate = boot.get("candidate") if sources.get("candidate") == "request" else None
+    prompt = boot.get("prompt") if sources.get("prompt") == "request" else None
+    if candidate is not None:
+        intervals["candidate"] = _interval(candidate)
+    c_draws = candidate if candidate is not None else terms.candidate
+    if c_draws is not None:
+        intervals["baseline"] = _interval(boot["best"] + c_draws - boot["aeu"])
+    if candidate is not None or prompt is not None:
+        total = np.zeros_like(boot["best"])
+        total += c_draws if c_draws is not None else 0.0
+        p_draws = prompt if prompt is not None else terms.prompt
+        total += np.maximum(p_draws, 0.0) if p_draws is not None else 0.0
+        total += terms.verifier if terms.verifier is not None else 0.0
+        intervals["residual"] = _interval(total)
+    return intervals
+
+
+def assess(
+    utilities: Sequence[float | None] | np.ndarray,
+    variants: Sequence[str],
+    selected: int,
+    views: np.ndarray,
+    weights: np.ndarray,
+    eligible: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    k_ref: int = DEFAULT_K_REF,
+    resamples: int = DEFAULT_RESAMPLES,
+    route: RouteRiskState | None = None,
+) -> RiskReport:
+    """The per-request report of §3. Candidates no view scored are left out of every estimate."""
+    values = np.asarray([np.nan if u is None else u for u in utilities], dtype=float)
+    scored = ~np.isnan(values)
+    report = RiskReport(k_ref=k_ref)
+    selected_utility = values[selected]
+    report.selected_utility = None if np.isnan(selected_utility) else float(selected_utility)
+    kept = values[scored]
+    kept_variants = [v for v, ok in zip(variants, scored) if ok]
+    measured = _Terms(
+        candidate=candidate_term(kept, k_ref) if len(kept) else None,
+        prompt=prompt_term(kept, kept_variants) if len(kept) else None,
+        verifier=verifier_term(views, weights, eligible, selected, rng, resamples),
+    )
+    terms, report.sources = _fill_from_route(measured, route)
+    report.candidate, report.prompt, report.verifier = terms.candidate, terms.prompt, terms.verifier
+    report.aeu = aeu(kept, kept_variants)
+    if report.aeu is not None and terms.candidate is not None:
+        report.baseline = float(kept.max()) + terms.candidate - report.aeu
+    report.residual, report.residual_terms = _residual(terms)
+    if len(kept):
+        picks = _stratified_resamples(kept_variants, rng, resamples)
+        report.intervals = _intervals(
+            _bootstrap_terms(kept, kept_variants, k_ref, picks), terms, report.sources
+        )
+    return report

@@ -1,0 +1,368 @@
+"""The adaptive best-of-N loop (method §4): sample in doublings, verify, select, stop, assess.
+
+The number of candidates doubles from batch to batch (2 → 4 → 8 …: each batch after the first
+is as large as everything so far), because the no-gain rule predicts the gain of exactly that
+step, `D_n · ρ`. Every call of a batch runs concurrently; candidates are spread round-robin
+over the prompt variants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+from strategies import risk, stopping
+from strategies.contract import (
+    Batch,
+    Candidate,
+    Message,
+    NoCandidatesError,
+    Outcome,
+    OverrideError,
+    Scored,
+    Services,
+    StopReason,
+    Usage,
+    Verifier,
+    VerifyContext,
+)
+from strategies.risk import RouteRiskState
+from strategies.selection import Selection, VerifierResult, select, view_key
+from strategies.settings import BestOfNSettings, RequestOverrides
+
+STRATEGY = "best_of_n"
+MAX_VIEW_ROUNDS = 4  # how often one request may answer "verifier first" before sampling again
+
+Clock = Callable[[], float]
+AnswerOf = Callable[[Candidate], "str | None"]
+
+
+class Variant(Protocol):
+    name: str
+
+    async def render(self, messages: Sequence[Message], services: Services) -> tuple[list[Message], Usage]:
+        ...
+
+
+class ViewExpander(Protocol):
+    """Optional on a verifier: make its next `score` add a view (other order, other template).
+
+    Returns False when it has nothing more to offer. Used by the verifier-first rule (§4.4).
+    """
+
+    async def add_views(self, ctx: VerifyContext) -> bool:
+        ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The request's effective settings: the route's, narrowed by the client's overrides."""
+
+    max_n: int
+    adaptive: bool
+    variants: list[Variant]
+    verifiers: list[Verifier]
+
+
+_Named = TypeVar("_Named", Variant, Verifier)
+
+
+def _subset(available: Sequence[_Named], wanted: list[str] | None, kind: str) -> list[_Named]:
+    if wanted is None:
+        return list(available)
+    names = [item.name for item in available]
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise OverrideError(f"unknown {kind} {unknown}; this route has {names}")
+    return [item for item in available if item.name in set(wanted)]
+
+
+def plan_request(
+    settings: BestOfNSettings,
+    overrides: RequestOverrides | None,
+    variants: Sequence[Variant],
+    verifiers: Sequence[Verifier],
+    audit: bool,
+) -> Plan:
+    """Overrides can only lower caps and narrow the route's variants and verifiers."""
+    overrides = overrides or RequestOverrides.model_validate({})
+    chosen_variants = _subset(variants, overrides.variants, "variants")
+    if not chosen_variants:
+        raise OverrideError("at least one variant is needed")
+    chosen_verifiers = _subset(verifiers, overrides.verifiers, "verifiers")
+    cap = settings.audit_max_n if audit else settings.max_n
+    if overrides.max_n is not None:
+        cap = min(cap, overrides.max_n)
+    # audit requests measure the route, so they sample the whole budget, never stop early
+    adaptive = False if audit else (settings.adaptive if overrides.adaptive is None else overrides.adaptive)
+    return Plan(cap, adaptive, chosen_variants, chosen_verifiers)
+
+
+def round_robin(start: int, size: int, variants: Sequence[str]) -> dict[str, int]:
+    """How many of candidates start..start+size−1 each variant produces, candidate i → i mod V."""
+    shares = dict.fromkeys(variants, 0)
+    for i in range(start, start + size):
+        shares[variants[i % len(variants)]] += 1
+    return {name: count for name, count in shares.items() if count}
+
+
+@dataclass
+class _Run:
+    """Per-request state; lives in the call, never in the module."""
+
+    messages: Sequence[Message]
+    services: Services
+    clock: Clock
+    started: float
+    candidates: list[Candidate] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    errors: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    rendered: dict[str, list[Message]] = field(default_factory=dict)
+    last_error: BaseException | None = None
+    view_rounds: int = 0  # times the verifier-first rule added views
+
+    def time(self, step: str, since: float) -> None:
+        self.timings[step] = self.timings.get(step, 0.0) + (self.clock() - since)
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+
+async def _generate_for(run: _Run, variant: Variant, share: int) -> tuple[str, Batch | None]:
+    """One variant's share of a batch; a failure becomes an error count, not an exception."""
+    try:
+        if variant.name not in run.rendered:
+            messages, usage = await variant.render(run.messages, run.services)
+            run.rendered[variant.name] = messages
+            run.usage += usage
+        batch = await run.services.generate(run.rendered[variant.name], share)
+    except Exception as error:  # noqa: BLE001 - any upstream failure only costs its share
+        run.errors += 1
+        run.last_error = error
+        return variant.name, None
+    run.usage += batch.usage
+    run.errors += batch.errors
+    return variant.name, batch
+
+
+async def _sample_batch(run: _Run, plan: Plan, size: int, timeout: float | None) -> int:
+    """Run one batch; keeps what finished in time and returns how many candidates it added."""
+    since = run.clock()
+    shares = round_robin(len(run.candidates), size, [v.name for v in plan.variants])
+    by_name = {v.name: v for v in plan.variants}
+    tasks = [asyncio.ensure_future(_generate_for(run, by_name[name], k)) for name, k in shares.items()]
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:  # past the deadline: what did not arrive is not waited for
+        task.cancel()
+    added = 0
+    for task in tasks:
+        if task not in done:
+            continue
+        name, batch = task.result()
+        for sample in batch.samples if batch else []:
+            run.candidates.append(
+                Candidate(len(run.candidates), name, sample.message, sample.finish_reason,
+                          sample.token_logprobs, sample.logprobs)
+            )
+            added += 1
+    run.time("generate", since)
+    return added
+
+
+async def _score_one(verifier: Verifier, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored | None:
+    try:
+        return await verifier.score(ctx, candidates)
+    except Exception:  # noqa: BLE001 - a broken verifier leaves its views missing, never 0
+        return None
+
+
+async def _verify(run: _Run, plan: Plan, ctx: VerifyContext) -> list[VerifierResult]:
+    since = run.clock()
+    verdicts = await asyncio.gather(*(_score_one(v, ctx, run.candidates) for v in plan.verifiers))
+    results = []
+    for verifier, scored in zip(plan.verifiers, verdicts):
+        if scored is not None:
+            run.usage += scored.usage
+            results.append(VerifierResult(verifier.name, verifier.weight, scored))
+    run.time("verify", since)
+    return results
+
+
+async def _expand_views(plan: Plan, ctx: VerifyContext) -> bool:
+    expanders = [v for v in plan.verifiers if callable(getattr(v, "add_views", None))]
+    grown = await asyncio.gather(*(v.add_views(ctx) for v in expanders))  # type: ignore[attr-defined]
+    return any(grown)
+
+
+def _next_size(run: _Run, plan: Plan, settings: BestOfNSettings) -> int:
+    n = len(run.candidates)
+    if not plan.adaptive:
+        size = plan.max_n - n
+    else:
+        size = min(settings.initial_batch if n == 0 else n, plan.max_n - n)
+    if settings.max_tokens_budget is not None and n:
+        per_candidate = run.usage.total_tokens / n
+        if per_candidate > 0:
+            affordable = math.floor((settings.max_tokens_budget - run.usage.total_tokens) / per_candidate)
+            size = min(size, affordable)
+    return size
+
+
+def _caps(run: _Run, plan: Plan, settings: BestOfNSettings) -> stopping.Caps:
+    n = len(run.candidates)
+    return stopping.Caps(
+        n=n,
+        max_n=plan.max_n,
+        tokens_used=run.usage.total_tokens,
+        token_budget=settings.max_tokens_budget,
+        tokens_per_candidate=run.usage.total_tokens / n if n else 0.0,
+        elapsed_s=run.elapsed,
+        deadline_s=settings.deadline_s,
+    )
+
+
+def _evidence(
+    run: _Run, selection: Selection, answer_of: AnswerOf | None, verifier_term: float | None
+) -> stopping.Evidence:
+    scored = [u for u in selection.utility_list() if u is not None]
+    answers = [answer_of(c) for c in run.candidates] if answer_of else None
+    return stopping.Evidence(answers, scored, selection.selected_utility, verifier_term)
+
+
+def _verifier_term(selection: Selection, rng: np.random.Generator, resamples: int) -> float | None:
+    m = selection.matrix
+    return risk.verifier_term(m.scores, m.weights, m.eligible, selection.index, rng, resamples)
+
+
+def _view_scores(results: Sequence[VerifierResult], n: int) -> dict[str, list[float | None]]:
+    return {
+        view_key(r.name, view): (list(values) + [None] * n)[:n]
+        for r in results
+        for view, values in r.scored.views.items()
+    }
+
+
+@dataclass(frozen=True)
+class _Round:
+    """The verdict on all candidates so far."""
+
+    results: list[VerifierResult]
+    selection: Selection
+    decision: stopping.Decision
+
+
+async def _judge(
+    run: _Run, plan: Plan, settings: BestOfNSettings, ctx: VerifyContext,
+    rng: np.random.Generator, answer_of: AnswerOf | None,
+) -> _Round:
+    """Verify, select and decide; verify better first while the views disagree most (§4.4)."""
+    while True:
+        results = await _verify(run, plan, ctx)
+        since = run.clock()
+        selection = select(run.candidates, results)
+        v_term = _verifier_term(selection, rng, settings.bootstrap)
+        decision = stopping.decide(
+            settings.stop, _evidence(run, selection, answer_of, v_term),
+            _caps(run, plan, settings), adaptive=plan.adaptive,
+        )
+        run.time("select", since)
+        if not decision.verify_first or run.view_rounds >= MAX_VIEW_ROUNDS:
+            return _Round(results, selection, decision)
+        run.view_rounds += 1
+        if not await _expand_views(plan, ctx):
+            return _Round(results, selection, decision)
+
+
+def _deadline_left(run: _Run, settings: BestOfNSettings) -> float | None:
+    """Seconds left for the next batch; the first batch is never cut (it is the answer)."""
+    if not run.candidates or settings.deadline_s is None:
+        return None
+    return settings.deadline_s - run.elapsed
+
+
+async def run_best_of_n(
+    settings: BestOfNSettings,
+    overrides: RequestOverrides | None,
+    messages: Sequence[Message],
+    services: Services,
+    verifiers: Sequence[Verifier],
+    variants: Sequence[Variant],
+    ctx: VerifyContext,
+    rng: np.random.Generator,
+    clock: Clock,
+    audit: bool,
+    route_state: RouteRiskState | None,
+    answer_of: AnswerOf | None = None,
+) -> Outcome:
+    """Sample until a stop rule fires, return the selected candidate with its risk report.
+
+    Raises `OverrideError` for overrides naming what the route lacks and `NoCandidatesError`
+    when no upstream call produced a single candidate.
+    """
+    plan = plan_request(settings, overrides, variants, verifiers, audit)
+    run = _Run(messages, services, clock, started=clock())
+    verdict: _Round | None = None
+    stop: StopReason | None = None
+    while stop is None:
+        remaining = _deadline_left(run, settings)
+        if remaining is not None and remaining <= 0:
+            stop = StopReason.DEADLINE
+            break
+        added = await _sample_batch(run, plan, _next_size(run, plan, settings), remaining)
+        if not run.candidates:
+            raise NoCandidatesError(
+                f"all {run.errors} upstream call(s) failed; none produced a candidate"
+            ) from run.last_error
+        verdict = await _judge(run, plan, settings, ctx, rng, answer_of)
+        stop = verdict.decision.stop
+        if stop is None and added == 0:
+            stop = StopReason.UPSTREAM_ERRORS  # a whole batch failed: do not hammer it again
+        if stop is None and _next_size(run, plan, settings) <= 0:
+            stop = StopReason.TOKEN_BUDGET  # the next candidate would not fit the budget
+    assert verdict is not None  # the first batch always produces a verdict or raises
+    return _outcome(run, plan, settings, verdict, stop, rng, audit, route_state)
+
+
+def _outcome(
+    run: _Run,
+    plan: Plan,
+    settings: BestOfNSettings,
+    verdict: _Round,
+    stop: StopReason,
+    rng: np.random.Generator,
+    audit: bool,
+    route_state: RouteRiskState | None,
+) -> Outcome:
+    since = run.clock()
+    selection = verdict.selection
+    m = selection.matrix
+    report = risk.assess(
+        selection.utility_list(), [c.variant for c in run.candidates], selection.index,
+        m.scores, m.weights, m.eligible, rng,
+        k_ref=settings.k_ref, resamples=settings.bootstrap, route=route_state,
+    )
+    if route_state is not None:
+        route_state.observe(report)
+    run.time("risk", since)
+    return Outcome(
+        candidates=run.candidates,
+        selected=selection.index,
+        stop_reason=stop,
+        usage=run.usage,
+        strategy=STRATEGY,
+        scores=selection.utility_list(),
+        view_scores=_view_scores(verdict.results, len(run.candidates)),
+        variants=[v.name for v in plan.variants],
+        risk=report,
+        verifier_disagreement=report.verifier if report.sources.get("verifier") == "request" else None,
+        upstream_errors=run.errors,
+        audit=audit,
+        timings=dict(run.timings),
+    )

@@ -1,0 +1,85 @@
+"""Typed strategy settings, parsed once from the route config."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StopSettings(_Strict):
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)  # vote posterior needed to stop (§4.1)
+    min_gain: float = Field(0.01, ge=0.0)  # epsilon for the predicted gain of a doubling (§4.2)
+    good_enough: float | None = Field(None, ge=0.0, le=1.0)  # tau (§4.3); None disables
+    verifier_first: bool = True  # §4.4
+
+
+class VariantTemplate(_Strict):
+    """A user-defined way of asking; `{prompt}` is replaced by the last user message."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    template: str | None = None
+    system: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_something(self) -> VariantTemplate:
+        if self.template is None and self.system is None:
+            raise ValueError("a variant needs `template` and/or `system`")
+        if self.template is not None and "{prompt}" not in self.template:
+            raise ValueError("`template` must contain {prompt}")
+        return self
+
+
+class RewardEndpoint(_Strict):
+    """A reward-model scoring endpoint. Only ever taken from config, never from a request."""
+
+    url: str  # e.g. http://127.0.0.1:8001/score (vLLM) or any JSON endpoint
+    api: Literal["vllm_score", "vllm_reward", "generic"] = "generic"
+    model: str | None = None
+    api_key: str | None = None  # `os.environ/NAME` is resolved by the proxy's config loader
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class PassthroughSettings(_Strict):
+    name: Literal["passthrough"] = "passthrough"
+
+
+class BestOfNSettings(_Strict):
+    name: Literal["best_of_n"] = "best_of_n"
+    max_n: int = Field(8, ge=1, le=512)  # hard cap on candidates per request
+    initial_batch: int = Field(2, ge=1, le=512)
+    adaptive: bool = True  # False samples exactly max_n (fixed best-of-N)
+    variants: list[str | VariantTemplate] = Field(default_factory=lambda: ["original"])
+    paraphrase_upstream: str | None = None  # needed by the `paraphrase` variant
+    verifiers: list[dict[str, Any]] = Field(default_factory=lambda: [{"type": "self_consistency"}])
+    stop: StopSettings = Field(default_factory=StopSettings)
+    max_tokens_budget: int | None = Field(None, ge=1)  # all upstream tokens of one request
+    deadline_s: float | None = Field(None, gt=0)
+    k_ref: int = Field(64, ge=2, le=4096)
+    bootstrap: int = Field(200, ge=10, le=5000)
+    audit_rate: float = Field(0.0, ge=0.0, le=1.0)
+    audit_max_n: int = Field(16, ge=2, le=512)  # budget of one audit request
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> BestOfNSettings:
+        self.initial_batch = min(self.initial_batch, self.max_n)
+        if not self.variants:
+            raise ValueError("variants must not be empty")
+        return self
+
+
+StrategySettings = Annotated[PassthroughSettings | BestOfNSettings, Field(discriminator="name")]
+
+
+class RequestOverrides(_Strict):
+    """What a client may send as `"rvr": {...}`. It can only lower the route's caps."""
+
+    max_n: int | None = Field(None, ge=1)
+    variants: list[str] | None = None  # names among the route's variants
+    verifiers: list[str] | None = None  # names among the route's verifiers
+    adaptive: bool | None = None
+    details: bool = False  # include per-candidate texts in the `rvr` object

@@ -1,0 +1,55 @@
+"""A hard format constraint: the candidate must (or must not) contain a match of a regex.
+
+The regex is searched in the candidate's text; a candidate that only makes tool calls is
+searched as its canonical call key (`tool:name({...})`), so a pattern can constrain calls too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from strategies.answers import tool_calls_key
+from strategies.contract import Candidate, Scored, VerifyContext
+from strategies.verifiers.base import BaseVerifier, VerifierSpec
+
+
+class RegexSettings(VerifierSpec):
+    type: Literal["regex"] = "regex"
+    pattern: str = Field(min_length=1)
+    must_match: bool = True  # False: a match disqualifies
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regex: {exc}") from exc
+        return pattern
+
+
+class RegexVerifier(BaseVerifier):
+    kind = "regex"
+    Settings = RegexSettings
+    hard = True
+
+    def __init__(self, settings: RegexSettings) -> None:
+        super().__init__(settings)
+        self.pattern = re.compile(settings.pattern)
+        self.must_match = settings.must_match
+
+    def _subject(self, candidate: Candidate) -> str:
+        if not candidate.text and candidate.tool_calls:
+            return tool_calls_key(candidate.tool_calls)
+        return candidate.text
+
+    async def score(self, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored:
+        scores: list[float | None] = [
+            1.0 if (self.pattern.search(self._subject(c)) is not None) == self.must_match else 0.0
+            for c in candidates
+        ]
+        return Scored(views={self.view(): scores}, hard=True)

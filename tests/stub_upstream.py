@@ -1,0 +1,228 @@
+"""A small OpenAI-compatible upstream for tests: real HTTP on loopback, scripted behaviour.
+
+The model name picks the behaviour (see `Behaviour`). Every request body is logged so tests can
+check exactly what the proxy sent, and a slow request notices when its caller hangs up.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+ANSWER = "42"
+
+
+@dataclass
+class StubState:
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: int = 0
+    completed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def bodies(self, model: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.requests if r.get("model") == model]
+
+
+def _words(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    if "messages" in body:
+        return " ".join(str(m.get("content") or "") for m in body["messages"])
+    prompt = body.get("prompt")
+    return prompt if isinstance(prompt, str) else json.dumps(prompt)
+
+
+def _math_answer(rng: random.Random, body: dict[str, Any]) -> str:
+    """Right ("42") with probability p, else one of a few wrong answers: a discrete task."""
+    p = float(re.search(r"p=([0-9.]+)", _prompt_text(body)).group(1)) if "p=" in _prompt_text(body) else 0.6
+    if rng.random() < p:
+        return f"Let me think. The answer is {ANSWER}."
+    return f"Let me think. The answer is {rng.choice(['41', '43', '24', '7'])}."
+
+
+def _judge_reply(body: dict[str, Any]) -> str:
+    """A judge that gives high marks to answers containing 42 and can be made unparseable."""
+    text = _prompt_text(body)
+    if "UNPARSEABLE" in text:
+        return "I refuse to give a number."
+    return "Score: 9" if ANSWER in text.split("Response", 1)[-1] else "Score: 2"
+
+
+class Handler(BaseHTTPRequestHandler):
+    # Headers and body go out in separate writes; without this a kept-alive reply stalls ~44 ms.
+    disable_nagle_algorithm = True
+    protocol_version = "HTTP/1.1"
+    server: StubServer  # type: ignore[assignment]
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
+        return
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models"):
+            self._json(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
+        else:
+            self._json(404, {"error": {"message": "not found"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        with self.server.state.lock:
+            self.server.state.requests.append({**body, "_path": self.path})
+        if self.path.endswith("/score"):
+            self._reward(body)
+            return
+        model = str(body.get("model", ""))
+        behaviour = model.split("/")[-1]
+        n = int(body.get("n") or 1)
+        if behaviour == "fail":
+            self._json(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
+            return
+        if behaviour == "reject-n" and n > 1:
+            self._json(400, {"error": {"message": "n must be 1", "type": "invalid_request_error", "param": "n"}})
+            return
+        if behaviour in ("slow", "timeout"):
+            if not self._wait_or_hangup(float(self.server.slow_s)):
+                with self.server.state.lock:
+                    self.server.state.cancelled += 1
+                return
+        if behaviour == "one":
+            n = 1
+        text_mode = self.path.endswith("/completions") and not self.path.endswith("/chat/completions")
+        contents = [self._content(behaviour, body, i) for i in range(n)]
+        if body.get("stream"):
+            self._stream(body, contents[0], text_mode, cut=behaviour == "cut")
+        else:
+            self._json(200, self._completion(body, contents, text_mode, behaviour))
+        with self.server.state.lock:
+            self.server.state.completed += 1
+
+    # ---- behaviours ---------------------------------------------------------------------
+
+    def _content(self, behaviour: str, body: dict[str, Any], index: int) -> str:
+        if behaviour == "math":
+            return _math_answer(self.server.rng, body)
+        if behaviour == "judge":
+            return _judge_reply(body)
+        if behaviour == "paraphrase":
+            return "Please compute: " + _prompt_text(body).split("\n")[-1]
+        return f"echo {index}: {_prompt_text(body)[-200:]}"
+
+    def _completion(self, body: dict[str, Any], contents: list[str], text_mode: bool, behaviour: str) -> dict[str, Any]:
+        prompt_tokens = _words(_prompt_text(body))
+        choices = []
+        for i, content in enumerate(contents):
+            logprobs = None
+            if body.get("logprobs"):
+                lp = -0.1 if ANSWER in content else -2.0
+                logprobs = ({"tokens": content.split(), "token_logprobs": [lp] * _words(content)} if text_mode else
+                            {"content": [{"token": t, "logprob": lp, "bytes": None, "top_logprobs": []} for t in content.split()]})
+            if text_mode:
+                choices.append({"index": i, "text": content, "finish_reason": "stop", "logprobs": logprobs})
+                continue
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            finish = "stop"
+            if behaviour == "tools" and body.get("tools"):
+                name = body["tools"][0]["function"]["name"]
+                message = {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps({"city": "Paris"})}}]}
+                finish = "tool_calls"
+            choices.append({"index": i, "message": message, "finish_reason": finish, "logprobs": logprobs})
+        completion_tokens = sum(_words(c) for c in contents)
+        return {
+            "id": "stub-1", "object": "text_completion" if text_mode else "chat.completion", "created": int(time.time()),
+            "model": body.get("model"), "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+        }
+
+    def _stream(self, body: dict[str, Any], content: str, text_mode: bool, cut: bool) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")  # as real servers stream: a cut is detectable
+        self.end_headers()
+        pieces = content.split(" ")
+        for i, piece in enumerate(pieces):
+            token = piece if i == 0 else " " + piece
+            if text_mode:
+                choice = {"index": 0, "text": token, "finish_reason": None}
+            else:
+                choice = {"index": 0, "delta": {"role": "assistant", "content": token} if i == 0 else {"content": token}, "finish_reason": None}
+            self._event({"id": "stub-s", "object": "text_completion" if text_mode else "chat.completion.chunk",
+                         "created": 0, "model": body.get("model"), "choices": [choice]})
+            if cut and i == 1:
+                self.close_connection = True
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+        final = {"index": 0, "text": "", "finish_reason": "stop"} if text_mode else {"index": 0, "delta": {}, "finish_reason": "stop"}
+        self._event({"id": "stub-s", "object": "chat.completion.chunk", "created": 0, "model": body.get("model"), "choices": [final]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            prompt_tokens = _words(_prompt_text(body))
+            self._event({"id": "stub-s", "object": "chat.completion.chunk", "created": 0, "model": body.get("model"), "choices": [],
+                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces), "total_tokens": prompt_tokens + len(pieces)}})
+        self._chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _reward(self, body: dict[str, Any]) -> None:
+        responses = body.get("responses") or []
+        self._json(200, {"scores": [3.0 if ANSWER in str(r) else -3.0 for r in responses]})
+
+    # ---- plumbing -------------------------------------------------------------------------
+
+    def _wait_or_hangup(self, seconds: float) -> bool:
+        """Sleep, but return False as soon as the caller closes the connection."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([self.connection], [], [], 0.05)
+            if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                return False
+        return True
+
+    def _event(self, data: dict[str, Any]) -> None:
+        self._chunk(b"data: " + json.dumps(data).encode() + b"\n\n")
+
+    def _chunk(self, payload: bytes) -> None:
+        self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+        self.wfile.flush()
+
+    def _json(self, status: int, data: dict[str, Any]) -> None:
+        payload = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+class StubServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, slow_s: float = 5.0, seed: int = 0) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.state = StubState()
+        self.slow_s = slow_s
+        self.rng = random.Random(seed)
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def __enter__(self) -> StubServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()

@@ -1,0 +1,246 @@
+"""Final-answer extraction and normalization: what self-consistency votes with."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from strategies.answers import (
+    answer_key,
+    compile_patterns,
+    extract_answer,
+    normalize_answer,
+    tool_calls_key,
+)
+from strategies.contract import Candidate
+
+
+def cand(
+    content: str | list | None = None, tool_calls: list | None = None, index: int = 0
+) -> Candidate:
+    message: dict = {"role": "assistant", "content": content}
+    if tool_calls is not None:
+        message["tool_calls"] = tool_calls
+    return Candidate(index=index, variant="original", message=message)
+
+
+def call(name: str, arguments: str | dict, call_id: str = "call_1") -> dict:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+# --- each default pattern ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Natalia sold 48 clips, then 24.\n#### 72", "72"),
+        ("#### 1,000\n", "1000"),
+        ("first #### 5 then corrected\n#### 6", "6"),  # the last marker wins
+    ],
+)
+def test_hash_marker(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"So the result is \boxed{42}.", "42"),
+        (r"\boxed{\frac{1}{2}}", "0.5"),
+        (r"\boxed{x^{2} + {y}_{1}}", "x^{2} + {y}_{1}"),  # nested braces are kept whole
+        (r"first \boxed{3} then \boxed{4}", "4"),
+        (r"\boxed{\text{Paris}}", "paris"),
+        (r"\boxed{3} and an unclosed \boxed{4", "3"),
+    ],
+)
+def test_boxed(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_boxed_beats_an_earlier_answer_phrase_and_hash_beats_boxed() -> None:
+    assert extract_answer(r"The answer is 5. Wait, no: \boxed{6}") == "6"
+    assert extract_answer("\\boxed{6}\n#### 7") == "7"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Adding up, the answer is 17.", "17"),
+        ("The answer is 3.5. Done.", "3.5"),  # a decimal point does not end the phrase
+        ("Answer: Paris", "paris"),
+        ("The final answer is: $1,250.", "1250"),
+        ("I think the answer is 12 apples.\nThanks", "12"),
+        ("So the answer is **(C)**.", "c"),
+        ("The answer is 10 and then 7 more lines with 99", "10 and then 7 more lines with 99"),
+    ],
+)
+def test_answer_phrase(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Looking at the options, (B) is right because...", "b"),
+        ("Reasoning...\nD. Both of the above", "d"),
+        ("I would pick option C here", "c"),
+        ("choice (A) seems best, but (D) fits better", "d"),  # the last one in the text
+    ],
+)
+def test_option_letters(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("3 plus 4 makes 7", "7"),
+        ("costs 12.50 in total", "12.5"),
+        ("temperature fell to -4 degrees", "-4"),
+        ("we need 1,234,567 bricks", "1234567"),
+        ("items: 1, 2, 3", "3"),
+    ],
+)
+def test_last_number(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_nothing_to_extract_is_none_not_empty() -> None:
+    assert extract_answer("I am not sure how to answer.") is None
+    assert extract_answer("") is None
+    assert extract_answer("#### ") is None
+    assert extract_answer(cand(None)) is None
+
+
+def test_extracts_from_candidate_text_and_content_parts() -> None:
+    assert extract_answer(cand("#### 9")) == "9"
+    assert (
+        extract_answer(
+            cand([{"type": "text", "text": "the answer is "}, {"type": "text", "text": "8"}])
+        )
+        == "8"
+    )
+
+
+# --- custom patterns ----------------------------------------------------------------------
+
+
+def test_custom_pattern_first_group_takes_precedence() -> None:
+    text = "FINAL=[blue] and the answer is 4"
+    assert extract_answer(text, patterns=[r"FINAL=\[(\w+)\]"]) == "blue"
+
+
+def test_custom_pattern_without_group_uses_whole_match_and_last_occurrence() -> None:
+    assert extract_answer("yes no maybe no", patterns=[r"\b(?:yes|no)\b"]) == "no"
+
+
+def test_custom_pattern_falls_back_to_defaults_unless_disabled() -> None:
+    assert extract_answer("#### 5", patterns=[r"FINAL=(\d+)"]) == "5"
+    assert extract_answer("#### 5", patterns=[r"FINAL=(\d+)"], defaults=False) is None
+
+
+def test_bad_custom_pattern_is_named() -> None:
+    with pytest.raises(ValueError, match=r"\(unclosed"):
+        compile_patterns(["(unclosed"])
+
+
+# --- normalization -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("  42  ", "42"),
+        ("42.", "42"),
+        ("1,000", "1000"),
+        ("3.0", "3"),
+        ("3.50", "3.5"),
+        ("0.5", "0.5"),
+        ("1/2", "0.5"),
+        ("2/6", "1/3"),
+        (r"\frac{3}{4}", "0.75"),
+        (r"\dfrac{2}{3}", "2/3"),
+        ("$5", "5"),
+        ("\\$5", "5"),
+        ("$x+1$", "x+1"),
+        ("12 apples", "12"),
+        ("50%", "50"),
+        ("+7", "7"),
+        ("-0.0", "0"),
+        ("Paris", "paris"),
+        ("  New   York. ", "new york"),
+        ("**Yes**", "yes"),
+        ("(b)", "b"),
+        ("B)", "b"),
+        ("Option D", "d"),
+        ('"blue"', "blue"),
+        ("1/0", "1/0"),  # not a number: kept as text, no crash
+    ],
+)
+def test_normalize(raw: str, expected: str) -> None:
+    assert normalize_answer(raw) == expected
+
+
+def test_equal_meanings_vote_together_different_answers_do_not() -> None:
+    """optillm merged 'answer is 21' with 'answer is 24' by text similarity; we must not."""
+    assert extract_answer("The answer is 21.") != extract_answer("The answer is 24.")
+    assert (
+        extract_answer("#### 1,000")
+        == extract_answer(r"\boxed{1000}")
+        == extract_answer("The answer is 1000.0")
+    )
+    assert extract_answer(r"\boxed{\frac{1}{2}}") == extract_answer("The answer is 0.5")
+
+
+@given(st.integers(min_value=-(10**12), max_value=10**12))
+def test_integer_formats_agree(n: int) -> None:
+    grouped = f"{n:,}"
+    assert (
+        normalize_answer(grouped)
+        == normalize_answer(str(n))
+        == normalize_answer(f"{n}.0")
+        == str(n)
+    )
+
+
+@given(st.integers(min_value=-1000, max_value=1000), st.integers(min_value=1, max_value=64))
+def test_fractions_normalize_to_one_form(p: int, q: int) -> None:
+    once = normalize_answer(f"{p}/{q}")
+    assert normalize_answer(f"{2 * p}/{2 * q}") == once
+    assert normalize_answer(once) == once  # idempotent
+
+
+# --- tool calls --------------------------------------------------------------------------
+
+
+def test_tool_call_key_is_canonical() -> None:
+    a = cand(None, [call("get_weather", '{"city": "Paris", "unit": "c"}', "call_a")])
+    b = cand("", [call("get_weather", '{"unit":"c","city":"Paris"}', "call_b")])
+    c = cand(None, [call("get_weather", {"city": "Rome", "unit": "c"})])
+    assert answer_key(a, ()) == answer_key(b, ()) == 'tool:get_weather({"city":"Paris","unit":"c"})'
+    assert answer_key(c, ()) != answer_key(a, ())
+
+
+def test_tool_call_key_covers_all_calls_in_any_order() -> None:
+    one = [call("a", '{"x": 1}'), call("b", "{}")]
+    two = [call("b", "{}", "id9"), call("a", '{"x":1}', "id8")]
+    assert tool_calls_key(one) == tool_calls_key(two) == 'tool:a({"x":1})|b({})'
+    assert tool_calls_key(one) != tool_calls_key(one[:1])
+
+
+def test_tool_call_key_keeps_invalid_json_verbatim_and_ignores_text() -> None:
+    broken = cand("#### 5", [call("f", "{not json")])
+    assert answer_key(broken, ()) == "tool:f({not json)"
+    assert answer_key(cand(None, [call("f", "")]), ()) == "tool:f({})"
+    assert json.loads(answer_key(cand(None, [call("f", '{"k": [1, 2]}')]), ())[7:-1]) == {
+        "k": [1, 2]
+    }
+
+
+def test_answer_key_without_tool_calls_is_the_extracted_answer() -> None:
+    assert answer_key(cand("so #### 3"), ()) == "3"
+    assert answer_key(cand("no idea"), ()) is None

