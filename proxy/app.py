@@ -22,14 +22,14 @@ from proxy import metrics
 from proxy.auth import KeyCheck
 from proxy.body import RequestIdMiddleware, read_json, request_id
 from proxy.config import Config
-from proxy.errors import InvalidRequest, ModelNotFound, ProxyError, UpstreamTimedOut, internal_error
+from proxy.errors import InvalidRequest, ModelNotFound, ProxyError, UpstreamFailed, UpstreamTimedOut, internal_error
 from proxy.recording import RequestRecord, finish
 from proxy.requests import CHAT_PARAMS, TEXT_PARAMS, ChatRequest, CompletionRequest, parse_body
 from proxy.responses import chat_completion, new_id, rvr_body, text_completion
 from proxy.routing import Route, Router
 from proxy.services import RequestServices
 from proxy.streaming import relay, replay
-from strategies.contract import Candidate, Outcome, StopReason, VerifyContext
+from strategies.contract import Candidate, NoCandidatesError, OverrideError, Outcome, StopReason, VerifyContext
 from strategies.sampling import run_best_of_n
 
 log = logging.getLogger("rvr_proxy")
@@ -126,10 +126,21 @@ class Proxy:
         ctx = VerifyContext(messages, services, response_format=params.get("response_format"))
         settings = route.settings.strategy
         audit = random.random() < getattr(settings, "audit_rate", 0.0)
-        return await run_best_of_n(
-            settings, body.rvr, messages, services, route.verifiers, route.variants, ctx,
-            rng=np.random.default_rng(), clock=time.monotonic, audit=audit, route_state=route.risk_state, answer_of=route.answer_of,
-        )
+        try:
+            outcome = await run_best_of_n(
+                settings, body.rvr, messages, services, route.verifiers, route.variants, ctx,
+                rng=np.random.default_rng(), clock=time.monotonic, audit=audit, route_state=route.risk_state,
+                answer_of=route.answer_of,
+            )
+        except OverrideError as exc:
+            raise InvalidRequest(str(exc), param="rvr") from None
+        except NoCandidatesError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ProxyError):  # keep the upstream's own status: 502, 504, 400
+                raise cause from None
+            raise UpstreamFailed(str(exc)) from None
+        outcome.plain_usage = services.plain_usage
+        return outcome
 
     async def _guarded(self, request: Request, work: Awaitable[T]) -> T:
         """Run `work`, cancelling it (and its upstream calls) if the client goes away."""

@@ -32,12 +32,18 @@ class RequestServices:
         self._params = params
         self._kind = kind
         self._http = http
+        self.plain_usage: Usage | None = None  # one plain call's cost, for the cost multiplier
 
     async def generate(self, messages: Sequence[Message], n: int) -> Batch:
         if self._kind == "chat":
             result = await self._upstream.chat(messages, self._params, n)
         else:
             result = await self._upstream.complete(messages_to_prompt(messages), self._params, n)
+        if self.plain_usage is None and result.choices:
+            self.plain_usage = Usage(
+                round(result.usage.prompt_tokens / max(result.calls, 1)),
+                round(result.usage.completion_tokens / len(result.choices)),
+            )
         return _batch(result)
 
     async def chat(self, upstream: str, messages: Sequence[Message], **params: Any) -> Reply:

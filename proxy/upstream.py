@@ -40,6 +40,7 @@ class Choices:
     choices: list[dict[str, Any]]
     usage: Usage
     errors: int = 0
+    calls: int = 1  # upstream calls that succeeded: prompt tokens are paid once per call
 
 
 class UpstreamClient:
@@ -93,7 +94,7 @@ class UpstreamClient:
         # llama.cpp's server and others silently return one choice: remember, and fill the rest.
         self.n_works = False
         rest = await self._parallel(once, n - got)
-        return Choices(first.choices + rest.choices, first.usage + rest.usage, rest.errors)
+        return Choices(first.choices + rest.choices, first.usage + rest.usage, rest.errors, 1 + rest.calls)
 
     async def _parallel(self, once: Callable[[int], Awaitable[Choices]], n: int) -> Choices:
         results = await asyncio.gather(*(once(1) for _ in range(n)), return_exceptions=True)
@@ -105,7 +106,7 @@ class UpstreamClient:
         if not good:
             raise failures[0]
         usage = sum((r.usage for r in good), Usage())
-        return Choices([c for r in good for c in r.choices], usage, errors=len(failures))
+        return Choices([c for r in good for c in r.choices], usage, errors=len(failures), calls=len(good))
 
     async def _chat_once(self, messages: Sequence[Message], params: dict[str, Any], n: int) -> Choices:
         kwargs = self._kwargs(params, n)

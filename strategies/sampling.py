@@ -4,6 +4,12 @@ The number of candidates doubles from batch to batch (2 → 4 → 8 …: each ba
 is as large as everything so far), because the no-gain rule predicts the gain of exactly that
 step, `D_n · ρ`. Every call of a batch runs concurrently; candidates are spread round-robin
 over the prompt variants.
+
+Hard caps bind between batches: the first batch is never cut by the deadline (it is the
+answer), later ones keep whatever arrived in time; the next batch is shrunk to what the token
+budget can still pay for at the cost per candidate seen so far. Fixed-N requests (`adaptive`
+off, and every audit request) sample their whole budget as one batch, so only missing samples
+are refilled.
 """
 
 from __future__ import annotations

@@ -46,6 +46,13 @@ def vote_confident(answers: Sequence[str | None], confidence: float) -> bool:
     return a > 0 and vote_posterior(a, b) >= confidence
 
 
+def voting(answers: Sequence[str | None] | None) -> bool:
+    """Whether the vote rule governs: most candidates have an extractable answer."""
+    if not answers:
+        return False
+    return 2 * sum(a is not None for a in answers) > len(answers)
+
+
 def no_gain(predicted_gain: float | None, min_gain: float) -> bool:
     return predicted_gain is not None and predicted_gain <= min_gain
 
@@ -107,7 +114,10 @@ def decide(stop: StopSettings, evidence: Evidence, caps: Caps, *, adaptive: bool
     if evidence.answers is not None and vote_confident(evidence.answers, stop.confidence):
         return Decision(StopReason.VOTE_CONFIDENT)
     trend = doubling(evidence.utilities)
-    if no_gain(None if trend is None else trend.predicted_gain, stop.min_gain):
+    # Rule 2 is for scored candidates. While answers are extractable the vote decides: vote
+    # shares of four different answers are all 0.25, a flat curve that says nothing about
+    # whether a majority is about to form.
+    if not voting(evidence.answers) and no_gain(None if trend is None else trend.predicted_gain, stop.min_gain):
         return Decision(StopReason.NO_GAIN)
     if good_enough(evidence.selected_utility, stop.good_enough):
         return Decision(StopReason.GOOD_ENOUGH)

@@ -27,7 +27,7 @@ def upstream(name: str, api_base: str, **extra: Any) -> dict[str, Any]:
 
 
 def main_config(api_base: str) -> dict[str, Any]:
-    names = ["echo", "math", "one", "reject-n", "tools", "slow", "fail", "cut", "judge", "paraphrase"]
+    names = ["echo", "math", "one", "reject-n", "tools", "slow", "fail", "cut", "judge", "paraphrase", "json"]
     ups = [upstream(n, api_base, retries=0) for n in names]
     ups.append(upstream("timeout", api_base, timeout_s=0.5, retries=0))
     ups.append({**upstream("fail", api_base, retries=0), "name": "fails-over", "fallback": "echo"})
@@ -65,6 +65,14 @@ def strategy_routes(stub: StubServer) -> list[dict[str, Any]]:
         {"model": "tools-best", "upstream": "tools", "strategy": {"name": "best_of_n", "max_n": 4}},
         {"model": "one-best", "upstream": "one", "strategy": {"name": "best_of_n", "max_n": 4, "adaptive": False}},
         {"model": "fail-best", "upstream": "fail", "strategy": {"name": "best_of_n", "max_n": 4}},
+        {"model": "slow-best", "upstream": "slow", "strategy": {"name": "best_of_n", "max_n": 2, "adaptive": False}},
+        {"model": "json-best", "upstream": "json", "strategy": {
+            "name": "best_of_n", "max_n": 6, "adaptive": False, "verifiers": [{"type": "json_schema"}, {"type": "mbr"}]}},
+        {"model": "math-plugin", "upstream": "math", "strategy": {
+            "name": "best_of_n", "max_n": 4, "adaptive": False,
+            "verifiers": [{"type": "plugin", "function": "tests.plugin_verifier:prefers_short"}]}},
+        {"model": "math-audit", "upstream": "math", "strategy": {
+            "name": "best_of_n", "max_n": 2, "variants": ["original", "step_by_step"], "audit_rate": 1.0, "audit_max_n": 8}},
     ]
 
 

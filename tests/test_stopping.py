@@ -100,8 +100,10 @@ def test_rules_apply_in_the_documented_order() -> None:
     everything = Evidence(answers=["a"] * 4, utilities=flat, selected_utility=0.99, verifier_term=0.5)
     tau = StopSettings(good_enough=0.5)
     assert decide(tau, everything, Caps(n=4, max_n=4)).stop is StopReason.VOTE_CONFIDENT
-    no_vote = Evidence(answers=["a", "b", "c", "d"], utilities=flat, selected_utility=0.99)
-    assert decide(tau, no_vote, ROOMY).stop is StopReason.NO_GAIN
+    unextractable = Evidence(answers=None, utilities=flat, selected_utility=0.99)
+    assert decide(tau, unextractable, ROOMY).stop is StopReason.NO_GAIN
+    split_vote = Evidence(answers=["a", "b", "c", "d"], utilities=flat, selected_utility=0.99)
+    assert decide(tau, split_vote, ROOMY).stop is StopReason.GOOD_ENOUGH
     rising = [0.1, 0.3, 0.6, 0.95]
     assert decide(tau, Evidence(utilities=rising, selected_utility=0.95), ROOMY).stop is StopReason.GOOD_ENOUGH
     assert decide(DEFAULTS, Evidence(utilities=rising, selected_utility=0.95), ROOMY).stop is None
@@ -143,3 +145,13 @@ def test_no_gain_is_monotone_in_epsilon(scores: list[float], low: float, high: f
     stops = [decide(StopSettings(min_gain=e), Evidence(utilities=scores), ROOMY).stop is StopReason.NO_GAIN
              for e in (low, high)]
     assert stops[0] <= stops[1]  # a stop at a stricter ε is also a stop at a looser one
+
+
+def test_split_vote_keeps_sampling_instead_of_reading_a_flat_curve() -> None:
+    # Four different answers: vote shares are all 0.25, so the scored-candidate rule would see
+    # no gain; while answers are extractable only the vote (or a cap) may stop.
+    evidence = Evidence(answers=["1", "2", "3", "4"], utilities=[0.25] * 4, selected_utility=0.25)
+    decision = decide(StopSettings(), evidence, Caps(n=4, max_n=16))
+    assert decision.stop is None
+    unscored = Evidence(answers=[None, None, None, "4"], utilities=[0.25] * 4, selected_utility=0.25)
+    assert decide(StopSettings(), unscored, Caps(n=4, max_n=16)).stop is StopReason.NO_GAIN
