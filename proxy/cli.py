@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -123,6 +124,7 @@ def _private_metrics_dir(workers: int) -> str | None:
         return None
     path = tempfile.mkdtemp(prefix=f"rvr-proxy-metrics-{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    log.info(json.dumps({"event": "multiprocess_metrics_dir", "path": path}))
     return path
 
 

@@ -36,7 +36,9 @@ class ProxyProcess:
             command += ["--config", str(self.config_path)]
         self.command = command + (args or [])
         self.env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.env.pop("RVR_CONFIG", None) if config is None and "RVR_CONFIG" not in (env or {}) else None
+        if config is None:  # the embedded default: nothing from the caller's environment may configure it
+            for name in ("RVR_CONFIG", "RVR_UPSTREAM_API_BASE", "RVR_UPSTREAM_MODEL"):
+                self.env.pop(name, None)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -71,6 +71,17 @@ def test_available() -> None:
     assert embedded_available() is None
 
 
+def test_unavailable_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy import embedded
+
+    monkeypatch.setattr(embedded, "_importable", lambda module: False)
+    message = embedded_available()
+    assert message is not None
+    for needle in ("pip install 'rvr-proxy[local]'", "--config FILE", "RVR_CONFIG",
+                   "RVR_UPSTREAM_API_BASE", "RVR_UPSTREAM_MODEL"):
+        assert needle in message
+
+
 def test_cache_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("RVR_CACHE_DIR", str(tmp_path / "a"))
     assert cache_dir() == tmp_path / "a"
