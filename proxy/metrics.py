@@ -54,7 +54,11 @@ VERIFIER_DISAGREEMENT = Histogram(
     "rvr_verifier_disagreement", "Verifier term: loss from disagreeing views.", ["route"],
     buckets=RISK_BUCKETS,
 )
-VERIFIER_CALLS = Counter("rvr_verifier_runs", "Verifier runs by outcome.", ["route", "verifier", "outcome"])
+VERIFIER_RUNS = Counter(
+    "rvr_verifier_runs",
+    "Verifier runs: ok, failed (raised), missing (judge/reward calls inside that failed or did not parse).",
+    ["route", "verifier", "outcome"],
+)
 AUDITS = Counter("rvr_audit_requests", "Requests sampled as audit traffic.", ["route"])
 AUDIT_TOKENS = Counter("rvr_audit_tokens", "Tokens spent on audit requests.", ["route"])
 

@@ -74,6 +74,9 @@ def _observe(record: RequestRecord, duration: float, usage: Usage) -> None:
         metrics.AUDIT_TOKENS.labels(route).inc(usage.total_tokens)
     if outcome.stop_reason is StopReason.PASSTHROUGH:
         return
+    for verifier, tally in outcome.verifier_outcomes.items():
+        for result, count in tally.items():
+            metrics.VERIFIER_RUNS.labels(route, verifier, result).inc(count)
     selected = outcome.scores[outcome.selected] if outcome.selected < len(outcome.scores) else None
     if selected is not None:
         metrics.SELECTED_SCORE.labels(route).observe(selected)

@@ -170,6 +170,7 @@ class Outcome:
     risk: RiskReport | None = None
     verifier_disagreement: float | None = None
     upstream_errors: int = 0
+    verifier_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> ok|failed|missing -> count
     plain_usage: Usage | None = None  # what one plain call cost (first batch per sample), for cost ratios
     audit: bool = False
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds

@@ -132,6 +132,7 @@ class _Run:
     rendered: dict[str, list[Message]] = field(default_factory=dict)
     last_error: BaseException | None = None
     view_rounds: int = 0  # times the verifier-first rule added views
+    verifier_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def time(self, step: str, since: float) -> None:
         self.timings[step] = self.timings.get(step, 0.0) + (self.clock() - since)
@@ -194,9 +195,15 @@ async def _verify(run: _Run, plan: Plan, ctx: VerifyContext) -> list[VerifierRes
     verdicts = await asyncio.gather(*(_score_one(v, ctx, run.candidates) for v in plan.verifiers))
     results = []
     for verifier, scored in zip(plan.verifiers, verdicts):
-        if scored is not None:
-            run.usage += scored.usage
-            results.append(VerifierResult(verifier.name, verifier.weight, scored))
+        tally = run.verifier_outcomes.setdefault(verifier.name, {})
+        if scored is None:
+            tally["failed"] = tally.get("failed", 0) + 1
+            continue
+        tally["ok"] = tally.get("ok", 0) + 1
+        if scored.errors:  # calls inside it that failed or did not parse: missing views
+            tally["missing"] = tally.get("missing", 0) + scored.errors
+        run.usage += scored.usage
+        results.append(VerifierResult(verifier.name, verifier.weight, scored))
     run.time("verify", since)
     return results
 
@@ -369,6 +376,7 @@ def _outcome(
         risk=report,
         verifier_disagreement=report.verifier if report.sources.get("verifier") == "request" else None,
         upstream_errors=run.errors,
+        verifier_outcomes=run.verifier_outcomes,
         audit=audit,
         timings=dict(run.timings),
     )

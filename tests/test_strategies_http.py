@@ -199,3 +199,9 @@ def test_strategy_metrics(proxy: ProxyProcess, client: openai.OpenAI) -> None:
     assert 'rvr_risk_count{component="candidate",route="math-fixed"}' in text
     assert 'rvr_tokens_total{kind="completion",route="math-fixed"}' in text
     assert 'rvr_passthrough_equivalent_tokens_total{kind="completion",route="math-fixed"}' in text
+
+
+def test_verifier_runs_are_counted_by_outcome(proxy: ProxyProcess, client: openai.OpenAI) -> None:
+    ask(client, "math-judge", "What is 6*7? p=0.5")
+    text = httpx.get(f"{proxy.base_url}/metrics").text
+    assert 'rvr_verifier_runs_total{outcome="ok",route="math-judge",verifier="llm_judge"}' in text

@@ -828,3 +828,21 @@ def test_view_names_are_label_safe_and_scores_in_range(plugin_module: str) -> No
             assert len(scores) == len(candidates)
             assert all(s is None or 0.0 <= s <= 1.0 for s in scores)
         assert scored.hard == verifier.hard
+
+
+def test_judge_adds_a_template_view_only_when_asked() -> None:
+    services = FakeServices(grading_judge)
+    ctx = ctx_for(services)
+    verifier = build_verifier({"type": "llm_judge", "upstream": "j", "initial_views": 1}, 0)
+    candidates = [cand(0, "42"), cand(1, "41")]
+    first = asyncio.run(verifier.score(ctx, candidates))
+    assert set(first.views) == {"llm_judge:rubric_10"} and len(services.chat_calls) == 2
+
+    assert asyncio.run(verifier.add_views(ctx)) is True
+    second = asyncio.run(verifier.score(ctx, candidates))
+    assert set(second.views) == {"llm_judge:rubric_10", "llm_judge:correctness_yesno"}
+    assert len(services.chat_calls) == 4  # only the new template's calls
+    assert asyncio.run(verifier.add_views(ctx)) is False  # nothing more to offer
+
+    # The expansion is per request: a new request starts from one view again.
+    assert set(asyncio.run(verifier.score(ctx_for(services), candidates)).views) == {"llm_judge:rubric_10"}

@@ -152,6 +152,9 @@ class LlmJudgeSettings(VerifierSpec):
     templates: list[TemplateName] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     mode: Literal["pointwise", "pairwise"] = "pointwise"
     concurrency: int = Field(8, ge=1, le=256)
+    # Templates judged from the start; the rest are added only when the verifier-first rule
+    # (method §4.4) finds views disagreeing more than more candidates would gain. None: all.
+    initial_views: int | None = Field(None, ge=1)
 
     @field_validator("templates")
     @classmethod
@@ -183,16 +186,30 @@ class LlmJudgeVerifier(BaseVerifier):
         self.mode = settings.mode
         self.concurrency = settings.concurrency
         self.upstreams = (settings.upstream,)
+        self.initial_views = min(settings.initial_views or len(self.templates), len(self.templates))
+
+    def _active(self, memo: dict[Any, Any]) -> tuple[str, ...]:
+        return self.templates[: memo.get("active", self.initial_views)]
+
+    async def add_views(self, ctx: VerifyContext) -> bool:
+        """Judge with one more template from the next `score` on; False when all are in use."""
+        memo: dict[Any, Any] = ctx.cache.setdefault(("llm_judge", self.name), {})
+        active = memo.get("active", self.initial_views)
+        if active >= len(self.templates):
+            return False
+        memo["active"] = active + 1
+        return True
 
     async def score(self, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored:
         memo: dict[Any, Any] = ctx.cache.setdefault(("llm_judge", self.name), {})
         limit = asyncio.Semaphore(self.concurrency)
         conversation = render_conversation(ctx.messages)
         responses = {c.index: render_candidate(c) for c in candidates}
+        templates = self._active(memo)
 
         calls = [
             self._pointwise_call(name, conversation, responses[c.index], c.index)
-            for name in self.templates
+            for name in templates
             for c in candidates
             if ("point", name, c.index) not in memo
         ]
@@ -200,7 +217,7 @@ class LlmJudgeVerifier(BaseVerifier):
 
         views: dict[str, list[float | None]] = {
             self.view(name): [memo.get(("point", name, c.index)) for c in candidates]
-            for name in self.templates
+            for name in templates
         }
         if self.mode == "pairwise" and candidates:
             more_usage, more_errors = await self._pairwise(
