@@ -59,8 +59,9 @@ class Proxy:
             params = self._params(body, route, endpoint)
             headers = {"x-rvr-route": route.name}
             if body.stream:
-                streaming = True
-                return self._stream(request, body, route, endpoint, params, record, headers)
+                response = self._stream(request, body, route, endpoint, params, record, headers)
+                streaming = True  # from here the stream's own end writes the record
+                return response
             outcome = await self._guarded(request, self._execute(body, route, endpoint, params))
             record.outcome = outcome
             headers["x-rvr-candidates"] = str(len(outcome.candidates))

@@ -30,8 +30,10 @@ def main_config(api_base: str) -> dict[str, Any]:
     names = ["echo", "math", "one", "reject-n", "tools", "slow", "fail", "cut", "judge", "paraphrase", "json"]
     ups = [upstream(n, api_base, retries=0) for n in names]
     ups.append(upstream("timeout", api_base, timeout_s=0.5, retries=0))
+    ups.append(upstream("flaky", api_base, retries=2, retry_backoff_s=0.05))
+    ups.append(upstream("busy", api_base, max_concurrency=2))
     ups.append({**upstream("fail", api_base, retries=0), "name": "fails-over", "fallback": "echo"})
-    routes: list[dict[str, Any]] = [{"model": n, "upstream": n} for n in names + ["timeout", "fails-over"]]
+    routes: list[dict[str, Any]] = [{"model": n, "upstream": n} for n in names + ["timeout", "fails-over", "flaky", "busy"]]
     routes.append({"model": "capped", "upstream": "echo", "limits": {"max_n": 2, "max_tokens": 50}})
     return {"upstreams": ups, "routes": routes}
 

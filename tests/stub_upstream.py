@@ -25,6 +25,9 @@ class StubState:
     requests: list[dict[str, Any]] = field(default_factory=list)
     cancelled: int = 0
     completed: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    flaky_seen: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def bodies(self, model: str) -> list[dict[str, Any]]:
@@ -89,6 +92,21 @@ class Handler(BaseHTTPRequestHandler):
         if behaviour == "fail":
             self._json(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
             return
+        if behaviour == "flaky":  # the first call for each prompt fails with 503, a retry succeeds
+            prompt = _prompt_text(body)
+            with self.server.state.lock:
+                first = prompt not in self.server.state.flaky_seen
+                self.server.state.flaky_seen.add(prompt)
+            if first:
+                self._json(503, {"error": {"message": "overloaded", "type": "server_error"}})
+                return
+        if behaviour == "busy":  # holds each call a while, counting how many overlap
+            with self.server.state.lock:
+                self.server.state.in_flight += 1
+                self.server.state.max_in_flight = max(self.server.state.max_in_flight, self.server.state.in_flight)
+            time.sleep(0.3)
+            with self.server.state.lock:
+                self.server.state.in_flight -= 1
         if behaviour == "reject-n" and n > 1:
             self._json(400, {"error": {"message": "n must be 1", "type": "invalid_request_error", "param": "n"}})
             return

@@ -142,6 +142,20 @@ def test_proxy_invents_no_limits(client: openai.OpenAI, stub: StubServer) -> Non
     assert not {"max_tokens", "temperature", "stop", "max_completion_tokens"} & set(sent)
 
 
+def test_retries_with_backoff_on_503(client: openai.OpenAI, stub: StubServer) -> None:
+    before = len(stub.state.bodies("flaky"))
+    completion = client.chat.completions.create(model="flaky", messages=[{"role": "user", "content": "retry me"}])
+    assert completion.choices[0].message.content == "echo 0: retry me"
+    assert len(stub.state.bodies("flaky")) - before == 2  # one 503, one retry
+
+
+def test_per_upstream_concurrency_limit(client: openai.OpenAI, stub: StubServer) -> None:
+    with ThreadPoolExecutor(6) as pool:
+        done = list(pool.map(lambda i: client.chat.completions.create(model="busy", messages=[{"role": "user", "content": f"b{i}"}]), range(6)))
+    assert len(done) == 6
+    assert stub.state.max_in_flight == 2
+
+
 def test_fallback_upstream_serves_when_the_primary_fails(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(model="fails-over", messages=HELLO)
     assert completion.choices[0].message.content == "echo 0: hello there"
