@@ -25,7 +25,7 @@ from proxy.config import Config
 from proxy.errors import InvalidRequest, ModelNotFound, ProxyError, UpstreamFailed, UpstreamTimedOut, internal_error
 from proxy.recording import RequestRecord, finish
 from proxy.requests import CHAT_PARAMS, TEXT_PARAMS, ChatRequest, CompletionRequest, parse_body
-from proxy.responses import chat_completion, new_id, rvr_body, text_completion
+from proxy.responses import completion, new_id, rvr_body
 from proxy.routing import Route, Router
 from proxy.services import RequestServices
 from proxy.streaming import relay, replay
@@ -65,8 +65,8 @@ class Proxy:
             outcome = await self._guarded(request, self._execute(body, route, endpoint, params))
             record.outcome = outcome
             headers["x-rvr-candidates"] = str(len(outcome.candidates))
-            build = chat_completion if endpoint == "chat" else text_completion
-            return JSONResponse(build(outcome, route.name, body.n, self._rvr(outcome, route, body)), headers=headers)
+            rvr = self._rvr(outcome, route, body)
+            return JSONResponse(completion(outcome, route.name, body.n, rvr, endpoint), headers=headers)
         except ProxyError as exc:
             record.status, record.error = exc.status, exc.message
             return error_response(exc)

@@ -33,32 +33,21 @@ def _score(outcome: Outcome, i: int) -> float:
     return value if value is not None else float("-inf")
 
 
-def chat_completion(outcome: Outcome, route: str, n: int, rvr: dict[str, Any] | None) -> dict[str, Any]:
-    choices = [
-        {"index": i, "message": c.message, "finish_reason": c.finish_reason or "stop", "logprobs": c.logprobs}
-        for i, c in enumerate(returned(outcome, n))
-    ]
+def completion(outcome: Outcome, route: str, n: int, rvr: dict[str, Any] | None, endpoint: str) -> dict[str, Any]:
+    """A `chat.completion` (endpoint "chat") or `text_completion` object."""
+    chat = endpoint == "chat"
+    choices = []
+    for i, candidate in enumerate(returned(outcome, n)):
+        choice: dict[str, Any] = {"index": i}
+        if chat:
+            choice["message"] = candidate.message
+        else:
+            choice["text"] = candidate.text
+        choice.update(finish_reason=candidate.finish_reason or "stop", logprobs=candidate.logprobs)
+        choices.append(choice)
     body: dict[str, Any] = {
-        "id": new_id("chatcmpl"),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": route,
-        "choices": choices,
-        "usage": usage_body(outcome.usage),
-    }
-    if rvr is not None:
-        body["rvr"] = rvr
-    return body
-
-
-def text_completion(outcome: Outcome, route: str, n: int, rvr: dict[str, Any] | None) -> dict[str, Any]:
-    choices = [
-        {"index": i, "text": c.text, "finish_reason": c.finish_reason or "stop", "logprobs": c.logprobs}
-        for i, c in enumerate(returned(outcome, n))
-    ]
-    body: dict[str, Any] = {
-        "id": new_id("cmpl"),
-        "object": "text_completion",
+        "id": new_id("chatcmpl" if chat else "cmpl"),
+        "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
         "model": route,
         "choices": choices,
