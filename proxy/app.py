@@ -31,6 +31,7 @@ from proxy.services import RequestServices
 from proxy.streaming import relay, replay
 from strategies.contract import Candidate, NoCandidatesError, OverrideError, Outcome, StopReason, VerifyContext
 from strategies.sampling import run_best_of_n
+from strategies.settings import BestOfNSettings
 
 log = logging.getLogger("rvr_proxy")
 T = TypeVar("T")
@@ -90,16 +91,20 @@ class Proxy:
         if limits.max_tokens is not None:
             asked = body.token_limit
             if asked is not None and asked > limits.max_tokens:
-                raise InvalidRequest(f"max_tokens={asked} exceeds this route's limit of {limits.max_tokens}", param="max_tokens")
+                raise InvalidRequest(
+                    f"max_tokens={asked} exceeds this route's limit of {limits.max_tokens}", param="max_tokens"
+                )
             if asked is None:  # the operator's cap, not one the proxy invents
                 params["max_tokens"] = limits.max_tokens
         if route.strategy != "passthrough":
-            if endpoint == "text" and not isinstance(body.prompt, str):
+            if isinstance(body, CompletionRequest) and not isinstance(body.prompt, str):
                 raise InvalidRequest("strategy routes take one prompt string", param="prompt")
             if route.wants_logprobs and "logprobs" not in params:
                 params["logprobs"] = True if endpoint == "chat" else 1
         elif body.rvr is not None:
-            raise InvalidRequest(f"route {route.name!r} is a passthrough route: `rvr` options do not apply", param="rvr")
+            raise InvalidRequest(
+                f"route {route.name!r} is a passthrough route: `rvr` options do not apply", param="rvr"
+            )
         return params
 
     def _rvr(self, outcome: Outcome, route: Route, body: ChatRequest | CompletionRequest) -> dict[str, Any] | None:
@@ -116,21 +121,41 @@ class Proxy:
             else:
                 result = await route.upstream.complete(body.prompt, params, body.n)
             candidates = [
-                Candidate(i, "original", c.get("message") or {"role": "assistant", "content": c.get("text", "")},
-                          c.get("finish_reason"), None, c.get("logprobs"))
+                Candidate(
+                    i,
+                    "original",
+                    c.get("message") or {"role": "assistant", "content": c.get("text", "")},
+                    c.get("finish_reason"),
+                    None,
+                    c.get("logprobs"),
+                )
                 for i, c in enumerate(result.choices)
             ]
-            return Outcome(candidates, 0, StopReason.PASSTHROUGH, result.usage, "passthrough", upstream_errors=result.errors)
+            return Outcome(
+                candidates, 0, StopReason.PASSTHROUGH, result.usage, "passthrough", upstream_errors=result.errors
+            )
         messages = body.messages if endpoint == "chat" else [{"role": "user", "content": body.prompt}]
         assert self.http is not None
-        services = RequestServices(route.upstream, self.router.clients, params, endpoint, self.http)
+        services = RequestServices(
+            route.upstream, self.router.clients, params, "chat" if endpoint == "chat" else "text", self.http
+        )
         ctx = VerifyContext(messages, services, response_format=params.get("response_format"))
         settings = route.settings.strategy
-        audit = random.random() < getattr(settings, "audit_rate", 0.0)
+        assert isinstance(settings, BestOfNSettings)
+        audit = random.random() < settings.audit_rate
         try:
             outcome = await run_best_of_n(
-                settings, body.rvr, messages, services, route.verifiers, route.variants, ctx,
-                rng=np.random.default_rng(), clock=time.monotonic, audit=audit, route_state=route.risk_state,
+                settings,
+                body.rvr,
+                messages,
+                services,
+                route.verifiers,
+                route.variants,
+                ctx,
+                rng=np.random.default_rng(),
+                clock=time.monotonic,
+                audit=audit,
+                route_state=route.risk_state,
                 answer_of=route.answer_of,
             )
         except OverrideError as exc:
@@ -162,8 +187,16 @@ class Proxy:
         finally:
             watcher.cancel()
 
-    def _stream(self, request: Request, body: Any, route: Route, endpoint: str, params: dict[str, Any],
-                record: RequestRecord, headers: dict[str, str]) -> StreamingResponse:
+    def _stream(
+        self,
+        request: Request,
+        body: Any,
+        route: Route,
+        endpoint: str,
+        params: dict[str, Any],
+        record: RequestRecord,
+        headers: dict[str, str],
+    ) -> StreamingResponse:
         obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
         stream_id = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
 
@@ -175,19 +208,41 @@ class Proxy:
             if body.n != 1:
                 raise InvalidRequest("streaming with n > 1 is not supported; use n=1 or stream=false", param="n")
             upstream = route.upstream
-            chunks = upstream.stream_chat(body.messages, params) if endpoint == "chat" else upstream.stream_text(body.prompt, params)
-            events = relay(chunks, route=route.name, stream_id=stream_id, include_usage=body.include_usage,
-                           record=record, on_error=failed)
+            chunks = (
+                upstream.stream_chat(body.messages, params)
+                if endpoint == "chat"
+                else upstream.stream_text(body.prompt, params)
+            )
+            events = relay(
+                chunks,
+                route=route.name,
+                stream_id=stream_id,
+                include_usage=body.include_usage,
+                record=record,
+                on_error=failed,
+            )
         else:
+
             async def work() -> Outcome:
                 record.outcome = await self._execute(body, route, endpoint, params)
                 return record.outcome
 
-            events = replay(work(), route=route.name, stream_id=stream_id, obj=obj, n=body.n,
-                            include_usage=body.include_usage, rvr=lambda o: self._rvr(o, route, body),
-                            keepalive_s=KEEPALIVE_S, on_error=failed)
-        return StreamingResponse(self._finishing(events, record), media_type="text/event-stream",
-                                 headers={**headers, "cache-control": "no-cache"})
+            events = replay(
+                work(),
+                route=route.name,
+                stream_id=stream_id,
+                obj=obj,
+                n=body.n,
+                include_usage=body.include_usage,
+                rvr=lambda o: self._rvr(o, route, body),
+                keepalive_s=KEEPALIVE_S,
+                on_error=failed,
+            )
+        return StreamingResponse(
+            self._finishing(events, record),
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache"},
+        )
 
     async def _finishing(self, events: AsyncIterator[bytes], record: RequestRecord) -> AsyncIterator[bytes]:
         try:

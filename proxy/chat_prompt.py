@@ -115,9 +115,7 @@ def _tool_calls_text(message: Mapping[str, Any], fmt: TranscriptFormat) -> list[
     return lines
 
 
-def render_chat(
-    messages: Sequence[Mapping[str, Any]], fmt: TranscriptFormat = FORMAT
-) -> RenderedPrompt:
+def render_chat(messages: Sequence[Mapping[str, Any]], fmt: TranscriptFormat = FORMAT) -> RenderedPrompt:
     """Render chat `messages` to a prompt ending with the assistant label, plus stop sequences.
 
     If the last message is an assistant message, it is treated as a prefix to continue

@@ -20,7 +20,9 @@ log = logging.getLogger("rvr_proxy")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rvr-proxy", description="OpenAI-compatible proxy that mitigates rational value risk.")
+    parser = argparse.ArgumentParser(
+        prog="rvr-proxy", description="OpenAI-compatible proxy that mitigates rational value risk."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the OpenAI-compatible API")
     serve.add_argument("--config", help="YAML config file (default: $RVR_CONFIG, else the embedded model)")
@@ -79,8 +81,16 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        uvicorn.run("proxy.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-                    access_log=False, log_level=args.log_level, timeout_graceful_shutdown=10)
+        uvicorn.run(
+            "proxy.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            access_log=False,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=10,
+        )
     finally:
         _stop(host)
         if metrics_dir is not None:

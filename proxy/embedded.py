@@ -402,17 +402,26 @@ class EmbeddedModel:
             "-c",
             _BOOTSTRAP,
             str(os.getpid()),
-            "--model", str(model),
-            "--model_alias", self.model_alias,
-            "--host", self.host,
-            "--port", str(self.port),
-            "--n_ctx", str(self.n_ctx),
-            "--n_threads", str(self.n_threads),
-            "--n_threads_batch", str(self.n_threads),
+            "--model",
+            str(model),
+            "--model_alias",
+            self.model_alias,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            str(self.n_ctx),
+            "--n_threads",
+            str(self.n_threads),
+            "--n_threads_batch",
+            str(self.n_threads),
             # A streamed reply would otherwise be cut short, silently, whenever another
             # request queues behind it (the server handles one request at a time).
-            "--interrupt_requests", "False",
-            "--logits_all", str(self.logits_all),
+            "--interrupt_requests",
+            "False",
+            "--logits_all",
+            str(self.logits_all),
             *self.extra_args,
         ]
 
@@ -461,8 +470,7 @@ class EmbeddedModel:
                             await asyncio.wait_for(asyncio.shield(self._reader), 2.0)
                     raise EmbeddedModelError(
                         f"the embedded model server exited with code {proc.returncode} while "
-                        f"starting; its last output (full log: {self.log_file}):\n"
-                        + "\n".join(self.output_tail(20))
+                        f"starting; its last output (full log: {self.log_file}):\n" + "\n".join(self.output_tail(20))
                     )
                 try:
                     r = await client.get(url)
@@ -481,9 +489,7 @@ class EmbeddedModel:
 
     def _serves_alias(self, body: Any) -> bool:
         data = body.get("data") if isinstance(body, dict) else None
-        return isinstance(data, list) and any(
-            isinstance(m, dict) and m.get("id") == self.model_alias for m in data
-        )
+        return isinstance(data, list) and any(isinstance(m, dict) and m.get("id") == self.model_alias for m in data)
 
     async def _supervise(self, model: Path) -> None:
         code: int | None = None
@@ -513,7 +519,9 @@ class EmbeddedModel:
             delay = min(30.0, 0.5 * 2 ** len(self._restart_times))
             log.warning(
                 "embedded model server exited with code %s; restarting in %.1f s. Last output:\n%s",
-                code, delay, tail,
+                code,
+                delay,
+                tail,
             )
             self._restart_times.append(now)
             await asyncio.sleep(delay)

@@ -26,32 +26,34 @@ RISK_COMPONENTS = ("baseline", "residual", "candidate", "prompt", "verifier", "r
 
 REQUESTS = Counter("rvr_requests", "Requests handled.", ["route", "strategy", "status"])
 REQUEST_DURATION = Histogram(
-    "rvr_request_duration_seconds", "Wall time of a request.", ["route", "strategy"],
+    "rvr_request_duration_seconds",
+    "Wall time of a request.",
+    ["route", "strategy"],
     buckets=LATENCY_BUCKETS,
 )
-UPSTREAM_REQUESTS = Counter(
-    "rvr_upstream_requests", "Upstream calls by outcome.", ["upstream", "outcome"]
-)
+UPSTREAM_REQUESTS = Counter("rvr_upstream_requests", "Upstream calls by outcome.", ["upstream", "outcome"])
 UPSTREAM_LATENCY = Histogram(
-    "rvr_upstream_latency_seconds", "Latency of one upstream call.", ["upstream"],
+    "rvr_upstream_latency_seconds",
+    "Latency of one upstream call.",
+    ["upstream"],
     buckets=LATENCY_BUCKETS,
 )
-TOKENS = Counter("rvr_tokens", "Upstream tokens spent, every candidate and judge call included.",
-                 ["route", "kind"])
+TOKENS = Counter("rvr_tokens", "Upstream tokens spent, every candidate and judge call included.", ["route", "kind"])
 PASSTHROUGH_TOKENS = Counter(
     "rvr_passthrough_equivalent_tokens",
     "Tokens one plain call would have spent (the first candidate's), for the cost multiplier.",
     ["route", "kind"],
 )
-CANDIDATES = Histogram("rvr_candidates", "Candidates per request.", ["route"],
-                       buckets=CANDIDATE_BUCKETS)
+CANDIDATES = Histogram("rvr_candidates", "Candidates per request.", ["route"], buckets=CANDIDATE_BUCKETS)
 STOPS = Counter("rvr_stop", "Why adaptive sampling stopped.", ["route", "reason"])
-RISK = Histogram("rvr_risk", "Per-request rational value risk estimates.", ["route", "component"],
-                 buckets=RISK_BUCKETS)
-SELECTED_SCORE = Histogram("rvr_selected_score", "Ensemble score of the returned candidate.",
-                           ["route"], buckets=UNIT_BUCKETS)
+RISK = Histogram("rvr_risk", "Per-request rational value risk estimates.", ["route", "component"], buckets=RISK_BUCKETS)
+SELECTED_SCORE = Histogram(
+    "rvr_selected_score", "Ensemble score of the returned candidate.", ["route"], buckets=UNIT_BUCKETS
+)
 VERIFIER_DISAGREEMENT = Histogram(
-    "rvr_verifier_disagreement", "Verifier term: loss from disagreeing views.", ["route"],
+    "rvr_verifier_disagreement",
+    "Verifier term: loss from disagreeing views.",
+    ["route"],
     buckets=RISK_BUCKETS,
 )
 VERIFIER_RUNS = Counter(

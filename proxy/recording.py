@@ -89,8 +89,12 @@ def _observe(record: RequestRecord, duration: float, usage: Usage) -> None:
     if risk.baseline is not None and risk.residual is not None:
         recovered = risk.baseline - risk.residual
     values = {
-        "baseline": risk.baseline, "residual": risk.residual, "candidate": risk.candidate,
-        "prompt": risk.prompt, "verifier": risk.verifier, "recovered": recovered,
+        "baseline": risk.baseline,
+        "residual": risk.residual,
+        "candidate": risk.candidate,
+        "prompt": risk.prompt,
+        "verifier": risk.verifier,
+        "recovered": recovered,
     }
     for component, value in values.items():
         if value is not None:  # unknown stays unobserved: never recorded as 0

@@ -12,16 +12,52 @@ from strategies.settings import RequestOverrides
 
 # OpenAI parameters litellm takes by name; anything else a client sends rides in `extra_body`,
 # so vendor extensions (top_k, repetition_penalty, ...) still reach the upstream untouched.
-CHAT_PARAMS = frozenset({
-    "temperature", "top_p", "stop", "max_tokens", "max_completion_tokens", "presence_penalty",
-    "frequency_penalty", "logit_bias", "user", "response_format", "seed", "tools", "tool_choice",
-    "parallel_tool_calls", "logprobs", "top_logprobs", "functions", "function_call", "modalities",
-    "audio", "prediction", "reasoning_effort", "service_tier", "store", "metadata",
-})
-TEXT_PARAMS = frozenset({
-    "temperature", "top_p", "stop", "max_tokens", "presence_penalty", "frequency_penalty",
-    "logit_bias", "user", "seed", "logprobs", "echo", "best_of", "suffix",
-})
+CHAT_PARAMS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "stop",
+        "max_tokens",
+        "max_completion_tokens",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "user",
+        "response_format",
+        "seed",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "logprobs",
+        "top_logprobs",
+        "functions",
+        "function_call",
+        "modalities",
+        "audio",
+        "prediction",
+        "reasoning_effort",
+        "service_tier",
+        "store",
+        "metadata",
+    }
+)
+TEXT_PARAMS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "stop",
+        "max_tokens",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "user",
+        "seed",
+        "logprobs",
+        "echo",
+        "best_of",
+        "suffix",
+    }
+)
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 

@@ -14,7 +14,11 @@ def new_id(prefix: str) -> str:
 
 
 def usage_body(usage: Usage) -> dict[str, int]:
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens}
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
 
 
 def returned(outcome: Outcome, n: int) -> list[Candidate]:

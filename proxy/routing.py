@@ -49,11 +49,11 @@ class Router:
     def __init__(self, config: Config) -> None:
         self.redact = Redactor(config.secrets())
         self.clients: dict[str, UpstreamClient] = {}
-        for settings in config.upstreams:
-            self.clients[settings.name] = UpstreamClient(settings, self.redact)
-        for settings in config.upstreams:
-            if settings.fallback is not None:
-                self.clients[settings.name]._fallback = self.clients[settings.fallback]
+        for upstream in config.upstreams:
+            self.clients[upstream.name] = UpstreamClient(upstream, self.redact)
+        for upstream in config.upstreams:
+            if upstream.fallback is not None:
+                self.clients[upstream.name].fallback = self.clients[upstream.fallback]
         self.routes = {r.model: build_route(r, self.clients, f"routes.{i}") for i, r in enumerate(config.routes)}
         self._default: Route | None = None
         if config.server.default_upstream is not None:
@@ -66,7 +66,9 @@ class Router:
             return route
         if self._default is not None:
             return self._default
-        raise ModelNotFound(f"The model `{model[:200]}` does not exist on this proxy; GET /v1/models lists the routes.", param="model")
+        raise ModelNotFound(
+            f"The model `{model[:200]}` does not exist on this proxy; GET /v1/models lists the routes.", param="model"
+        )
 
 
 def build_route(settings: RouteSettings, clients: dict[str, UpstreamClient], path: str) -> Route:

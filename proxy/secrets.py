@@ -17,7 +17,7 @@ def resolve(value: Any, path: str, environ: Mapping[str, str] | None = None) -> 
     """Replace every `os.environ/NAME` string inside `value` by the variable's value."""
     env = os.environ if environ is None else environ
     if isinstance(value, str) and value.startswith(PREFIX):
-        name = value[len(PREFIX):]
+        name = value[len(PREFIX) :]
         if name not in env:
             raise MissingSecret(f"{path}: environment variable {name} is not set")
         return env[name]

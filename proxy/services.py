@@ -51,7 +51,9 @@ class RequestServices:
         content = result.choices[0]["message"].get("content") if result.choices else None
         return Reply(content if isinstance(content, str) else "", result.usage)
 
-    async def reward(self, endpoint: RewardEndpoint, messages: Sequence[Message], answers: Sequence[str]) -> RewardReply:
+    async def reward(
+        self, endpoint: RewardEndpoint, messages: Sequence[Message], answers: Sequence[str]
+    ) -> RewardReply:
         headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
         body = _reward_body(endpoint, messages, answers)
         try:
@@ -81,7 +83,9 @@ def _batch(result: Choices) -> Batch:
     samples = []
     for choice in result.choices:
         message = choice.get("message") or {"role": "assistant", "content": choice.get("text", "")}
-        samples.append(Sample(message, choice.get("finish_reason"), token_logprobs(choice.get("logprobs")), choice.get("logprobs")))
+        samples.append(
+            Sample(message, choice.get("finish_reason"), token_logprobs(choice.get("logprobs")), choice.get("logprobs"))
+        )
     return Batch(samples, result.usage, result.errors)
 
 

@@ -96,8 +96,11 @@ async def replay(
     for index, candidate in enumerate(returned(outcome, n)):
         for piece in _pieces(candidate, index, obj):
             yield event({**base, "choices": [piece]})
-        final = {"index": index, "finish_reason": candidate.finish_reason or "stop"}
-        final.update({"text": ""} if obj == "text_completion" else {"delta": {}})
+        final: dict[str, Any] = {"index": index, "finish_reason": candidate.finish_reason or "stop"}
+        if obj == "text_completion":
+            final["text"] = ""
+        else:
+            final["delta"] = {}
         yield event({**base, "choices": [final]})
     extension = rvr(outcome)
     if include_usage or extension is not None:
@@ -124,13 +127,22 @@ def _complete_choice(choice: dict[str, Any]) -> dict[str, Any]:
 def _pieces(candidate: Candidate, index: int, obj: str) -> list[dict[str, Any]]:
     text = candidate.text
     if obj == "text_completion":
-        return [{"index": index, "text": text[i:i + CONTENT_PIECE], "finish_reason": None} for i in range(0, len(text), CONTENT_PIECE)]
+        return [
+            {"index": index, "text": text[i : i + CONTENT_PIECE], "finish_reason": None}
+            for i in range(0, len(text), CONTENT_PIECE)
+        ]
     pieces = [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
     pieces += [
-        {"index": index, "delta": {"content": text[i:i + CONTENT_PIECE]}, "finish_reason": None}
+        {"index": index, "delta": {"content": text[i : i + CONTENT_PIECE]}, "finish_reason": None}
         for i in range(0, len(text), CONTENT_PIECE)
     ]
     calls = candidate.tool_calls
     if calls:  # tool calls stay structured: one delta with every call, indexed as OpenAI does
-        pieces.append({"index": index, "delta": {"tool_calls": [{"index": k, **call} for k, call in enumerate(calls)]}, "finish_reason": None})
+        pieces.append(
+            {
+                "index": index,
+                "delta": {"tool_calls": [{"index": k, **call} for k, call in enumerate(calls)]},
+                "finish_reason": None,
+            }
+        )
     return pieces

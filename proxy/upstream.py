@@ -48,7 +48,7 @@ class UpstreamClient:
         self.settings = settings
         self.name = settings.name
         self._redact = redact
-        self._fallback = fallback
+        self.fallback = fallback
         self._params = dict(settings.litellm_params)
         self._params.setdefault("timeout", settings.timeout_s)
         # litellm would retry on its own too; one retry policy, ours, keeps attempts countable.
@@ -169,14 +169,16 @@ class UpstreamClient:
             self._semaphore = asyncio.Semaphore(self.settings.max_concurrency)
         return self._semaphore
 
-    async def _call(self, make: Callable[[dict[str, Any]], Awaitable[Any]], kwargs: dict[str, Any], stream: bool = False) -> Any:
+    async def _call(
+        self, make: Callable[[dict[str, Any]], Awaitable[Any]], kwargs: dict[str, Any], stream: bool = False
+    ) -> Any:
         try:
             return await self._attempts(make, kwargs)
         except (UpstreamFailed, UpstreamTimedOut):
-            if self._fallback is None:
+            if self.fallback is None:
                 raise
-            fallback_kwargs = {**kwargs, **{k: v for k, v in self._fallback._params.items() if k in OPERATOR_KEYS}}
-            return await self._fallback._attempts(make, fallback_kwargs)
+            fallback_kwargs = {**kwargs, **{k: v for k, v in self.fallback._params.items() if k in OPERATOR_KEYS}}
+            return await self.fallback._attempts(make, fallback_kwargs)
 
     async def _attempts(self, make: Callable[[dict[str, Any]], Awaitable[Any]], kwargs: dict[str, Any]) -> Any:
         attempt = 0
@@ -238,7 +240,11 @@ def _clean_chat_choice(choice: dict[str, Any]) -> dict[str, Any]:
 
 
 def _clean_text_choice(choice: dict[str, Any]) -> dict[str, Any]:
-    return {"text": choice.get("text") or "", "finish_reason": choice.get("finish_reason"), "logprobs": choice.get("logprobs")}
+    return {
+        "text": choice.get("text") or "",
+        "finish_reason": choice.get("finish_reason"),
+        "logprobs": choice.get("logprobs"),
+    }
 
 
 def _text_to_chat(choice: dict[str, Any]) -> dict[str, Any]:

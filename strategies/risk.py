@@ -253,10 +253,18 @@ def _fill_from_route(measured: _Terms, route: RouteRiskState | None) -> tuple[_T
     return _Terms(**values), sources
 
 
-def _residual(terms: _Terms) -> tuple[float | None, list[str]]:
+def _residual(terms: _Terms, sources: dict[str, str]) -> tuple[float | None, list[str]]:
+    """Ĉ + max(P̂, 0) + V̂r over the known terms, with one departure from method §3.
+
+    A request that sampled the variants itself has already collected their gain: Ĉ extrapolates
+    the pooled candidates, so adding P̂ again counts it twice (measured on the simulated upstream,
+    bench/validate_risk.py: residual bias +0.058 with it, −0.004 without). P̂ enters the residual
+    only when it is the route's estimate for a request that asked one way.
+    """
+    prompt = terms.prompt if sources.get("prompt") == "route" else None
     parts = {
         "candidate": terms.candidate,
-        "prompt": None if terms.prompt is None else max(terms.prompt, 0.0),
+        "prompt": None if prompt is None else max(prompt, 0.0),
         "verifier": terms.verifier,
     }
     used = [name for name, value in parts.items() if value is not None]
@@ -282,11 +290,11 @@ def _bootstrap_terms(
     n = len(scores)
     samples = scores[picks]
     is_original = original_mask(variants)  # strata keep positions, so one mask fits every row
+    ordered = np.sort(samples, axis=1)
     out: dict[str, np.ndarray] = {
-        "best": samples.max(axis=1),
+        "best": ordered @ expected_max_weights(n, min(n, k_ref)),
         "aeu": np.where(is_original, samples, 0.0).sum(axis=1) / is_original.sum(),
     }
-    ordered = np.sort(samples, axis=1)
     if n >= MIN_CANDIDATES_FOR_TREND:
         e_n, e_half, e_quarter = (ordered @ expected_max_weights(n, k) for k in (n, n / 2, n / 4))
         d_n, d_half = _snap(e_n - e_half), _snap(e_half - e_quarter)
@@ -322,11 +330,12 @@ def _intervals(
     c_draws = candidate if candidate is not None else terms.candidate
     if c_draws is not None:
         intervals["baseline"] = _interval(boot["best"] + c_draws - boot["aeu"])
-    if candidate is not None or prompt is not None:
+    if candidate is not None:
         total = np.zeros_like(boot["best"])
         total += c_draws if c_draws is not None else 0.0
-        p_draws = prompt if prompt is not None else terms.prompt
-        total += np.maximum(p_draws, 0.0) if p_draws is not None else 0.0
+        # As in `_residual`: only a route-supplied prompt term is still to be gained.
+        p_draws = terms.prompt if sources.get("prompt") == "route" else None
+        total += max(p_draws, 0.0) if p_draws is not None else 0.0
         total += terms.verifier if terms.verifier is not None else 0.0
         intervals["residual"] = _interval(total)
     return intervals
@@ -362,8 +371,9 @@ def assess(
     report.candidate, report.prompt, report.verifier = terms.candidate, terms.prompt, terms.verifier
     report.aeu = aeu(kept, kept_variants)
     if report.aeu is not None and terms.candidate is not None:
-        report.baseline = float(kept.max()) + terms.candidate - report.aeu
-    report.residual, report.residual_terms = _residual(terms)
+        # Ê at min(n, K_ref): with more candidates than K_ref the observed max overstates REU_Kref.
+        report.baseline = expected_max(kept, min(len(kept), k_ref)) + terms.candidate - report.aeu
+    report.residual, report.residual_terms = _residual(terms, report.sources)
     if len(kept):
         picks = _stratified_resamples(kept_variants, rng, resamples)
         report.intervals = _intervals(

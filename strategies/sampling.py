@@ -39,6 +39,7 @@ from strategies.contract import (
 )
 from strategies.risk import RouteRiskState
 from strategies.selection import Selection, VerifierResult, select, view_key
+from strategies.variants import Variant
 from strategies.settings import BestOfNSettings, RequestOverrides
 
 STRATEGY = "best_of_n"
@@ -46,13 +47,6 @@ MAX_VIEW_ROUNDS = 4  # how often one request may answer "verifier first" before 
 
 Clock = Callable[[], float]
 AnswerOf = Callable[[Candidate], "str | None"]
-
-
-class Variant(Protocol):
-    name: str
-
-    async def render(self, messages: Sequence[Message], services: Services) -> tuple[list[Message], Usage]:
-        ...
 
 
 class ViewExpander(Protocol):
@@ -194,7 +188,7 @@ async def _verify(run: _Run, plan: Plan, ctx: VerifyContext) -> list[VerifierRes
     since = run.clock()
     verdicts = await asyncio.gather(*(_score_one(v, ctx, run.candidates) for v in plan.verifiers))
     results = []
-    for verifier, scored in zip(plan.verifiers, verdicts):
+    for verifier, scored in zip(plan.verifiers, verdicts, strict=True):
         tally = run.verifier_outcomes.setdefault(verifier.name, {})
         if scored is None:
             tally["failed"] = tally.get("failed", 0) + 1

@@ -53,7 +53,7 @@ class BestOfNSettings(_Strict):
     max_n: int = Field(8, ge=1, le=512)  # hard cap on candidates per request
     initial_batch: int = Field(2, ge=1, le=512)
     adaptive: bool = True  # False samples exactly max_n (fixed best-of-N)
-    variants: list[str | VariantTemplate] = Field(default_factory=lambda: ["original"])
+    variants: list[str | VariantTemplate] = Field(default_factory=lambda: list[str | VariantTemplate](["original"]))
     paraphrase_upstream: str | None = None  # needed by the `paraphrase` variant
     verifiers: list[dict[str, Any]] = Field(default_factory=lambda: [{"type": "self_consistency"}])
     stop: StopSettings = Field(default_factory=StopSettings)

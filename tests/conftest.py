@@ -22,8 +22,11 @@ def stub() -> Iterator[StubServer]:
 
 
 def upstream(name: str, api_base: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "litellm_params": {"model": f"openai/{name}", "api_base": api_base,
-                                             "api_key": "os.environ/UPSTREAM_KEY"}, **extra}
+    return {
+        "name": name,
+        "litellm_params": {"model": f"openai/{name}", "api_base": api_base, "api_key": "os.environ/UPSTREAM_KEY"},
+        **extra,
+    }
 
 
 def main_config(api_base: str) -> dict[str, Any]:
@@ -33,7 +36,9 @@ def main_config(api_base: str) -> dict[str, Any]:
     ups.append(upstream("flaky", api_base, retries=2, retry_backoff_s=0.05))
     ups.append(upstream("busy", api_base, max_concurrency=2))
     ups.append({**upstream("fail", api_base, retries=0), "name": "fails-over", "fallback": "echo"})
-    routes: list[dict[str, Any]] = [{"model": n, "upstream": n} for n in names + ["timeout", "fails-over", "flaky", "busy"]]
+    routes: list[dict[str, Any]] = [
+        {"model": n, "upstream": n} for n in names + ["timeout", "fails-over", "flaky", "busy"]
+    ]
     routes.append({"model": "capped", "upstream": "echo", "limits": {"max_n": 2, "max_tokens": 50}})
     return {"upstreams": ups, "routes": routes}
 
@@ -53,28 +58,77 @@ def strategy_routes(stub: StubServer) -> list[dict[str, Any]]:
     return [
         {"model": "math-best", "upstream": "math", "strategy": {"name": "best_of_n", "max_n": 16}},
         {"model": "math-fixed", "upstream": "math", "strategy": {"name": "best_of_n", "max_n": 8, "adaptive": False}},
-        {"model": "math-variants", "upstream": "math", "strategy": {
-            "name": "best_of_n", "max_n": 12, "variants": ["original", "step_by_step", "reread"],
-            "paraphrase_upstream": "paraphrase"}},
-        {"model": "math-judge", "upstream": "math", "strategy": {
-            "name": "best_of_n", "max_n": 4, "adaptive": False,
-            "verifiers": [{"type": "llm_judge", "upstream": "judge", "weight": 2}]}},
-        {"model": "math-all", "upstream": "math", "strategy": {
-            "name": "best_of_n", "max_n": 4, "adaptive": False,
-            "verifiers": [{"type": "self_consistency"}, {"type": "mbr"}, {"type": "logprob"},
-                          {"type": "reward_model", "endpoint": reward},
-                          {"type": "regex", "pattern": "answer is"}]}},
+        {
+            "model": "math-variants",
+            "upstream": "math",
+            "strategy": {
+                "name": "best_of_n",
+                "max_n": 12,
+                "variants": ["original", "step_by_step", "reread"],
+                "paraphrase_upstream": "paraphrase",
+            },
+        },
+        {
+            "model": "math-judge",
+            "upstream": "math",
+            "strategy": {
+                "name": "best_of_n",
+                "max_n": 4,
+                "adaptive": False,
+                "verifiers": [{"type": "llm_judge", "upstream": "judge", "weight": 2}],
+            },
+        },
+        {
+            "model": "math-all",
+            "upstream": "math",
+            "strategy": {
+                "name": "best_of_n",
+                "max_n": 4,
+                "adaptive": False,
+                "verifiers": [
+                    {"type": "self_consistency"},
+                    {"type": "mbr"},
+                    {"type": "logprob"},
+                    {"type": "reward_model", "endpoint": reward},
+                    {"type": "regex", "pattern": "answer is"},
+                ],
+            },
+        },
         {"model": "tools-best", "upstream": "tools", "strategy": {"name": "best_of_n", "max_n": 4}},
         {"model": "one-best", "upstream": "one", "strategy": {"name": "best_of_n", "max_n": 4, "adaptive": False}},
         {"model": "fail-best", "upstream": "fail", "strategy": {"name": "best_of_n", "max_n": 4}},
         {"model": "slow-best", "upstream": "slow", "strategy": {"name": "best_of_n", "max_n": 2, "adaptive": False}},
-        {"model": "json-best", "upstream": "json", "strategy": {
-            "name": "best_of_n", "max_n": 6, "adaptive": False, "verifiers": [{"type": "json_schema"}, {"type": "mbr"}]}},
-        {"model": "math-plugin", "upstream": "math", "strategy": {
-            "name": "best_of_n", "max_n": 4, "adaptive": False,
-            "verifiers": [{"type": "plugin", "function": "tests.plugin_verifier:prefers_short"}]}},
-        {"model": "math-audit", "upstream": "math", "strategy": {
-            "name": "best_of_n", "max_n": 2, "variants": ["original", "step_by_step"], "audit_rate": 1.0, "audit_max_n": 8}},
+        {
+            "model": "json-best",
+            "upstream": "json",
+            "strategy": {
+                "name": "best_of_n",
+                "max_n": 6,
+                "adaptive": False,
+                "verifiers": [{"type": "json_schema"}, {"type": "mbr"}],
+            },
+        },
+        {
+            "model": "math-plugin",
+            "upstream": "math",
+            "strategy": {
+                "name": "best_of_n",
+                "max_n": 4,
+                "adaptive": False,
+                "verifiers": [{"type": "plugin", "function": "tests.plugin_verifier:prefers_short"}],
+            },
+        },
+        {
+            "model": "math-audit",
+            "upstream": "math",
+            "strategy": {
+                "name": "best_of_n",
+                "max_n": 2,
+                "variants": ["original", "step_by_step"],
+                "audit_rate": 1.0,
+                "audit_max_n": 8,
+            },
+        },
     ]
 
 

@@ -24,8 +24,14 @@ def free_port() -> int:
 
 
 class ProxyProcess:
-    def __init__(self, config: dict[str, Any] | None, *, workers: int = 1, env: dict[str, str] | None = None,
-                 args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any] | None,
+        *,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.port = free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="rvr-test-")
         self.config_path = Path(self._dir.name) / "config.yaml"
@@ -47,7 +53,9 @@ class ProxyProcess:
 
     def start(self, timeout: float = 120.0) -> ProxyProcess:
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -146,8 +146,15 @@ class Handler(BaseHTTPRequestHandler):
             logprobs = None
             if body.get("logprobs"):
                 lp = -0.1 if ANSWER in content else -2.0
-                logprobs = ({"tokens": content.split(), "token_logprobs": [lp] * _words(content)} if text_mode else
-                            {"content": [{"token": t, "logprob": lp, "bytes": None, "top_logprobs": []} for t in content.split()]})
+                logprobs = (
+                    {"tokens": content.split(), "token_logprobs": [lp] * _words(content)}
+                    if text_mode
+                    else {
+                        "content": [
+                            {"token": t, "logprob": lp, "bytes": None, "top_logprobs": []} for t in content.split()
+                        ]
+                    }
+                )
             if text_mode:
                 choices.append({"index": i, "text": content, "finish_reason": "stop", "logprobs": logprobs})
                 continue
@@ -155,15 +162,31 @@ class Handler(BaseHTTPRequestHandler):
             finish = "stop"
             if behaviour == "tools" and body.get("tools"):
                 name = body["tools"][0]["function"]["name"]
-                message = {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps({"city": "Paris"})}}]}
+                message = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": f"call_{i}",
+                            "type": "function",
+                            "function": {"name": name, "arguments": json.dumps({"city": "Paris"})},
+                        }
+                    ],
+                }
                 finish = "tool_calls"
             choices.append({"index": i, "message": message, "finish_reason": finish, "logprobs": logprobs})
         completion_tokens = sum(_words(c) for c in contents)
         return {
-            "id": "stub-1", "object": "text_completion" if text_mode else "chat.completion", "created": int(time.time()),
-            "model": body.get("model"), "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+            "id": "stub-1",
+            "object": "text_completion" if text_mode else "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
 
     def _stream(self, body: dict[str, Any], content: str, text_mode: bool, cut: bool) -> None:
@@ -177,20 +200,55 @@ class Handler(BaseHTTPRequestHandler):
             if text_mode:
                 choice = {"index": 0, "text": token, "finish_reason": None}
             else:
-                choice = {"index": 0, "delta": {"role": "assistant", "content": token} if i == 0 else {"content": token}, "finish_reason": None}
-            self._event({"id": "stub-s", "object": "text_completion" if text_mode else "chat.completion.chunk",
-                         "created": 0, "model": body.get("model"), "choices": [choice]})
+                choice = {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": token} if i == 0 else {"content": token},
+                    "finish_reason": None,
+                }
+            self._event(
+                {
+                    "id": "stub-s",
+                    "object": "text_completion" if text_mode else "chat.completion.chunk",
+                    "created": 0,
+                    "model": body.get("model"),
+                    "choices": [choice],
+                }
+            )
             if cut and i == 1:
                 self.close_connection = True
                 self.wfile.flush()
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
-        final = {"index": 0, "text": "", "finish_reason": "stop"} if text_mode else {"index": 0, "delta": {}, "finish_reason": "stop"}
-        self._event({"id": "stub-s", "object": "chat.completion.chunk", "created": 0, "model": body.get("model"), "choices": [final]})
+        final = (
+            {"index": 0, "text": "", "finish_reason": "stop"}
+            if text_mode
+            else {"index": 0, "delta": {}, "finish_reason": "stop"}
+        )
+        self._event(
+            {
+                "id": "stub-s",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": body.get("model"),
+                "choices": [final],
+            }
+        )
         if (body.get("stream_options") or {}).get("include_usage"):
             prompt_tokens = _words(_prompt_text(body))
-            self._event({"id": "stub-s", "object": "chat.completion.chunk", "created": 0, "model": body.get("model"), "choices": [],
-                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces), "total_tokens": prompt_tokens + len(pieces)}})
+            self._event(
+                {
+                    "id": "stub-s",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": body.get("model"),
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": len(pieces),
+                        "total_tokens": prompt_tokens + len(pieces),
+                    },
+                }
+            )
         self._chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()

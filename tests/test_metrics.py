@@ -31,8 +31,9 @@ def send(proxy: ProxyProcess, model: str, count: int) -> None:
 
 def test_counters_sum_across_workers_and_instances_keep_their_own_files(stub: StubServer) -> None:
     config = main_config(stub.api_base)
-    config["routes"].append({"model": "math-fixed", "upstream": "math",
-                             "strategy": {"name": "best_of_n", "max_n": 4, "adaptive": False}})
+    config["routes"].append(
+        {"model": "math-fixed", "upstream": "math", "strategy": {"name": "best_of_n", "max_n": 4, "adaptive": False}}
+    )
     env = {"UPSTREAM_KEY": UPSTREAM_KEY}
     with ProxyProcess(config, workers=2, env=env) as a, ProxyProcess(config, workers=2, env=env) as b:
         send(a, "echo", 30)
@@ -42,13 +43,16 @@ def test_counters_sum_across_workers_and_instances_keep_their_own_files(stub: St
         for _ in range(6):
             assert counter(httpx.get(f"{a.base_url}/metrics").text, "echo") == 30
             assert counter(httpx.get(f"{b.base_url}/metrics").text, "echo") == 12
-        with running_prometheus([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"],
-                                rule_files=[ROOT / "deploy" / "prometheus" / "alerts.yml"]) as prom:
+        with running_prometheus(
+            [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"], rule_files=[ROOT / "deploy" / "prometheus" / "alerts.yml"]
+        ) as prom:
             prom.wait_for('sum by (instance) (rvr_requests_total{route="echo"})', lambda r: len(r) == 2)
             result = prom.query('sum by (instance) (rvr_requests_total{route="echo"})')
             by_instance = {r["metric"]["instance"]: float(r["value"][1]) for r in result}
             assert by_instance == {f"127.0.0.1:{a.port}": 30.0, f"127.0.0.1:{b.port}": 12.0}
-            candidates = prom.query('sum(rvr_candidates_sum{route="math-fixed"}) / sum(rvr_candidates_count{route="math-fixed"})')
+            candidates = prom.query(
+                'sum(rvr_candidates_sum{route="math-fixed"}) / sum(rvr_candidates_count{route="math-fixed"})'
+            )
             assert float(candidates[0]["value"][1]) == 4.0
             stops = prom.query('sum(rvr_stop_total{route="math-fixed",reason="max_n"})')
             assert float(stops[0]["value"][1]) == 5.0

@@ -213,12 +213,23 @@ def test_report_components_and_formulae() -> None:
     assert r.candidate == pytest.approx(candidate_term(scores, 64))
     assert r.prompt == pytest.approx(prompt_term(scores, variants))
     assert r.baseline == pytest.approx(0.9 + r.candidate - r.aeu)
-    assert r.residual == pytest.approx(r.candidate + max(r.prompt, 0) + r.verifier)
-    assert r.residual_terms == ["candidate", "prompt", "verifier"]
+    # The request sampled the variants itself: their gain is in the pool, not still to be had.
+    assert r.residual == pytest.approx(r.candidate + r.verifier)
+    assert r.residual_terms == ["candidate", "verifier"]
     for name in ("baseline", "candidate", "residual"):
         lo, hi = r.intervals[name]
         assert lo <= hi
     assert report_for(scores, variants, views).as_dict() == r.as_dict()  # seeded: reproducible
+
+
+def test_baseline_with_more_candidates_than_k_ref_uses_the_expected_max_at_k_ref() -> None:
+    rng = np.random.default_rng(3)
+    scores = list(rng.uniform(size=16))
+    r = assess(scores, ["original"] * 16, int(np.argmax(scores)), np.array(scores)[:, None], np.ones(1),
+               np.ones(16, bool), np.random.default_rng(0), k_ref=8)
+    assert r.candidate == pytest.approx(0.0)  # nothing left to gain below K_ref
+    assert r.baseline == pytest.approx(expected_max(scores, 8) - np.mean(scores))
+    assert r.baseline < max(scores) - np.mean(scores)
 
 
 def test_unknown_terms_are_none_and_left_out_of_the_residual() -> None:

@@ -60,7 +60,9 @@ def test_text_completion(client: openai.OpenAI) -> None:
 
 
 def test_streaming_chat_ends_with_done_and_reports_usage(client: openai.OpenAI, proxy: ProxyProcess) -> None:
-    stream = client.chat.completions.create(model="echo", messages=HELLO, stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="echo", messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "echo 0: hello there"
@@ -99,7 +101,9 @@ def test_n_honoured_in_one_call(client: openai.OpenAI, stub: StubServer) -> None
 
 
 @pytest.mark.parametrize("route", ["one", "reject-n"])
-def test_n_ignored_or_rejected_is_filled_with_parallel_calls(client: openai.OpenAI, stub: StubServer, route: str) -> None:
+def test_n_ignored_or_rejected_is_filled_with_parallel_calls(
+    client: openai.OpenAI, stub: StubServer, route: str
+) -> None:
     before = len(stub.state.bodies(route))
     completion = client.chat.completions.create(model=route, messages=HELLO, n=3)
     assert len(completion.choices) == 3
@@ -117,13 +121,28 @@ def test_n_ignored_or_rejected_is_filled_with_parallel_calls(client: openai.Open
 
 
 def test_tool_calls_and_params_pass_through_untouched(client: openai.OpenAI, stub: StubServer) -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
-                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     before = len(stub.state.bodies("tools"))
     completion = client.chat.completions.create(
-        model="tools", messages=[{"role": "user", "content": "weather in Paris?"}], tools=tools,
-        tool_choice="auto", seed=7, stop=["\n\n"], max_tokens=33, logprobs=True,
-        response_format={"type": "json_object"}, extra_body={"top_k": 5},
+        model="tools",
+        messages=[{"role": "user", "content": "weather in Paris?"}],
+        tools=tools,
+        tool_choice="auto",
+        seed=7,
+        stop=["\n\n"],
+        max_tokens=33,
+        logprobs=True,
+        response_format={"type": "json_object"},
+        extra_body={"top_k": 5},
     )
     call = completion.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
@@ -151,7 +170,12 @@ def test_retries_with_backoff_on_503(client: openai.OpenAI, stub: StubServer) ->
 
 def test_per_upstream_concurrency_limit(client: openai.OpenAI, stub: StubServer) -> None:
     with ThreadPoolExecutor(6) as pool:
-        done = list(pool.map(lambda i: client.chat.completions.create(model="busy", messages=[{"role": "user", "content": f"b{i}"}]), range(6)))
+        done = list(
+            pool.map(
+                lambda i: client.chat.completions.create(model="busy", messages=[{"role": "user", "content": f"b{i}"}]),
+                range(6),
+            )
+        )
     assert len(done) == 6
     assert stub.state.max_in_flight == 2
 
@@ -166,9 +190,13 @@ def test_fallback_upstream_serves_when_the_primary_fails(client: openai.OpenAI) 
 
 
 def test_caps_cannot_be_raised_by_the_client(proxy: ProxyProcess, stub: StubServer) -> None:
-    error = assert_openai_error(post(proxy, "/v1/chat/completions", {"model": "capped", "messages": HELLO, "n": 3}), 400)
+    error = assert_openai_error(
+        post(proxy, "/v1/chat/completions", {"model": "capped", "messages": HELLO, "n": 3}), 400
+    )
     assert error["param"] == "n"
-    error = assert_openai_error(post(proxy, "/v1/chat/completions", {"model": "capped", "messages": HELLO, "max_tokens": 51}), 400)
+    error = assert_openai_error(
+        post(proxy, "/v1/chat/completions", {"model": "capped", "messages": HELLO, "max_tokens": 51}), 400
+    )
     assert error["param"] == "max_tokens"
     before = len(stub.state.bodies("echo"))
     assert post(proxy, "/v1/chat/completions", {"model": "capped", "messages": HELLO}).status_code == 200
@@ -183,13 +211,16 @@ def test_malformed_json_is_400(proxy: ProxyProcess) -> None:
     assert_openai_error(post(proxy, "/v1/chat/completions", b"[1, 2]"), 400)
 
 
-@pytest.mark.parametrize("body,param", [
-    ({"model": "echo"}, "messages"),
-    ({"model": "echo", "messages": []}, "messages"),
-    ({"model": "echo", "messages": HELLO, "n": 0}, "n"),
-    ({"model": "echo", "messages": [{"role": "wizard", "content": "x"}]}, "messages"),
-    ({"messages": HELLO}, "model"),
-])
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"model": "echo"}, "messages"),
+        ({"model": "echo", "messages": []}, "messages"),
+        ({"model": "echo", "messages": HELLO, "n": 0}, "n"),
+        ({"model": "echo", "messages": [{"role": "wizard", "content": "x"}]}, "messages"),
+        ({"messages": HELLO}, "model"),
+    ],
+)
 def test_invalid_fields_are_400_naming_the_param(proxy: ProxyProcess, body: dict[str, Any], param: str) -> None:
     error = assert_openai_error(post(proxy, "/v1/chat/completions", body), 400)
     assert error["param"] == param
@@ -236,7 +267,9 @@ def test_no_secret_or_traceback_in_the_log(proxy: ProxyProcess) -> None:
 
 
 def test_one_structured_log_line_per_request(proxy: ProxyProcess) -> None:
-    response = post(proxy, "/v1/chat/completions", {"model": "echo", "messages": HELLO}, headers={"x-request-id": "trace-abc-1"})
+    response = post(
+        proxy, "/v1/chat/completions", {"model": "echo", "messages": HELLO}, headers={"x-request-id": "trace-abc-1"}
+    )
     assert response.headers["x-request-id"] == "trace-abc-1"
     time.sleep(0.2)
     lines = [json.loads(line) for line in proxy.log().splitlines() if "trace-abc-1" in line]
@@ -271,7 +304,9 @@ def test_client_disconnect_cancels_a_stream(proxy: ProxyProcess, stub: StubServe
 
 def test_concurrent_requests_do_not_share_state(client: openai.OpenAI) -> None:
     def ask(i: int) -> tuple[int, str, int]:
-        completion = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": f"request {i}"}], n=1 + i % 3)
+        completion = client.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": f"request {i}"}], n=1 + i % 3
+        )
         return i, completion.choices[0].message.content or "", len(completion.choices)
 
     with ThreadPoolExecutor(16) as pool:
@@ -308,8 +343,15 @@ def test_auth_required_when_keys_are_configured(stub: StubServer) -> None:
         with pytest.raises(openai.AuthenticationError):
             bad.chat.completions.create(model="echo", messages=HELLO)
         assert_openai_error(post(proxy, "/v1/chat/completions", {"model": "echo", "messages": HELLO}), 401)
-        assert_openai_error(post(proxy, "/v1/chat/completions", {"model": "echo", "messages": HELLO},
-                                 headers={"authorization": "Basic abc"}), 401)
+        assert_openai_error(
+            post(
+                proxy,
+                "/v1/chat/completions",
+                {"model": "echo", "messages": HELLO},
+                headers={"authorization": "Basic abc"},
+            ),
+            401,
+        )
         good = openai.OpenAI(base_url=url, api_key=API_KEY, max_retries=0)
         assert good.chat.completions.create(model="echo", messages=HELLO).choices[0].message.content
         assert {m.id for m in good.models.list()} >= {"echo"}
@@ -321,8 +363,14 @@ def test_auth_required_when_keys_are_configured(stub: StubServer) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PATH": "/usr/bin:/bin", "UPSTREAM_KEY": "k"})
+    return subprocess.run(
+        [sys.executable, "-m", "proxy.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PATH": "/usr/bin:/bin", "UPSTREAM_KEY": "k"},
+    )
 
 
 def test_check_config_names_the_bad_key_path(tmp_path: Path, stub: StubServer) -> None:

@@ -14,7 +14,9 @@ from tests.stub_upstream import StubServer
 
 
 def ask(client: openai.OpenAI, model: str, content: str = "What is 6*7? p=0.6", **kwargs: Any) -> Any:
-    raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": content}], **kwargs)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": content}], **kwargs
+    )
     return raw, raw.parse()
 
 
@@ -51,7 +53,9 @@ def test_fixed_best_of_n_samples_exactly_max_n_and_counts_every_token(client: op
 
 
 def test_majority_answer_wins_with_self_consistency(client: openai.OpenAI) -> None:
-    wins = sum("42" in (ask(client, "math-fixed", "What is 6*7? p=0.6")[1].choices[0].message.content or "") for _ in range(6))
+    wins = sum(
+        "42" in (ask(client, "math-fixed", "What is 6*7? p=0.6")[1].choices[0].message.content or "") for _ in range(6)
+    )
     assert wins >= 5  # p=0.6 against four scattered wrong answers: majority of 8 is right ~97%
 
 
@@ -71,7 +75,9 @@ def test_client_overrides_lower_caps_but_never_raise_them(client: openai.OpenAI,
 
 def test_variants_spread_candidates_and_reach_the_upstream(client: openai.OpenAI, stub: StubServer) -> None:
     before = len(stub.state.bodies("math"))
-    _, completion = ask(client, "math-variants", "What is 6*7? p=0.5", extra_body={"rvr": {"max_n": 6, "adaptive": False}})
+    _, completion = ask(
+        client, "math-variants", "What is 6*7? p=0.5", extra_body={"rvr": {"max_n": 6, "adaptive": False}}
+    )
     info = rvr(completion)
     assert info["variants"] == ["original", "step_by_step", "reread"]
     assert sorted(info["candidate_variants"]) == sorted(["original", "step_by_step", "reread"] * 2)
@@ -82,8 +88,12 @@ def test_variants_spread_candidates_and_reach_the_upstream(client: openai.OpenAI
 
 def test_paraphrase_variant_is_an_llm_call_counted_in_usage(client: openai.OpenAI, stub: StubServer) -> None:
     before = len(stub.state.bodies("paraphrase"))
-    _, completion = ask(client, "math-variants", "What is 6*7? p=0.5",
-                        extra_body={"rvr": {"max_n": 2, "adaptive": False, "variants": ["original"]}})
+    _, completion = ask(
+        client,
+        "math-variants",
+        "What is 6*7? p=0.5",
+        extra_body={"rvr": {"max_n": 2, "adaptive": False, "variants": ["original"]}},
+    )
     assert rvr(completion)["variants"] == ["original"]
     assert len(stub.state.bodies("paraphrase")) == before  # not asked for, not paid for
 
@@ -98,7 +108,9 @@ def test_llm_judge_views_and_their_tokens(client: openai.OpenAI, stub: StubServe
     assert all(b.get("temperature") == 0 for b in judged)
     candidate_tokens = 4 * 7
     assert completion.usage.completion_tokens > candidate_tokens  # judges' replies are counted
-    assert "42" in (completion.choices[0].message.content or "") or all(s is not None and s < 0.5 for s in info["scores"])
+    assert "42" in (completion.choices[0].message.content or "") or all(
+        s is not None and s < 0.5 for s in info["scores"]
+    )
 
 
 def test_every_verifier_kind_scores(client: openai.OpenAI, stub: StubServer) -> None:
@@ -118,8 +130,12 @@ def test_every_verifier_kind_scores(client: openai.OpenAI, stub: StubServer) -> 
 def test_json_schema_from_response_format_disqualifies_invalid_candidates(client: openai.OpenAI) -> None:
     schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
     for _ in range(3):
-        _, completion = ask(client, "json-best", "Answer in JSON",
-                            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+        _, completion = ask(
+            client,
+            "json-best",
+            "Answer in JSON",
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+        )
         info = rvr(completion)
         if any(v == 1.0 for v in info["views"]["json_schema"]):
             assert json.loads(completion.choices[0].message.content) == {"answer": 42}
@@ -135,7 +151,9 @@ def test_plugin_verifier(client: openai.OpenAI) -> None:
 
 
 def test_tool_call_candidates_stay_structured(client: openai.OpenAI) -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]
+    tools = [
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
+    ]
     _, completion = ask(client, "tools-best", "weather?", tools=tools)
     call = completion.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
@@ -149,8 +167,11 @@ def test_upstream_ignoring_n_still_yields_every_candidate(client: openai.OpenAI)
 
 
 def test_all_candidates_failing_is_a_clean_502(proxy: ProxyProcess) -> None:
-    response = httpx.post(f"{proxy.base_url}/v1/chat/completions", timeout=30,
-                          json={"model": "fail-best", "messages": [{"role": "user", "content": "x"}]})
+    response = httpx.post(
+        f"{proxy.base_url}/v1/chat/completions",
+        timeout=30,
+        json={"model": "fail-best", "messages": [{"role": "user", "content": "x"}]},
+    )
     assert response.status_code == 502
     assert response.json()["error"]["type"] == "upstream_error"
 
@@ -165,8 +186,14 @@ def test_client_n_returns_the_best_candidates_first(client: openai.OpenAI) -> No
 
 
 def test_streaming_a_strategy_route(client: openai.OpenAI, proxy: ProxyProcess) -> None:
-    chunks = list(client.chat.completions.create(model="math-best", messages=[{"role": "user", "content": "6*7? p=1.0"}],
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="math-best",
+            messages=[{"role": "user", "content": "6*7? p=1.0"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Let me think. The answer is 42."
     usage = [c.usage for c in chunks if c.usage]
@@ -175,8 +202,12 @@ def test_streaming_a_strategy_route(client: openai.OpenAI, proxy: ProxyProcess) 
 
 
 def test_streaming_keeps_the_connection_alive_while_sampling(proxy: ProxyProcess) -> None:
-    with httpx.stream("POST", f"{proxy.base_url}/v1/chat/completions", timeout=30,
-                      json={"model": "slow-best", "messages": [{"role": "user", "content": "x"}], "stream": True}) as response:
+    with httpx.stream(
+        "POST",
+        f"{proxy.base_url}/v1/chat/completions",
+        timeout=30,
+        json={"model": "slow-best", "messages": [{"role": "user", "content": "x"}], "stream": True},
+    ) as response:
         body = b"".join(response.iter_raw()).decode()
     assert body.startswith(": keep-alive")
     assert body.rstrip().endswith("data: [DONE]")

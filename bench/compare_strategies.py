@@ -1,0 +1,277 @@
+"""Strategies compared on the simulated upstream, through the REAL proxy.
+
+Starts bench/sim_upstream.py (every generation call takes `--latency` seconds, served in
+parallel) and `python -m proxy.cli serve` with one route per strategy, then sends every item to
+every route. Sampling uses common random numbers: the j-th sample of an item and variant is the
+same on every route, so differences between routes come from the strategy alone and the paired
+standard errors are small.
+
+Tasks: ``discrete`` (0/1 utility, p_x ~ Beta(0.5, 2): hard, heavy near 0, four wrong answers;
+accuracy), ``easy`` (the same with p_x ~ Beta(2, 0.5), heavy near 1) and ``scored``
+(U ~ Beta(a_x, b_x); mean utility). Verifiers available on the sim: self_consistency and mbr
+(built in), reward_model (the sim's /score: U + noise, one view per verifier) and llm_judge (the
+sim as a judge: pointwise rubric_10 plus pairwise in both orders, with a position bias for slot A).
+
+Reported per route: accuracy or mean utility (± standard error over items), candidates per
+request, tokens per request (all upstream tokens: candidates, judges), latency median and p90
+(client-measured at `--concurrency` requests in flight, so it includes queueing in the proxy).
+Then two targets:
+
+1. adaptive (max_n 16, self-consistency) vs fixed best-of-16 on the discrete task: accuracy within
+   0.5 points (paired difference ± se) with at most a third of the samples;
+2. a best-of-8 request's wall time vs one plain call, measured side by side (interleaved, one
+   request at a time, medians over repeats), with n-batching (one upstream call with n=8) and with
+   `supports_n: false` (eight parallel calls).
+
+    python bench/compare_strategies.py                     # ~4–6 min on 2 cores
+    python bench/compare_strategies.py --discrete 200 --scored 100 --latency-repeats 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sim_upstream import parse_marker, prompt, reward_views, start_proxy, start_sim, upstream  # noqa: E402
+
+VARIANTS = ["original", "step_by_step", "reread", "expert"]
+JUDGE = "judge-s0.15-p0.15"  # judge noise σ=0.15, position bias +0.15 for slot A
+
+
+@dataclass
+class Route:
+    name: str
+    task: str
+    label: str
+    strategy: dict[str, Any]
+    upstream: str = "sim"
+
+
+def routes(base: str) -> list[Route]:
+    sc = [{"type": "self_consistency"}]
+    rm_d = reward_views(base, 2, 0.3)  # discrete: a noisy correctness scorer
+    rm_s = reward_views(base, 4, 0.1)  # scored: four views, σ = 0.1 each
+    judge = [{"type": "llm_judge", "upstream": "judge", "templates": ["rubric_10"], "mode": "pairwise"}]
+
+    def bon(max_n: int, adaptive: bool, verifiers: list[dict[str, Any]], variants: list[str] | None = None) -> dict[str, Any]:
+        return {"name": "best_of_n", "max_n": max_n, "adaptive": adaptive, "verifiers": verifiers,
+                "variants": variants or ["original"]}
+
+    d, s, e = "discrete", "scored", "easy"
+    return [
+        Route("e-single", e, "single sample (passthrough)", {"name": "passthrough"}),
+        Route("e-fixed16-sc", e, "fixed best-of-16, self_consistency", bon(16, False, sc)),
+        Route("e-adaptive-sc", e, "adaptive ≤16, self_consistency", bon(16, True, sc)),
+        Route("e-adaptive-sc-var", e, "adaptive ≤16, self_consistency, 4 variants", bon(16, True, sc, VARIANTS)),
+        Route("e-fixed16-sc-var", e, "fixed best-of-16, self_consistency, 4 variants", bon(16, False, sc, VARIANTS)),
+        Route("d-single", d, "single sample (passthrough)", {"name": "passthrough"}),
+        Route("d-fixed16-sc", d, "fixed best-of-16, self_consistency", bon(16, False, sc)),
+        Route("d-adaptive-sc", d, "adaptive ≤16, self_consistency", bon(16, True, sc)),
+        Route("d-fixed16-sc-var", d, "fixed best-of-16, self_consistency, 4 variants", bon(16, False, sc, VARIANTS)),
+        Route("d-adaptive-sc-var", d, "adaptive ≤16, self_consistency, 4 variants", bon(16, True, sc, VARIANTS)),
+        Route("d-adaptive-mbr", d, "adaptive ≤16, mbr", bon(16, True, [{"type": "mbr"}])),
+        Route("d-adaptive-rm", d, "adaptive ≤16, reward_model (2 views, σ=0.3)", bon(16, True, rm_d)),
+        Route("d-adaptive-judge", d, "adaptive ≤16, llm_judge pairwise (σ=0.15, pos. bias 0.15)", bon(16, True, judge)),
+        Route("s-single", s, "single sample (passthrough)", {"name": "passthrough"}),
+        Route("s-fixed16-rm", s, "fixed best-of-16, reward_model (4 views, σ=0.1)", bon(16, False, rm_s)),
+        Route("s-adaptive-rm", s, "adaptive ≤16, reward_model (4 views, σ=0.1)", bon(16, True, rm_s)),
+        Route("s-adaptive-rm-var", s, "adaptive ≤16, reward_model, 4 variants", bon(16, True, rm_s, VARIANTS)),
+        Route("s-fixed16-rm-var", s, "fixed best-of-16, reward_model, 4 variants", bon(16, False, rm_s, VARIANTS)),
+        Route("s-adaptive-mbr", s, "adaptive ≤16, mbr", bon(16, True, [{"type": "mbr"}])),
+        Route("s-adaptive-judge", s, "adaptive ≤16, llm_judge pairwise (σ=0.15, pos. bias 0.15)", bon(16, True, judge)),
+    ]
+
+
+LATENCY_ROUTES = [
+    ("lat-single", "one plain call (passthrough)", "sim", {"name": "passthrough"}),
+    ("lat-best8-batched", "fixed best-of-8, one upstream call with n=8", "sim",
+     {"name": "best_of_n", "max_n": 8, "adaptive": False}),
+    ("lat-best8-parallel", "fixed best-of-8, 8 parallel calls (supports_n: false)", "sim-no-n",
+     {"name": "best_of_n", "max_n": 8, "adaptive": False}),
+]
+
+
+def proxy_config(base: str, rs: list[Route]) -> dict[str, Any]:
+    ups = [upstream("sim", base), upstream("sim-no-n", base, model="sim", supports_n=False),
+           upstream("judge", base, model=JUDGE)]
+    cfg_routes = [{"model": r.name, "upstream": r.upstream, "strategy": r.strategy} for r in rs]
+    cfg_routes += [{"model": name, "upstream": up, "strategy": strat} for name, _, up, strat in LATENCY_ROUTES]
+    return {"server": {"request_timeout_s": 120}, "upstreams": ups, "routes": cfg_routes}
+
+
+@dataclass
+class Result:
+    item: int
+    utility: float
+    candidates: int
+    tokens: int
+    latency: float
+    stop: str
+
+
+async def run_route(client: httpx.AsyncClient, route: Route, items: int, trial: int, concurrency: int) -> list[Result]:
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(item: int) -> Result | None:
+        body = {"model": route.name, "messages": [{"role": "user", "content": prompt(item, route.task, trial, route.name)}]}
+        async with limit:
+            started = time.perf_counter()
+            response = await client.post("/v1/chat/completions", json=body)
+            elapsed = time.perf_counter() - started
+        if response.status_code != 200:
+            print(f"[{route.name}] item {item}: HTTP {response.status_code} {response.text[:300]}", file=sys.stderr)
+            return None
+        data = response.json()
+        mark = parse_marker(data["choices"][0]["message"]["content"] or "")
+        rvr = data.get("rvr") or {}
+        return Result(item, mark[0] if mark else 0.0, int(rvr.get("candidates", 1)), int(data["usage"]["total_tokens"]),
+                      elapsed, str(rvr.get("stop_reason", "passthrough")))
+
+    done = await asyncio.gather(*(one(i) for i in range(items)))
+    return [r for r in done if r is not None]
+
+
+async def latency_side_by_side(client: httpx.AsyncClient, repeats: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name, *_ in LATENCY_ROUTES}
+    for rep in range(repeats + 2):
+        for name, *_ in LATENCY_ROUTES:
+            body = {"model": name, "messages": [{"role": "user", "content": prompt(rep % 50, "discrete", 99, name)}]}
+            started = time.perf_counter()
+            response = await client.post("/v1/chat/completions", json=body)
+            elapsed = time.perf_counter() - started
+            response.raise_for_status()
+            if rep >= 2:  # two warm-up rounds (connections, litellm's first-call imports)
+                times[name].append(elapsed)
+    return times
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--discrete", type=int, default=400, help="items of the discrete task")
+    parser.add_argument("--scored", type=int, default=200, help="items of the scored task")
+    parser.add_argument("--judge-items", type=int, default=100, help="items for llm_judge routes (~50 judge calls each)")
+    parser.add_argument("--latency", type=float, default=0.2, help="sim seconds per generation call")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight per route")
+    parser.add_argument("--latency-repeats", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="comma-separated route names (default: all)")
+    args = parser.parse_args()
+    started = time.monotonic()
+    results: dict[str, list[Result]] = {}
+    with tempfile.TemporaryDirectory(prefix="rvr-strategies-") as tmp:
+        workdir = Path(tmp)
+        sim, base = start_sim(workdir, args.seed, args.latency)
+        proxy = None
+        try:
+            all_routes = routes(base)
+            selected = [r for r in all_routes if not args.only or r.name in args.only.split(",")]
+            proxy, proxy_base = start_proxy(workdir, proxy_config(base, all_routes))
+
+            async def drive() -> dict[str, list[float]]:
+                limits = httpx.Limits(max_connections=max(args.concurrency, 4))
+                async with httpx.AsyncClient(base_url=proxy_base, timeout=120, limits=limits) as client:
+                    lat = await latency_side_by_side(client, args.latency_repeats)
+                    for route in selected:
+                        t0 = time.monotonic()
+                        items = args.scored if route.task == "scored" else args.discrete
+                        if "judge" in route.name:
+                            items = min(items, args.judge_items)
+                        trial = {"discrete": 10, "scored": 11, "easy": 12}[route.task]
+                        results[route.name] = await run_route(client, route, items, trial, args.concurrency)
+                        print(f"[{route.name}] {len(results[route.name])} requests in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+                    return lat
+
+            lat = asyncio.run(drive())
+        except BaseException:
+            if proxy is not None:
+                print(proxy.log()[-4000:], file=sys.stderr)
+            raise
+        finally:
+            if proxy is not None:
+                proxy.stop()
+            sim.stop()
+    report(args, [r for r in routes("http://x") if r.name in results], results, lat, time.monotonic() - started)
+    return 0
+
+
+def report(args: argparse.Namespace, rs: list[Route], results: dict[str, list[Result]], lat: dict[str, list[float]],
+           elapsed: float) -> None:
+    print("## Strategies on the simulated upstream (bench/compare_strategies.py)\n")
+    print(f"`python bench/compare_strategies.py --discrete {args.discrete} --scored {args.scored} --latency {args.latency} "
+          f"--concurrency {args.concurrency} --latency-repeats {args.latency_repeats} --seed {args.seed}` — {elapsed:.0f} s "
+          f"on this machine. Sim: {args.latency} s per generation call (parallel), /score 0.02 s, judge 0.05 s. "
+          f"Latency columns are at {args.concurrency} requests in flight.\n")
+    for task, metric in (("easy", "accuracy %"), ("discrete", "accuracy %"), ("scored", "mean utility")):
+        chosen = [r for r in rs if r.task == task]
+        if not chosen:
+            continue
+        n_items = max(len(results[r.name]) for r in chosen)
+        print(f"### {task} task ({n_items} items; llm_judge routes: the first {args.judge_items})\n")
+        print(f"| route | strategy | {metric} ± se | candidates / req | tokens / req | latency median s | latency p90 s | stop reasons |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in chosen:
+            res = results[r.name]
+            u = np.array([x.utility for x in res])
+            scale = 1.0 if task == "scored" else 100.0
+            value = f"{scale * u.mean():.2f} ± {scale * u.std(ddof=1) / math.sqrt(len(u)):.2f}" if task != "scored" \
+                else f"{u.mean():.4f} ± {u.std(ddof=1) / math.sqrt(len(u)):.4f}"
+            stops: dict[str, int] = {}
+            for x in res:
+                stops[x.stop] = stops.get(x.stop, 0) + 1
+            stop_text = ", ".join(f"{k} {v}" for k, v in sorted(stops.items(), key=lambda kv: -kv[1]))
+            print(f"| {r.name} | {r.label} | {value} | {np.mean([x.candidates for x in res]):.2f} | "
+                  f"{np.mean([x.tokens for x in res]):.0f} | {pct([x.latency for x in res], 50):.3f} | "
+                  f"{pct([x.latency for x in res], 90):.3f} | {stop_text} |")
+        print()
+    paired(results, "e-adaptive-sc", "e-fixed16-sc", "easy accuracy, no variants")
+    paired(results, "e-adaptive-sc-var", "e-fixed16-sc-var", "easy accuracy, 4 variants")
+    paired(results, "d-adaptive-sc", "d-fixed16-sc", "discrete accuracy, no variants")
+    paired(results, "d-adaptive-sc-var", "d-fixed16-sc-var", "discrete accuracy, 4 variants")
+    paired(results, "s-adaptive-rm", "s-fixed16-rm", "scored mean utility, reward model", points=False)
+    print("\n### Best-of-8 wall time vs one call (side by side, one request at a time)\n")
+    print(f"{args.latency_repeats} interleaved repeats after 2 warm-up rounds; sim latency {args.latency} s per call.\n")
+    print("| request | median s | p90 s | median / single |")
+    print("|---|---|---|---|")
+    single = statistics.median(lat["lat-single"])
+    for name, label, *_ in LATENCY_ROUTES:
+        med = statistics.median(lat[name])
+        print(f"| {label} | {med:.3f} | {pct(lat[name], 90):.3f} | {med / single:.2f}× |")
+
+
+def paired(results: dict[str, list[Result]], adaptive: str, fixed: str, what: str, points: bool = True) -> None:
+    if adaptive not in results or fixed not in results:
+        return
+    a = {x.item: x for x in results[adaptive]}
+    f = {x.item: x for x in results[fixed]}
+    common = sorted(set(a) & set(f))
+    diff = np.array([a[i].utility - f[i].utility for i in common])
+    scale = 100.0 if points else 1.0
+    se = scale * diff.std(ddof=1) / math.sqrt(len(diff))
+    share = np.mean([a[i].candidates for i in common]) / np.mean([f[i].candidates for i in common])
+    unit = " points" if points else ""
+    verdict = ""
+    if points:
+        met = abs(scale * diff.mean()) <= 0.5 and share <= 1 / 3
+        verdict = f" — target (|Δ| ≤ 0.5 points, ≤ 1/3 of the samples): {'MET' if met else 'MISSED'}"
+    print(f"- **{adaptive} vs {fixed}** ({what}, {len(common)} paired items): Δ = {scale * diff.mean():+.2f} ± {se:.2f}{unit} "
+          f"(adaptive − fixed), items that differ: {int((diff != 0).sum())}; samples used: {100 * share:.1f}% of fixed{verdict}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,584 @@
+"""Real-model benchmark: rvr-proxy strategies on the embedded Gemma 3 270M, scored by ground truth.
+
+    python bench/real_model.py                 # or: rvr-proxy bench [ARGS]
+    python bench/real_model.py --n 8 --tasks arith1          # a quick look (~2 min)
+    python bench/real_model.py --report-only bench/results/real_model.json   # re-render only
+
+What it does:
+
+1. Starts the embedded model (proxy/embedded.py) twice, both on loopback: `gemma` without
+   per-token logits (fast) for sampling and judging, and `gemma-logits` with `logits_all` for the
+   one route whose verifier needs logprobs (llama.cpp computes a 262k-vocab logit row for every
+   prompt token then, ~4x slower prompt processing on 2 cores).
+2. Writes a proxy config with one route per strategy (see `STRATEGIES`) and starts the real proxy
+   as a subprocess (`python -m proxy.cli serve --config FILE --port P`).
+3. For every task item, sends the same 3-shot chat to every route (interleaved, so load drift
+   hits all strategies alike) with `rvr.details` on, and scores the returned answer and every
+   candidate with the task's own scorer (bench/real_tasks.py).
+4. Reports per strategy: accuracy (± standard error), candidates and tokens per request, median
+   latency, the proxy's mean `risk.baseline` / `risk.residual` next to the true RVR and residual
+   computed from the scored candidates; plus the oracle best-of-N curve from the pooled samples.
+
+Writes bench/results/real_model.{md,png,json}. Needs the `local` and `bench` extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from bench.real_tasks import GOLD_ENV, Task, load_task, write_gold  # noqa: E402
+from strategies.risk import expected_max  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+VARIANTS = ["original", "step_by_step", "format_reminder"]
+ORACLE_NS = (1, 2, 4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str  # the route's model name
+    label: str  # what the table calls it
+    route: dict[str, Any]  # `strategy` + `upstream` of the route
+
+
+def strategies(args: argparse.Namespace) -> list[Strategy]:
+    def fixed(verifiers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"name": "best_of_n", "max_n": args.max_n, "adaptive": False, "verifiers": verifiers,
+                "k_ref": args.k_ref, **extra}
+
+    n, a = args.max_n, args.adaptive_max_n
+    return [
+        Strategy("passthrough", "passthrough (1 sample)", {"upstream": "gemma", "strategy": {"name": "passthrough"}}),
+        Strategy(f"bon{n}-sc", f"best-of-{n}, self_consistency", {"upstream": "gemma", "strategy": fixed([{"type": "self_consistency"}])}),
+        Strategy(f"bon{n}-judge", f"best-of-{n}, llm_judge (same model)", {"upstream": "gemma", "strategy": fixed([{"type": "llm_judge", "upstream": "judge"}])}),
+        Strategy(f"bon{n}-logprob", f"best-of-{n}, logprob", {"upstream": "gemma-logits", "strategy": fixed([{"type": "logprob"}])}),
+        Strategy(f"bon{n}-mbr", f"best-of-{n}, mbr", {"upstream": "gemma", "strategy": fixed([{"type": "mbr"}])}),
+        Strategy(f"bon{n}-gold", f"best-of-{n}, gold verifier (reference)", {"upstream": "gemma", "strategy": fixed(
+            [{"type": "plugin", "function": "bench.real_tasks:gold_verifier"}])}),
+        Strategy(f"adaptive{a}-sc", f"adaptive ≤{a}, self_consistency", {"upstream": "gemma", "strategy": {
+            "name": "best_of_n", "max_n": a, "adaptive": True, "verifiers": [{"type": "self_consistency"}], "k_ref": args.k_ref}}),
+        Strategy(f"bon{n}-variants-sc", f"best-of-{n} over 3 variants, self_consistency", {"upstream": "gemma", "strategy": fixed(
+            [{"type": "self_consistency"}], variants=VARIANTS)}),
+    ]
+
+
+def proxy_config(fast_api: str, logits_api: str, args: argparse.Namespace, chosen: Sequence[Strategy]) -> dict[str, Any]:
+    def upstream(name: str, api_base: str, **params: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "litellm_params": {"model": "text-completion-openai/gemma", "api_base": api_base, "api_key": "none", **params},
+            "mode": "completion",  # a base model: chats are rendered to a Question/Answer transcript
+            "supports_n": False,  # llama.cpp's server ignores `n`
+            "max_concurrency": 1,  # and serves one request at a time
+            "timeout_s": 120,
+            "retries": 1,
+        }
+
+    return {
+        "upstreams": [
+            upstream("gemma", fast_api),
+            upstream("gemma-logits", logits_api),
+            # The judge is the same model. Its reply is cut after a few tokens: a 270M base model
+            # never writes the "Score: N" / "Verdict: yes" line the templates ask for, but its
+            # first tokens are a bare number or yes/no, which the judge's parser accepts.
+            upstream("judge", fast_api, max_tokens=args.judge_max_tokens),
+        ],
+        "routes": [{"model": s.name, **s.route} for s in chosen],
+    }
+
+
+# --------------------------------------------------------------------------------- running
+
+
+class ProxyProcess:
+    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str]) -> None:
+        import yaml
+
+        self.port = _free_port()
+        self.config_path = workdir / "proxy.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.log_path = workdir / "proxy.log"
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True", **env}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 120.0) -> None:
+        import httpx
+
+        command = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(self.config_path),
+                   "--port", str(self.port), "--log-level", "warning"]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (held open for the child)
+        self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the proxy exited with {self.process.returncode}:\n{self.log()}")
+                try:
+                    if (await client.get(f"{self.base_url}/readyz")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the proxy did not become ready in {timeout:.0f} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if hasattr(self, "_log"):
+            self._log.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def ask(client: Any, strategy: Strategy, messages: list[dict[str, str]], args: argparse.Namespace) -> dict[str, Any]:
+    """One request; returns the raw response fields the analysis needs, or the error."""
+    extra = {} if strategy.name == "passthrough" else {"extra_body": {"rvr": {"details": True}}}
+    started = time.perf_counter()
+    try:
+        completion = await client.chat.completions.create(
+            model=strategy.name, messages=messages, temperature=args.temperature, max_tokens=args.max_tokens, **extra)
+    except Exception as exc:  # noqa: BLE001 - a failed request is recorded, not fatal
+        return {"error": f"{type(exc).__name__}: {str(exc)[:300]}", "latency_s": time.perf_counter() - started}
+    latency = time.perf_counter() - started
+    usage = completion.usage
+    rvr = (completion.model_extra or {}).get("rvr")
+    text = completion.choices[0].message.content or ""
+    return {
+        "text": text,
+        "latency_s": latency,
+        "usage": {"prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "total": usage.total_tokens}
+        if usage else None,
+        "rvr": rvr,
+    }
+
+
+async def run(args: argparse.Namespace, tasks: list[Task], chosen: list[Strategy]) -> dict[str, Any]:
+    import openai
+    from tqdm import tqdm
+
+    from proxy.embedded import EmbeddedModel
+
+    workdir = Path(tempfile.mkdtemp(prefix="rvr-real-bench-"))
+    gold = workdir / "gold.json"
+    write_gold(gold, tasks)
+    records: list[dict[str, Any]] = []
+    started = time.time()
+    fast = EmbeddedModel(logits_all=False, n_threads=args.threads)
+    # llama-cpp-python turns the whole (n_ctx x 262k vocab) logit buffer into logprobs on every
+    # request that asks for them (Llama._create_completion), ~5 s per candidate at the default
+    # n_ctx of 2048 on 2 cores: give this server only the context the longest prompt needs.
+    logits = EmbeddedModel(logits_all=True, n_threads=args.threads, n_ctx=logits_context(tasks, args))
+    proxy: ProxyProcess | None = None
+    try:
+        print("starting the embedded model (two llama.cpp servers) ...", file=sys.stderr)
+        await fast.start()
+        if any(s.route["upstream"] == "gemma-logits" for s in chosen):
+            await logits.start()
+            logits_api = logits.api_base
+        else:
+            logits_api = fast.api_base
+        config = proxy_config(fast.api_base, logits_api, args, chosen)
+        proxy = ProxyProcess(config, workdir, {GOLD_ENV: str(gold)})
+        await proxy.start()
+        print(f"proxy at {proxy.base_url}, config {proxy.config_path}", file=sys.stderr)
+        client = openai.AsyncOpenAI(base_url=f"{proxy.base_url}/v1", api_key="unused", max_retries=0, timeout=args.timeout)
+        jobs = [(task, item) for task in tasks for item in task.items]
+        with tqdm(total=len(jobs) * len(chosen), unit="req", dynamic_ncols=True) as bar:
+            for task, item in jobs:
+                for strategy in chosen:
+                    bar.set_description(f"{task.name} #{item.index} {strategy.name}")
+                    result = await ask(client, strategy, item.messages, args)
+                    records.append(score_record(task, item, strategy, result))
+                    bar.update(1)
+        await client.close()
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        await logits.stop()
+        await fast.stop()
+    return {
+        "meta": {
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+            "wall_s": round(time.time() - started, 1),
+            "command": "python bench/real_model.py " + " ".join(sys.argv[1:]),
+            "args": vars(args),
+            "tasks": {t.name: {"description": t.description, "items": len(t.items)} for t in tasks},
+            "strategies": [{"name": s.name, "label": s.label} for s in chosen],
+            "config": config,
+        },
+        "records": records,
+    }
+
+
+def logits_context(tasks: Sequence[Task], args: argparse.Namespace) -> int:
+    """A power of two ≥ 256 that holds the longest rendered prompt (≤ 2 chars per token, which
+    over-counts for this tokenizer) plus the answer."""
+    from proxy.chat_prompt import render_chat
+
+    longest = max(len(render_chat(item.messages).prompt) for task in tasks for item in task.items)
+    need = longest // 2 + args.max_tokens + 32
+    return max(256, 1 << (need - 1).bit_length())
+
+
+def score_record(task: Task, item: Any, strategy: Strategy, result: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {"task": task.name, "item": item.index, "strategy": strategy.name,
+                              "question": item.question, "answer": item.answer, **result}
+    if "error" in result:
+        return record
+    record["correct"] = task.score(result["text"], item)
+    rvr = result.get("rvr")
+    if rvr is None:  # passthrough: its one answer is a sample from the original prompt
+        record["candidates"] = [{"text": result["text"], "variant": "original", "correct": record["correct"], "score": None}]
+    else:
+        texts = rvr.get("candidate_texts") or []
+        variants = rvr.get("candidate_variants") or ["original"] * len(texts)
+        scores = rvr.get("scores") or [None] * len(texts)
+        record["candidates"] = [
+            {"text": t, "variant": v, "correct": task.score(t, item), "score": s}
+            for t, v, s in zip(texts, variants, scores)
+        ]
+        record["rvr"] = {k: v for k, v in rvr.items() if k != "candidate_texts"}
+    return record
+
+
+# ------------------------------------------------------------------------------- analysis
+
+
+def mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def se(values: Sequence[float]) -> float | None:
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+
+
+def pool(records: Sequence[dict[str, Any]]) -> dict[int, list[float]]:
+    """Per item: correctness of every candidate sampled from the original prompt, all routes."""
+    pooled: dict[int, list[float]] = defaultdict(list)
+    for r in records:
+        for c in r.get("candidates", []):
+            if c["variant"] == "original":
+                pooled[r["item"]].append(c["correct"])
+    return pooled
+
+
+def true_risk(pooled: dict[int, list[float]], k: int) -> dict[str, Any]:
+    """AEU, REU_K and RVR_K (per-item unbiased expected max of K draws), with SE over items."""
+    aeu = [mean(v) for v in pooled.values() if v]
+    reu = [expected_max(v, min(k, len(v))) for v in pooled.values() if v]
+    rvr = [r - a for r, a in zip(reu, aeu)]
+    return {"k": k, "min_pool": min(map(len, pooled.values())), "items": len(aeu),
+            "aeu": mean(aeu), "reu": mean(reu), "rvr": mean(rvr), "rvr_se": se(rvr), "per_item_reu": reu}
+
+
+def oracle_curve(pooled: dict[int, list[float]]) -> list[tuple[int, float, float | None]]:
+    smallest = min(map(len, pooled.values()))
+    curve = []
+    for n in ORACLE_NS:
+        if n > smallest:
+            break
+        values = [expected_max(v, n) for v in pooled.values()]
+        curve.append((n, mean(values), se(values)))
+    return curve  # type: ignore[return-value]
+
+
+def verifier_auc(records: Sequence[dict[str, Any]]) -> float | None:
+    """P(the proxy scores a right candidate above a wrong one of the same request); ties and
+    missing scores count half. 0.5 = no better than chance at telling right from wrong."""
+    wins = pairs = 0.0
+    for r in records:
+        cands = r.get("candidates", [])
+        right = [c["score"] for c in cands if c["correct"] == 1.0]
+        wrong = [c["score"] for c in cands if c["correct"] == 0.0]
+        for a in right:
+            for b in wrong:
+                pairs += 1
+                if a is None or b is None or a == b:
+                    wins += 0.5
+                elif a > b:
+                    wins += 1
+    return wins / pairs if pairs else None
+
+
+def analyze(data: dict[str, Any]) -> dict[str, Any]:
+    meta, records = data["meta"], data["records"]
+    k = int(meta["args"]["k_ref"])
+    out: dict[str, Any] = {"tasks": {}}
+    for task in meta["tasks"]:
+        task_records = [r for r in records if r["task"] == task and "error" not in r]
+        pooled = pool(task_records)
+        if not pooled:
+            continue
+        truth = true_risk(pooled, k)
+        rows = []
+        for s in meta["strategies"]:
+            rs = [r for r in records if r["task"] == task and r["strategy"] == s["name"]]
+            ok = [r for r in rs if "error" not in r]
+            correct = [r["correct"] for r in ok]
+            cands = [c for r in ok for c in r["candidates"]]
+            risks = [r["rvr"]["risk"] for r in ok if r.get("rvr") and r["rvr"].get("risk")]
+            reu_by_item = dict(zip(pooled.keys(), truth["per_item_reu"]))
+            acc = mean(correct)
+            row = {
+                "strategy": s["name"], "label": s["label"], "n": len(ok), "errors": len(rs) - len(ok),
+                "accuracy": acc, "accuracy_se": math.sqrt(acc * (1 - acc) / len(ok)) if ok and acc is not None else None,
+                "candidates": mean([len(r["candidates"]) if r.get("rvr") else 1 for r in ok]),
+                "tokens": mean([r["usage"]["total"] for r in ok if r.get("usage")]),
+                "latency_median_s": statistics.median([r["latency_s"] for r in ok]) if ok else None,
+                "candidate_accuracy": mean([c["correct"] for c in cands]),
+                "pass_at_own": mean([max(c["correct"] for c in r["candidates"]) for r in ok if r["candidates"]]),
+                "verifier_auc": verifier_auc(ok) if s["name"] != "passthrough" else None,
+                "est_baseline": mean([x["baseline"] for x in risks if x.get("baseline") is not None]),
+                "est_residual": mean([x["residual"] for x in risks if x.get("residual") is not None]),
+                "est_residual_n": sum(1 for x in risks if x.get("residual") is not None),
+                "true_rvr": truth["rvr"],
+                "true_residual": mean([reu_by_item[r["item"]] - r["correct"] for r in ok if r["item"] in reu_by_item]),
+                "stop_reasons": dict(sorted(_count(r["rvr"]["stop_reason"] for r in ok if r.get("rvr")).items())),
+            }
+            by_variant: dict[str, list[float]] = defaultdict(list)
+            for c in cands:
+                by_variant[c["variant"]].append(c["correct"])
+            if len(by_variant) > 1:
+                row["variant_accuracy"] = {v: (mean(x), len(x)) for v, x in by_variant.items()}
+            judge = _judge_parse_rate(ok)
+            if judge is not None:
+                row["judge_views"] = judge
+            rows.append(row)
+        out["tasks"][task] = {"truth": {k2: v for k2, v in truth.items() if k2 != "per_item_reu"},
+                              "oracle": oracle_curve(pooled), "rows": rows,
+                              "description": meta["tasks"][task]["description"]}
+    return out
+
+
+def _count(values: Any) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for v in values:
+        counts[v] += 1
+    return counts
+
+
+def _judge_parse_rate(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per judge view: share of candidates with a parsed score, mean score on right vs wrong."""
+    stats: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"parsed": [], "right": [], "wrong": []})
+    for r in records:
+        for view, values in (r.get("rvr") or {}).get("views", {}).items():
+            if not view.startswith("llm_judge"):
+                continue
+            for value, c in zip(values, r["candidates"]):
+                stats[view]["parsed"].append(value is not None)
+                if value is not None:
+                    stats[view]["right" if c["correct"] else "wrong"].append(value)
+    if not stats:
+        return None
+    return {view: {"parsed": mean(s["parsed"]), "mean_right": mean(s["right"]), "mean_wrong": mean(s["wrong"])}
+            for view, s in stats.items()}
+
+
+# -------------------------------------------------------------------------------- reports
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(data: dict[str, Any], result: dict[str, Any]) -> str:
+    meta = data["meta"]
+    args = meta["args"]
+    lines = [
+        "# Real-model benchmark: rvr-proxy on Gemma 3 270M (base, Q4_K_M)",
+        "",
+        f"Run {meta['started']}, {meta['wall_s']:.0f} s wall. Command: `{meta['command']}`.",
+        f"Sampling temperature {args['temperature']}, max_tokens {args['max_tokens']}; fixed best-of-N uses "
+        f"N = {args['max_n']}; judge replies capped at {args['judge_max_tokens']} tokens; proxy `k_ref` = {args['k_ref']}.",
+        "Requests go one at a time (llama.cpp serves one request at a time); latency is wall time per request.",
+        "",
+    ]
+    for task, t in result["tasks"].items():
+        truth = t["truth"]
+        lines += [
+            f"## {task}: {t['description']}",
+            "",
+            f"Ground truth from the pooled original-prompt samples of all routes ({truth['items']} items, "
+            f"≥ {truth['min_pool']} samples each): AEU (one-sample accuracy) = {_f(truth['aeu'])}, "
+            f"REU_{truth['k']} = {_f(truth['reu'])}, **true RVR (K = {truth['k']}) = {_f(truth['rvr'])} "
+            f"± {_f(truth['rvr_se'])}**.",
+            "",
+            "| strategy | n | accuracy ± SE | cand./req | tokens/req | latency p50 (s) | cand. acc. | pass@own | "
+            "verifier AUC | est. baseline | true RVR | est. residual | true residual |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in t["rows"]:
+            acc = f"{_f(row['accuracy'])} ± {_f(row['accuracy_se'])}"
+            lines.append(
+                f"| {row['label']} | {row['n']}{' (' + str(row['errors']) + ' err)' if row['errors'] else ''} | {acc} | "
+                f"{_f(row['candidates'], 1)} | {_f(row['tokens'], 0)} | {_f(row['latency_median_s'], 2)} | "
+                f"{_f(row['candidate_accuracy'])} | {_f(row['pass_at_own'])} | {_f(row['verifier_auc'], 2)} | "
+                f"{_f(row['est_baseline'])} | {_f(row['true_rvr'])} | {_f(row['est_residual'])} | {_f(row['true_residual'])} |"
+            )
+        oracle = ", ".join(f"N={n}: {_f(v)}" for n, v, _ in t["oracle"])
+        lines += ["", f"Oracle best-of-N accuracy (expected best of N pooled samples, perfect verifier): {oracle}.", ""]
+        notes = []
+        for row in t["rows"]:
+            if row.get("variant_accuracy"):
+                va = ", ".join(f"{v} {_f(a)} (n={n})" for v, (a, n) in row["variant_accuracy"].items())
+                notes.append(f"- {row['label']}: candidate accuracy by variant: {va}.")
+            if row.get("judge_views"):
+                jv = "; ".join(f"`{v}` parsed {_f(s['parsed'], 2)}, mean score right {_f(s['mean_right'], 2)} / "
+                               f"wrong {_f(s['mean_wrong'], 2)}" for v, s in row["judge_views"].items())
+                notes.append(f"- {row['label']}: judge views: {jv}.")
+            if row["stop_reasons"] and row["strategy"].startswith("adaptive"):
+                notes.append(f"- {row['label']}: stop reasons {row['stop_reasons']}.")
+        lines += notes + [""]
+    lines += [
+        "Columns: *accuracy* = share of requests whose returned answer the task scorer accepts (SE = binomial); "
+        "*cand./req*, *tokens/req* from the response (`rvr.candidates`, `usage.total_tokens`, judge calls included); "
+        "*cand. acc.* = share of the route's own candidates that are right; *pass@own* = share of requests with at least "
+        "one right candidate (what a perfect verifier would have returned); *verifier AUC* = chance that the proxy "
+        "scored a right candidate above a wrong one of the same request (ties and missing scores count ½; 0.5 = chance); "
+        "*est. baseline* / *est. residual* = mean `rvr.risk.baseline` / `rvr.risk.residual` (the proxy's estimates, "
+        "from its verifier scores, extrapolated to `k_ref`); *true RVR* = REU_K − AEU from the task scorer over the "
+        "pooled samples; *true residual* = REU_K − accuracy (what is still lost after the route's selection).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(result["tasks"].items())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(7.5 * len(tasks), 6), squeeze=False)
+    markers = "osD^vP*Xh<>"
+    for ax, (task, t) in zip(axes[0], tasks):
+        ns = [n for n, _, _ in t["oracle"]]
+        ax.plot(ns, [v for _, v, _ in t["oracle"]], "k--", marker=".", lw=1.5, label="oracle best-of-N (ceiling)")
+        ax.fill_between(ns, [v - (e or 0) for _, v, e in t["oracle"]], [v + (e or 0) for _, v, e in t["oracle"]],
+                        color="k", alpha=0.08, lw=0)
+        ax.axhline(t["truth"]["aeu"], color="grey", ls=":", lw=1, label=f"one-sample accuracy (AEU) {t['truth']['aeu']:.2f}")
+        for i, row in enumerate(t["rows"]):
+            if row["accuracy"] is None:
+                continue
+            ax.errorbar(row["candidates"], row["accuracy"], yerr=row["accuracy_se"], fmt=markers[i % len(markers)],
+                        ms=8, capsize=3, label=f"{row['label']}: {row['accuracy']:.2f}")
+        ax.set_xscale("log", base=2)
+        top = max(ns + [r["candidates"] for r in t["rows"] if r["candidates"]])
+        ticks = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= top * 1.2]
+        ax.set_xticks(ticks, [str(n) for n in ticks])
+        ax.set_xlim(0.8, top * 1.3)
+        ax.set_ylim(0, min(1.0, max(v for _, v, _ in t["oracle"]) + 0.15))
+        ax.set_xlabel("candidates per request (log scale)")
+        ax.set_ylabel("accuracy (task scorer)")
+        truth = t["truth"]
+        ax.set_title(f"{task} ({truth['items']} items): true RVR@{truth['k']} = {truth['rvr']:.2f}", fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle("rvr-proxy strategies on Gemma 3 270M: accuracy vs candidates, oracle best-of-N as ceiling", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="rvr-proxy bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--tasks", default="arith1,rg:basic_arithmetic",
+                   help="comma-separated: arith1, rg:<reasoning-gym dataset> (e.g. rg:gsm_symbolic)")
+    p.add_argument("--n", type=int, default=24, help="items per task")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--strategies", default="", help="comma-separated route names to run (default: all)")
+    p.add_argument("--max-n", type=int, default=8, help="N of the fixed best-of-N routes")
+    p.add_argument("--adaptive-max-n", type=int, default=16)
+    p.add_argument("--k-ref", type=int, default=32, help="the proxy's k_ref and the K of the true RVR")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--judge-max-tokens", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the CPUs we may use)")
+    p.add_argument("--timeout", type=float, default=300.0, help="per request, seconds")
+    p.add_argument("--out", default=str(RESULTS), help="directory for real_model.{md,png,json}")
+    p.add_argument("--report-only", metavar="JSON", help="re-render the report from a saved run; runs nothing")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        data = json.loads(Path(args.report_only).read_text())
+    else:
+        from proxy.embedded import embedded_available
+
+        problem = embedded_available()
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 2
+        tasks = [load_task(spec.strip(), args.n, args.seed) for spec in args.tasks.split(",") if spec.strip()]
+        chosen = strategies(args)
+        if args.strategies:
+            wanted = {s.strip() for s in args.strategies.split(",")}
+            unknown = wanted - {s.name for s in chosen}
+            if unknown:
+                print(f"unknown strategies {sorted(unknown)}; known: {[s.name for s in chosen]}", file=sys.stderr)
+                return 2
+            chosen = [s for s in chosen if s.name in wanted]
+        data = asyncio.run(run(args, tasks, chosen))
+        (out / "real_model.json").write_text(json.dumps(data, indent=1))
+    result = analyze(data)
+    text = markdown(data, result)
+    (out / "real_model.md").write_text(text)
+    plot(result, out / "real_model.png")
+    print(text)
+    print(f"wrote {out / 'real_model.md'}, {out / 'real_model.png'}, {out / 'real_model.json'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
