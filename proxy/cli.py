@@ -61,6 +61,8 @@ def validate(path: str) -> None:
 
 def serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "LiteLLM", "litellm"):  # per-call lines would drown the one line per request
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.config:
         os.environ["RVR_CONFIG"] = args.config
     host = None
