@@ -38,6 +38,9 @@ Scenarios (scored = U ~ Beta; discrete = 0/1 utilities, p_x ~ Beta(0.5, 2)):
   oracle-kK   discrete, one oracle view (s = U), n=16, K_ref = 8, 16, 64: reproduces the study's
               R̂_K = U°_K − Ū (U°_K = unbiased reachable utility, pass@K-style; Ū = A_K, the mean
               utility of plain samples) computed directly from the candidates
+  binary      (not in the default set) more 0/1 worlds with one oracle view, all extrapolating
+              past n: oracle-k256 (K_ref = 256), oracle-easy-k64 (p_x ~ Beta(2, 0.5), many all-right
+              requests), oracle-n8-k64 (n = 8), oracle-variants-k64 (4 variants, 4 candidates each)
 
     python bench/validate_risk.py                    # ~4–6 min on 2 cores
     python bench/validate_risk.py --items 100        # quicker
@@ -90,6 +93,11 @@ def scenarios(selected: set[str]) -> list[Scenario]:
         out += [Scenario(f"shared-{b}", "scored", 4, 0.1, beta=b) for b in (0.1, 0.25)]
     if "oracle" in selected:
         out += [Scenario(f"oracle-k{k}", "discrete", 1, 0.0, k_ref=k, trial=3) for k in (8, 16, 64)]
+    if "binary" in selected:  # more 0/1 worlds for the extrapolated (K_ref > n) candidate term
+        out += [Scenario("oracle-k256", "discrete", 1, 0.0, k_ref=256, trial=3),
+                Scenario("oracle-easy-k64", "easy", 1, 0.0, k_ref=64, trial=3),
+                Scenario("oracle-n8-k64", "discrete", 1, 0.0, n=8, trial=3),
+                Scenario("oracle-variants-k64", "discrete", 1, 0.0, variants=ALL_VARIANTS, trial=4)]
     return out
 
 
@@ -368,22 +376,25 @@ def report(args: argparse.Namespace, scens: list[Scenario], results: dict[str, A
             print(f"| {s.k_ref} | {s.n} | {base.mean():.4f} | {rhat.mean():.4f} | {diff} | "
                   f"{aeu.mean():.4f} | {mean_u.mean():.4f} | {np.abs(aeu - mean_u).max():.1e} | {truth.mean():.4f} | "
                   f"{(base - truth).mean():+.4f} |")
-        print("\nCandidate term by what the request saw (0/1 utilities, oracle): Ĉ is 0 whenever all 16 candidates are "
-              "equal, which for 0/1 means all wrong (or all right)\n")
-        print("| K_ref | requests seen | share | mean Ĉ | mean true C | mean Ĉ − C |")
-        print("|---|---|---|---|---|---|")
+        print("\nCandidate term by what the request saw (0/1 utilities, oracle; §3's Ĉ is 0 whenever all n candidates "
+              "are equal, which for 0/1 means all wrong or all right)\n")
+        print("| scenario | K_ref | requests seen | share | mean Ĉ | mean true C | mean Ĉ − C | RMSE Ĉ | "
+              "mean baseline − truth | RMSE baseline |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for s in oracle:
             rows = results[s.name]
-            for label, keep in (("all 16 wrong (c = 0)", lambda t: t["correct"] == 0),
+            for label, keep in ((f"all {s.n} wrong (c = 0)", lambda t: t["correct"] == 0),
                                 ("some right, some wrong", lambda t: 0 < t["correct"] < t["n"]),
-                                ("all 16 right", lambda t: t["correct"] == t["n"])):
+                                (f"all {s.n} right", lambda t: t["correct"] == t["n"])):
                 sel = [(r, t) for r, t in rows if keep(t) and r.get("candidate") is not None]
                 if not sel:
                     continue
                 c_hat = np.array([r["candidate"] for r, _ in sel])
                 c_true = np.array([t["candidate"] for _, t in sel])
-                print(f"| {s.k_ref} | {label} | {len(sel) / len(rows):.2f} | {c_hat.mean():.4f} | {c_true.mean():.4f} | "
-                      f"{(c_hat - c_true).mean():+.4f} |")
+                b_err = np.array([r["baseline"] - t["baseline"] for r, t in sel])
+                print(f"| {s.name} | {s.k_ref} | {label} | {len(sel) / len(rows):.2f} | {c_hat.mean():.4f} | "
+                      f"{c_true.mean():.4f} | {(c_hat - c_true).mean():+.4f} | {np.sqrt(((c_hat - c_true) ** 2).mean()):.4f} | "
+                      f"{b_err.mean():+.4f} | {np.sqrt((b_err ** 2).mean()):.4f} |")
 
 
 if __name__ == "__main__":

@@ -135,12 +135,83 @@ def geometric_sum(rho: float, steps: float) -> float:
     return rho * (1.0 - rho**steps) / (1.0 - rho)
 
 
+# Binary utilities: a Beta posterior for p instead of the doubling trend (see `candidate_term`).
+
+BINARY_PRIOR = (0.5, 0.5)  # Jeffreys Beta(½, ½)
+
+
+def is_binary(scores: Sequence[float] | np.ndarray) -> bool:
+    """Every score is exactly 0 or 1: a right/wrong task (method §2's binary utilities)."""
+    values = np.asarray(scores, dtype=float)
+    return len(values) > 0 and bool(np.all((values == 0.0) | (values == 1.0)))
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def posterior_miss(correct: int, n: int, k: float, prior: tuple[float, float] = BINARY_PRIOR) -> float:
+    """E[(1 − p)^k] for p ~ Beta(correct + a, n − correct + b), the posterior after `correct` of n.
+
+    Closed form: B(α, β + k) / B(α, β), in log space so n and k in the thousands stay finite.
+    So E[REU_k] = 1 − posterior_miss(c, n, k).
+    """
+    alpha, beta = correct + prior[0], n - correct + prior[1]
+    return math.exp(_log_beta(alpha, beta + k) - _log_beta(alpha, beta))
+
+
+def binary_candidate_term(correct: int, n: int, k_ref: int) -> float:
+    """E_post[REU_Kref − REU_n] = E_post[(1 − p)^n − (1 − p)^Kref]; 0 once n has reached K_ref."""
+    if k_ref <= n:
+        return 0.0
+    return max(posterior_miss(correct, n, n) - posterior_miss(correct, n, k_ref), 0.0)
+
+
 def candidate_term(scores: Sequence[float] | np.ndarray, k_ref: int = DEFAULT_K_REF) -> float | None:
-    """Ĉ = D_n · Σ_{t=1..T} ρ^t: gain still available from sampling up to K_ref."""
-    trend = doubling(scores)
-    if trend is None:
+    """Ĉ: gain still available from sampling up to K_ref. None below four candidates.
+
+    Scores in [0, 1] with any value strictly between: method §3, Ĉ = D_n · Σ_{t=1..T} ρ^t.
+
+    Departure from §3 for binary scores (every score exactly 0 or 1, e.g. an oracle or a pass/fail
+    check): with c right out of n, Ĉ = E_post[(1 − p)^n − (1 − p)^Kref], the posterior mean of
+    the true C = REU_Kref − REU_n (method §2, REU_K = 1 − E[(1 − p)^K]) under a Jeffreys
+    Beta(½, ½) prior, posterior Beta(c + ½, n − c + ½), in closed form (`posterior_miss`).
+    §3's trend is blind here: all-wrong requests have D_n = 0, hence Ĉ = 0, although a request
+    that saw 0 of 16 right is exactly the one with most left to gain; and on mixed requests
+    D_n / D_{n/2} is 1 whenever the right ones are few, so Ĉ = D_n · T overshoots. K_ref ≤ n
+    keeps Ĉ = 0 as in §3 (the baseline is then the study's R̂_K).
+
+    Measured with `python bench/validate_risk.py --scenarios oracle,binary` (one oracle view,
+    n = 16, 300 requests per scenario, p_x ~ Beta(0.5, 2) unless named; §3 → this), against the
+    bench's exact truth C = REU_Kref − REU_n and RVR = REU_Kref − AEU:
+
+        scenario              estimate   bias            RMSE          Spearman     90% coverage
+        oracle-k64            candidate  +.039 → −.005   .357 → .127   .12 → .71    61 → 88%
+                              baseline   +.031 → −.013   .591 → .306   .50 → .53    63 → 77%
+        oracle-k256           candidate  +.136 → −.007   .757 → .192   −.03 → .79   61 → 87%
+                              baseline   +.128 → −.015   .963 → .298   .21 → .38    63 → 73%
+        oracle-n8-k64 (n=8)   candidate  +.066 → −.022   .621 → .187   −.05 → .56   49 → 87%
+                              baseline   +.059 → −.029   .866 → .343   .20 → .29    51 → 68%
+        oracle-easy-k64       candidate  +.003 → +.002   .040 → .017   .52 → .89    84 → 98%
+          (p_x ~ Beta(2, ½))  baseline   +.003 → +.001   .111 → .089   .88 → .90    60 → 61%
+        oracle-variants-k64   candidate  +.060 → −.008   .352 → .125   .23 → .74    64 → 90%
+          (4 variants × 4)    baseline   +.095 → +.028   .582 → .319   .58 → .59    55 → 68%
+
+    On oracle-k64, all-wrong requests (34%): mean Ĉ 0 → 0.260 (truth 0.248); mixed requests:
+    0.306 → 0.105 (truth 0.119). The interval for the binary Ĉ is a 90% credible interval
+    (`_binary_posterior_draws`), not a bootstrap. The baseline keeps §3's Ê_n + Ĉ − AEU.
+    The Jeffreys prior is within 0.001 RMSE of the simulator's own Beta(0.5, 2) prior on that
+    world (offline Monte Carlo, 20 000 requests), so an empirical-Bayes prior fed from the
+    route is not worth its state.
+    """
+    values = np.asarray(scores, dtype=float)
+    if len(values) < MIN_CANDIDATES_FOR_TREND:
         return None
-    return trend.d_n * geometric_sum(trend.rho, doublings_to(k_ref, len(scores)))
+    if is_binary(values):
+        return binary_candidate_term(int(values.sum()), len(values), k_ref)
+    trend = doubling(values)
+    assert trend is not None
+    return trend.d_n * geometric_sum(trend.rho, doublings_to(k_ref, len(values)))
 
 
 # --- AEU and the prompt term -------------------------------------------------------------
@@ -283,10 +354,25 @@ def _stratified_resamples(variants: Sequence[str], rng: np.random.Generator, cou
     return picks
 
 
+def _binary_posterior_draws(correct: int, n: int, k_ref: int, rng: np.random.Generator, count: int) -> np.ndarray:
+    """Draws of the true C = (1 − p)^n − (1 − p)^Kref with p from the Jeffreys posterior.
+
+    Their percentiles are a 90% credible interval for C. A bootstrap of 0/1 scores cannot give
+    one: an all-wrong request resamples to all-wrong every time, so its interval is one point.
+    """
+    p = rng.beta(correct + BINARY_PRIOR[0], n - correct + BINARY_PRIOR[1], size=count)
+    return (1.0 - p) ** n - (1.0 - p) ** k_ref
+
+
 def _bootstrap_terms(
-    scores: np.ndarray, variants: Sequence[str], k_ref: int, picks: np.ndarray
+    scores: np.ndarray, variants: Sequence[str], k_ref: int, picks: np.ndarray,
+    rng: np.random.Generator | None = None,
 ) -> dict[str, np.ndarray]:
-    """Ê_n, Ĉ, AEU and P̂ for every resample at once (sorting rows, then fixed weight vectors)."""
+    """Ê_n, Ĉ, AEU and P̂ for every resample at once (sorting rows, then fixed weight vectors).
+
+    Binary scores (`is_binary`) with K_ref > n take Ĉ's draws from the posterior instead, using
+    `rng` (the bootstrap when no rng is given).
+    """
     n = len(scores)
     samples = scores[picks]
     is_original = original_mask(variants)  # strata keep positions, so one mask fits every row
@@ -295,7 +381,12 @@ def _bootstrap_terms(
         "best": ordered @ expected_max_weights(n, min(n, k_ref)),
         "aeu": np.where(is_original, samples, 0.0).sum(axis=1) / is_original.sum(),
     }
-    if n >= MIN_CANDIDATES_FOR_TREND:
+    if n >= MIN_CANDIDATES_FOR_TREND and is_binary(scores):
+        if k_ref > n and rng is not None:
+            out["candidate"] = _binary_posterior_draws(int(scores.sum()), n, k_ref, rng, len(picks))
+        else:
+            out["candidate"] = np.array([binary_candidate_term(int(c), n, k_ref) for c in samples.sum(axis=1)])
+    elif n >= MIN_CANDIDATES_FOR_TREND:
         e_n, e_half, e_quarter = (ordered @ expected_max_weights(n, k) for k in (n, n / 2, n / 4))
         d_n, d_half = _snap(e_n - e_half), _snap(e_half - e_quarter)
         rho = np.array([_ratio(a, b) for a, b in zip(d_n, d_half)])
@@ -377,6 +468,6 @@ def assess(
     if len(kept):
         picks = _stratified_resamples(kept_variants, rng, resamples)
         report.intervals = _intervals(
-            _bootstrap_terms(kept, kept_variants, k_ref, picks), terms, report.sources
+            _bootstrap_terms(kept, kept_variants, k_ref, picks, rng), terms, report.sources
         )
     return report

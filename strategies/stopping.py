@@ -14,7 +14,7 @@ from fractions import Fraction
 from math import comb
 
 from strategies.contract import StopReason
-from strategies.risk import doubling
+from strategies.risk import binary_candidate_term, doubling, is_binary
 from strategies.settings import StopSettings
 
 
@@ -51,6 +51,19 @@ def voting(answers: Sequence[str | None] | None) -> bool:
     if not answers:
         return False
     return 2 * sum(a is not None for a in answers) > len(answers)
+
+
+def next_doubling_gain(utilities: Sequence[float]) -> float | None:
+    """Predicted gain of doubling n (§4.2: D_n·ρ), None below four candidates.
+
+    For right/wrong scores the same posterior as risk.binary_candidate_term: D_n·ρ is 0 when
+    every candidate so far is wrong, which would stop exactly where more samples pay most.
+    """
+    n = len(utilities)
+    if n >= 4 and is_binary(utilities):
+        return binary_candidate_term(int(sum(utilities)), n, 2 * n)
+    trend = doubling(utilities)
+    return None if trend is None else trend.predicted_gain
 
 
 def no_gain(predicted_gain: float | None, min_gain: float) -> bool:
@@ -117,7 +130,7 @@ def decide(stop: StopSettings, evidence: Evidence, caps: Caps, *, adaptive: bool
     # Rule 2 is for scored candidates. While answers are extractable the vote decides: vote
     # shares of four different answers are all 0.25, a flat curve that says nothing about
     # whether a majority is about to form.
-    if not voting(evidence.answers) and no_gain(None if trend is None else trend.predicted_gain, stop.min_gain):
+    if not voting(evidence.answers) and no_gain(next_doubling_gain(evidence.utilities), stop.min_gain):
         return Decision(StopReason.NO_GAIN)
     if good_enough(evidence.selected_utility, stop.good_enough):
         return Decision(StopReason.GOOD_ENOUGH)

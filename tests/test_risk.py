@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from strategies import risk
@@ -20,6 +20,7 @@ from strategies.risk import (
     doubling,
     expected_max,
     expected_max_weights,
+    is_binary,
     prompt_term,
     recoverable_share,
     reu_binary,
@@ -108,6 +109,7 @@ def test_candidate_term_is_zero_at_or_beyond_k_ref_and_for_flat_scores() -> None
 
 @given(st.lists(unit, min_size=4, max_size=24))
 def test_candidate_term_is_nonnegative_and_bounded_by_headroom_times_doublings(scores: list[float]) -> None:
+    assume(not is_binary(scores))  # 0/1 scores take the posterior term, which §3's bound does not cover
     c = candidate_term(scores, 64)
     assert c is not None and c >= -1e-12
     trend = doubling(scores)
@@ -266,3 +268,106 @@ def test_unscored_candidates_are_left_out() -> None:
 
 def test_module_defaults() -> None:
     assert risk.DEFAULT_K_REF == 64 and risk.DEFAULT_RESAMPLES == 200
+
+
+# --- binary utilities: the posterior candidate term ------------------------------------------
+
+
+def brute_posterior_miss(correct: int, n: int, k: int, grid: int = 20_001) -> float:
+    """E[(1 − p)^k] under Beta(c + ½, n − c + ½) by quadrature, no Beta function involved.
+
+    With p = sin²θ the Jeffreys posterior density times dp is ∝ sin^{2c}θ cos^{2(n−c)}θ dθ, which
+    is smooth on [0, π/2] (the p^{−½} singularities are gone), so Simpson's rule is exact to ~1e-12.
+    """
+    theta = np.linspace(0.0, math.pi / 2, grid)
+    density = np.sin(theta) ** (2 * correct) * np.cos(theta) ** (2 * (n - correct))
+    simpson = np.ones(grid)
+    simpson[1:-1:2], simpson[2:-1:2] = 4.0, 2.0
+    integrand = density * np.cos(theta) ** (2 * k)
+    return float((integrand @ simpson) / (density @ simpson))
+
+
+@pytest.mark.parametrize("correct,n,k", [(0, 16, 64), (1, 16, 64), (5, 16, 16), (16, 16, 64), (0, 4, 256), (3, 8, 64)])
+def test_posterior_miss_matches_numeric_integration(correct: int, n: int, k: int) -> None:
+    assert risk.posterior_miss(correct, n, k) == pytest.approx(brute_posterior_miss(correct, n, k), rel=1e-9, abs=1e-15)
+
+
+@given(st.integers(1, 40), st.data())
+def test_posterior_miss_matches_the_exact_product(n: int, data: st.DataObject) -> None:
+    # E[(1 − p)^k] = Π_{j<k} (β + j) / (α + β + j) for integer k, α = c + ½, β = n − c + ½
+    correct = data.draw(st.integers(0, n))
+    k = data.draw(st.integers(0, 300))
+    alpha, beta = correct + 0.5, n - correct + 0.5
+    exact = math.prod((beta + j) / (alpha + beta + j) for j in range(k))
+    assert risk.posterior_miss(correct, n, k) == pytest.approx(exact, rel=1e-10)
+
+
+def test_binary_candidate_term_is_the_posterior_mean_of_reu_kref_minus_reu_n() -> None:
+    for correct in (0, 1, 7, 16):
+        expected = brute_posterior_miss(correct, 16, 16) - brute_posterior_miss(correct, 16, 64)
+        scores = [1.0] * correct + [0.0] * (16 - correct)
+        assert candidate_term(scores, 64) == pytest.approx(expected, abs=1e-12)
+
+
+def test_binary_candidate_term_is_calibrated_under_its_own_prior() -> None:
+    # Law of total expectation: averaging the posterior mean over the Jeffreys beta-binomial
+    # distribution of c gives the prior mean of the true C = (1 − p)^n − (1 − p)^Kref.
+    n, k_ref = 16, 64
+    log_b = risk._log_beta
+    pmf = [math.comb(n, c) * math.exp(log_b(c + 0.5, n - c + 0.5) - log_b(0.5, 0.5)) for c in range(n + 1)]
+    assert sum(pmf) == pytest.approx(1.0, abs=1e-12)
+    averaged = sum(w * risk.binary_candidate_term(c, n, k_ref) for c, w in enumerate(pmf))
+    prior_mean = brute_posterior_miss(0, 0, n) - brute_posterior_miss(0, 0, k_ref)
+    assert averaged == pytest.approx(prior_mean, abs=1e-10)
+
+
+def test_all_wrong_gives_a_positive_term_and_all_right_almost_none() -> None:
+    all_wrong = candidate_term([0.0] * 16, 64)
+    assert all_wrong is not None and 0.2 < all_wrong < 0.3  # 0.2599; §3 gives exactly 0 here
+    all_right = candidate_term([1.0] * 16, 64)
+    assert all_right is not None and 0.0 <= all_right < 1e-6
+    assert candidate_term([0.0] * 16, 256) > all_wrong  # type: ignore[operator]  # more left past 64
+
+
+def test_binary_candidate_term_is_zero_at_or_beyond_k_ref_and_unknown_below_four() -> None:
+    assert candidate_term([0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], k_ref=8) == 0.0
+    assert candidate_term([0.0] * 16, k_ref=8) == 0.0
+    assert candidate_term([0.0, 0.0, 1.0]) is None
+
+
+def test_mixed_binary_term_no_longer_runs_away() -> None:
+    # One right in 16: §3 sees D_n = 1/2, ρ = 1 and extrapolates Ĉ = 1/2 · 2 = 1.0.
+    scores = [1.0] + [0.0] * 15
+    trend = doubling(scores)
+    assert trend is not None and trend.d_n * 2 == pytest.approx(1.0)
+    assert candidate_term(scores, 64) == pytest.approx(risk.binary_candidate_term(1, 16, 64))
+    assert 0.2 < candidate_term(scores, 64) < 0.3  # type: ignore[operator]
+
+
+def test_non_binary_scores_keep_the_section_3_formula() -> None:
+    s = [0.0, 1.0, 0.0, 0.5, 1.0, 0.0, 0.0, 1.0]  # one score strictly inside (0, 1)
+    assert not is_binary(s) and is_binary([0.0, 1.0]) and not is_binary([])
+    e8, e4, e2 = (brute_expected_max(s, k) for k in (8, 4, 2))
+    d_n, d_half = e8 - e4, e4 - e2
+    rho = min(max(d_n / d_half, 0), 1)
+    expected = d_n * sum(rho**i for i in range(1, 4))  # log2(64 / 8) = 3 doublings
+    assert candidate_term(s, 64) == pytest.approx(expected, abs=1e-12)
+    assert candidate_term([0.5] * 8) == 0.0
+
+
+def test_binary_report_takes_the_posterior_term_and_a_credible_interval() -> None:
+    scores = [0.0] * 16
+    r = report_for(scores, ["original"] * 16)
+    assert r.candidate is not None
+    assert r.candidate == pytest.approx(risk.binary_candidate_term(0, 16, 64))
+    assert r.baseline == pytest.approx(0.0 + r.candidate - 0.0)  # Ê_n + Ĉ − AEU, as in §3
+    lo, hi = r.intervals["candidate"]
+    assert 0.0 <= lo < r.candidate < hi <= 1.0  # a bootstrap of 16 zeros would give one point
+    mixed = report_for([1.0, 0.0, 0.0, 1.0] + [0.0] * 12, ["original"] * 16)
+    assert mixed.candidate is not None
+    assert mixed.baseline == pytest.approx(1.0 + mixed.candidate - 2 / 16)
+
+
+def test_posterior_draws_average_to_the_closed_form() -> None:
+    draws = risk._binary_posterior_draws(2, 16, 64, np.random.default_rng(0), 400_000)
+    assert draws.mean() == pytest.approx(risk.binary_candidate_term(2, 16, 64), abs=2e-3)

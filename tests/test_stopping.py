@@ -155,3 +155,13 @@ def test_split_vote_keeps_sampling_instead_of_reading_a_flat_curve() -> None:
     assert decision.stop is None
     unscored = Evidence(answers=[None, None, None, "4"], utilities=[0.25] * 4, selected_utility=0.25)
     assert decide(StopSettings(), unscored, Caps(n=4, max_n=16)).stop is StopReason.NO_GAIN
+
+
+def test_all_wrong_binary_scores_keep_sampling_and_all_right_stop() -> None:
+    from strategies.stopping import next_doubling_gain
+
+    assert next_doubling_gain([0.0] * 4) > 0.05  # nothing right yet: the next doubling may find one
+    assert next_doubling_gain([1.0] * 8) < 0.01
+    assert decide(StopSettings(), Evidence(utilities=[0.0] * 4), Caps(n=4, max_n=16)).stop is None
+    assert decide(StopSettings(), Evidence(utilities=[1.0] * 8), Caps(n=8, max_n=16)).stop is StopReason.NO_GAIN
+    assert next_doubling_gain([0.2, 0.4, 0.6, 0.9]) == doubling([0.2, 0.4, 0.6, 0.9]).predicted_gain
