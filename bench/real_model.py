@@ -62,30 +62,76 @@ class Strategy:
 
 def strategies(args: argparse.Namespace) -> list[Strategy]:
     def fixed(verifiers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {"name": "best_of_n", "max_n": args.max_n, "adaptive": False, "verifiers": verifiers,
-                "k_ref": args.k_ref, **extra}
+        return {
+            "name": "best_of_n",
+            "max_n": args.max_n,
+            "adaptive": False,
+            "verifiers": verifiers,
+            "k_ref": args.k_ref,
+            **extra,
+        }
 
     n, a = args.max_n, args.adaptive_max_n
     return [
         Strategy("passthrough", "passthrough (1 sample)", {"upstream": "gemma", "strategy": {"name": "passthrough"}}),
-        Strategy(f"bon{n}-sc", f"best-of-{n}, self_consistency", {"upstream": "gemma", "strategy": fixed([{"type": "self_consistency"}])}),
-        Strategy(f"bon{n}-judge", f"best-of-{n}, llm_judge (same model)", {"upstream": "gemma", "strategy": fixed([{"type": "llm_judge", "upstream": "judge"}])}),
-        Strategy(f"bon{n}-logprob", f"best-of-{n}, logprob", {"upstream": "gemma-logits", "strategy": fixed([{"type": "logprob"}])}),
+        Strategy(
+            f"bon{n}-sc",
+            f"best-of-{n}, self_consistency",
+            {"upstream": "gemma", "strategy": fixed([{"type": "self_consistency"}])},
+        ),
+        Strategy(
+            f"bon{n}-judge",
+            f"best-of-{n}, llm_judge (same model)",
+            {"upstream": "gemma", "strategy": fixed([{"type": "llm_judge", "upstream": "judge"}])},
+        ),
+        Strategy(
+            f"bon{n}-logprob",
+            f"best-of-{n}, logprob",
+            {"upstream": "gemma-logits", "strategy": fixed([{"type": "logprob"}])},
+        ),
         Strategy(f"bon{n}-mbr", f"best-of-{n}, mbr", {"upstream": "gemma", "strategy": fixed([{"type": "mbr"}])}),
-        Strategy(f"bon{n}-gold", f"best-of-{n}, gold verifier (reference)", {"upstream": "gemma", "strategy": fixed(
-            [{"type": "plugin", "function": "bench.real_tasks:gold_verifier"}])}),
-        Strategy(f"adaptive{a}-sc", f"adaptive ≤{a}, self_consistency", {"upstream": "gemma", "strategy": {
-            "name": "best_of_n", "max_n": a, "adaptive": True, "verifiers": [{"type": "self_consistency"}], "k_ref": args.k_ref}}),
-        Strategy(f"bon{n}-variants-sc", f"best-of-{n} over 3 variants, self_consistency", {"upstream": "gemma", "strategy": fixed(
-            [{"type": "self_consistency"}], variants=VARIANTS)}),
+        Strategy(
+            f"bon{n}-gold",
+            f"best-of-{n}, gold verifier (reference)",
+            {
+                "upstream": "gemma",
+                "strategy": fixed([{"type": "plugin", "function": "bench.real_tasks:gold_verifier"}]),
+            },
+        ),
+        Strategy(
+            f"adaptive{a}-sc",
+            f"adaptive ≤{a}, self_consistency",
+            {
+                "upstream": "gemma",
+                "strategy": {
+                    "name": "best_of_n",
+                    "max_n": a,
+                    "adaptive": True,
+                    "verifiers": [{"type": "self_consistency"}],
+                    "k_ref": args.k_ref,
+                },
+            },
+        ),
+        Strategy(
+            f"bon{n}-variants-sc",
+            f"best-of-{n} over 3 variants, self_consistency",
+            {"upstream": "gemma", "strategy": fixed([{"type": "self_consistency"}], variants=VARIANTS)},
+        ),
     ]
 
 
-def proxy_config(fast_api: str, logits_api: str, args: argparse.Namespace, chosen: Sequence[Strategy]) -> dict[str, Any]:
+def proxy_config(
+    fast_api: str, logits_api: str, args: argparse.Namespace, chosen: Sequence[Strategy]
+) -> dict[str, Any]:
     def upstream(name: str, api_base: str, **params: Any) -> dict[str, Any]:
         return {
             "name": name,
-            "litellm_params": {"model": "text-completion-openai/gemma", "api_base": api_base, "api_key": "none", **params},
+            "litellm_params": {
+                "model": "text-completion-openai/gemma",
+                "api_base": api_base,
+                "api_key": "none",
+                **params,
+            },
             "mode": "completion",  # a base model: chats are rendered to a Question/Answer transcript
             "supports_n": False,  # llama.cpp's server ignores `n`
             "max_concurrency": 1,  # and serves one request at a time
@@ -127,8 +173,18 @@ class ProxyProcess:
     async def start(self, timeout: float = 120.0) -> None:
         import httpx
 
-        command = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(self.config_path),
-                   "--port", str(self.port), "--log-level", "warning"]
+        command = [
+            sys.executable,
+            "-m",
+            "proxy.cli",
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (held open for the child)
         self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -168,13 +224,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def ask(client: Any, strategy: Strategy, messages: list[dict[str, str]], args: argparse.Namespace) -> dict[str, Any]:
+async def ask(
+    client: Any, strategy: Strategy, messages: list[dict[str, str]], args: argparse.Namespace
+) -> dict[str, Any]:
     """One request; returns the raw response fields the analysis needs, or the error."""
     extra = {} if strategy.name == "passthrough" else {"extra_body": {"rvr": {"details": True}}}
     started = time.perf_counter()
     try:
         completion = await client.chat.completions.create(
-            model=strategy.name, messages=messages, temperature=args.temperature, max_tokens=args.max_tokens, **extra)
+            model=strategy.name, messages=messages, temperature=args.temperature, max_tokens=args.max_tokens, **extra
+        )
     except Exception as exc:  # noqa: BLE001 - a failed request is recorded, not fatal
         return {"error": f"{type(exc).__name__}: {str(exc)[:300]}", "latency_s": time.perf_counter() - started}
     latency = time.perf_counter() - started
@@ -185,7 +244,8 @@ async def ask(client: Any, strategy: Strategy, messages: list[dict[str, str]], a
         "text": text,
         "latency_s": latency,
         "usage": {"prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "total": usage.total_tokens}
-        if usage else None,
+        if usage
+        else None,
         "rvr": rvr,
     }
 
@@ -201,11 +261,18 @@ async def run(args: argparse.Namespace, tasks: list[Task], chosen: list[Strategy
     write_gold(gold, tasks)
     records: list[dict[str, Any]] = []
     started = time.time()
-    fast = EmbeddedModel(logits_all=False, n_threads=args.threads)
-    # llama-cpp-python turns the whole (n_ctx x 262k vocab) logit buffer into logprobs on every
-    # request that asks for them (Llama._create_completion), ~5 s per candidate at the default
-    # n_ctx of 2048 on 2 cores: give this server only the context the longest prompt needs.
-    logits = EmbeddedModel(logits_all=True, n_threads=args.threads, n_ctx=logits_context(tasks, args))
+    # llama.cpp's server samples from a fixed default seed: the same run gives the same samples.
+    # The two servers get different seeds, else their first samples of a prompt coincide.
+    seed = [] if args.model_seed is None else ["--seed", str(args.model_seed)]
+    other_seed = ["--seed", str(1 if args.model_seed is None else args.model_seed + 1)]
+    fast = EmbeddedModel(logits_all=False, n_threads=args.threads, extra_args=seed)
+    # With logits_all llama-cpp-python keeps an n_ctx x 262k-vocab float buffer (2 GB at the
+    # default n_ctx of 2048): give this server only the context the longest prompt needs. It does
+    # not make logprobs cheap: llama-cpp-python sorts all 262k logprobs in Python for every
+    # generated token, ~0.5 s per token here, hence `--logprob-items`.
+    logits = EmbeddedModel(
+        logits_all=True, n_threads=args.threads, n_ctx=logits_context(tasks, args), extra_args=other_seed
+    )
     proxy: ProxyProcess | None = None
     try:
         print("starting the embedded model (two llama.cpp servers) ...", file=sys.stderr)
@@ -219,11 +286,15 @@ async def run(args: argparse.Namespace, tasks: list[Task], chosen: list[Strategy
         proxy = ProxyProcess(config, workdir, {GOLD_ENV: str(gold)})
         await proxy.start()
         print(f"proxy at {proxy.base_url}, config {proxy.config_path}", file=sys.stderr)
-        client = openai.AsyncOpenAI(base_url=f"{proxy.base_url}/v1", api_key="unused", max_retries=0, timeout=args.timeout)
-        jobs = [(task, item) for task in tasks for item in task.items]
-        with tqdm(total=len(jobs) * len(chosen), unit="req", dynamic_ncols=True) as bar:
-            for task, item in jobs:
-                for strategy in chosen:
+        client = openai.AsyncOpenAI(
+            base_url=f"{proxy.base_url}/v1", api_key="unused", max_retries=0, timeout=args.timeout
+        )
+        jobs = [
+            (task, item, [s for s in chosen if wanted(s, item.index, args)]) for task in tasks for item in task.items
+        ]
+        with tqdm(total=sum(len(j[2]) for j in jobs), unit="req", dynamic_ncols=True) as bar:
+            for task, item, routes in jobs:
+                for strategy in routes:
                     bar.set_description(f"{task.name} #{item.index} {strategy.name}")
                     result = await ask(client, strategy, item.messages, args)
                     records.append(score_record(task, item, strategy, result))
@@ -238,7 +309,7 @@ async def run(args: argparse.Namespace, tasks: list[Task], chosen: list[Strategy
         "meta": {
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
             "wall_s": round(time.time() - started, 1),
-            "command": "python bench/real_model.py " + " ".join(sys.argv[1:]),
+            "command": " ".join(["python bench/real_model.py", *args.argv]),
             "args": vars(args),
             "tasks": {t.name: {"description": t.description, "items": len(t.items)} for t in tasks},
             "strategies": [{"name": s.name, "label": s.label} for s in chosen],
@@ -246,6 +317,11 @@ async def run(args: argparse.Namespace, tasks: list[Task], chosen: list[Strategy
         },
         "records": records,
     }
+
+
+def wanted(strategy: Strategy, index: int, args: argparse.Namespace) -> bool:
+    """The logprob route runs on the first `--logprob-items` items of each task only (cost)."""
+    return strategy.route["upstream"] != "gemma-logits" or args.logprob_items < 0 or index < args.logprob_items
 
 
 def logits_context(tasks: Sequence[Task], args: argparse.Namespace) -> int:
@@ -259,21 +335,29 @@ def logits_context(tasks: Sequence[Task], args: argparse.Namespace) -> int:
 
 
 def score_record(task: Task, item: Any, strategy: Strategy, result: dict[str, Any]) -> dict[str, Any]:
-    record: dict[str, Any] = {"task": task.name, "item": item.index, "strategy": strategy.name,
-                              "question": item.question, "answer": item.answer, **result}
+    record: dict[str, Any] = {
+        "task": task.name,
+        "item": item.index,
+        "strategy": strategy.name,
+        "question": item.question,
+        "answer": item.answer,
+        **result,
+    }
     if "error" in result:
         return record
     record["correct"] = task.score(result["text"], item)
     rvr = result.get("rvr")
     if rvr is None:  # passthrough: its one answer is a sample from the original prompt
-        record["candidates"] = [{"text": result["text"], "variant": "original", "correct": record["correct"], "score": None}]
+        record["candidates"] = [
+            {"text": result["text"], "variant": "original", "correct": record["correct"], "score": None}
+        ]
     else:
         texts = rvr.get("candidate_texts") or []
         variants = rvr.get("candidate_variants") or ["original"] * len(texts)
         scores = rvr.get("scores") or [None] * len(texts)
         record["candidates"] = [
             {"text": t, "variant": v, "correct": task.score(t, item), "score": s}
-            for t, v, s in zip(texts, variants, scores)
+            for t, v, s in zip(texts, variants, scores, strict=False)
         ]
         record["rvr"] = {k: v for k, v in rvr.items() if k != "candidate_texts"}
     return record
@@ -302,11 +386,21 @@ def pool(records: Sequence[dict[str, Any]]) -> dict[int, list[float]]:
 
 def true_risk(pooled: dict[int, list[float]], k: int) -> dict[str, Any]:
     """AEU, REU_K and RVR_K (per-item unbiased expected max of K draws), with SE over items."""
-    aeu = [mean(v) for v in pooled.values() if v]
-    reu = [expected_max(v, min(k, len(v))) for v in pooled.values() if v]
-    rvr = [r - a for r, a in zip(reu, aeu)]
-    return {"k": k, "min_pool": min(map(len, pooled.values())), "items": len(aeu),
-            "aeu": mean(aeu), "reu": mean(reu), "rvr": mean(rvr), "rvr_se": se(rvr), "per_item_reu": reu}
+    smallest = min(map(len, pooled.values()))
+    k = min(k, smallest)  # as large as every item's pool allows
+    aeu = [sum(v) / len(v) for v in pooled.values() if v]
+    reu = [expected_max(v, k) for v in pooled.values() if v]
+    rvr = [r - a for r, a in zip(reu, aeu, strict=True)]
+    return {
+        "k": k,
+        "min_pool": smallest,
+        "items": len(aeu),
+        "aeu": mean(aeu),
+        "reu": mean(reu),
+        "rvr": mean(rvr),
+        "rvr_se": se(rvr),
+        "per_item_reu": reu,
+    }
 
 
 def oracle_curve(pooled: dict[int, list[float]]) -> list[tuple[int, float, float | None]]:
@@ -355,11 +449,15 @@ def analyze(data: dict[str, Any]) -> dict[str, Any]:
             correct = [r["correct"] for r in ok]
             cands = [c for r in ok for c in r["candidates"]]
             risks = [r["rvr"]["risk"] for r in ok if r.get("rvr") and r["rvr"].get("risk")]
-            reu_by_item = dict(zip(pooled.keys(), truth["per_item_reu"]))
+            reu_by_item = dict(zip(pooled.keys(), truth["per_item_reu"], strict=True))
             acc = mean(correct)
             row = {
-                "strategy": s["name"], "label": s["label"], "n": len(ok), "errors": len(rs) - len(ok),
-                "accuracy": acc, "accuracy_se": math.sqrt(acc * (1 - acc) / len(ok)) if ok and acc is not None else None,
+                "strategy": s["name"],
+                "label": s["label"],
+                "n": len(ok),
+                "errors": len(rs) - len(ok),
+                "accuracy": acc,
+                "accuracy_se": math.sqrt(acc * (1 - acc) / len(ok)) if ok and acc is not None else None,
                 "candidates": mean([len(r["candidates"]) if r.get("rvr") else 1 for r in ok]),
                 "tokens": mean([r["usage"]["total"] for r in ok if r.get("usage")]),
                 "latency_median_s": statistics.median([r["latency_s"] for r in ok]) if ok else None,
@@ -382,9 +480,12 @@ def analyze(data: dict[str, Any]) -> dict[str, Any]:
             if judge is not None:
                 row["judge_views"] = judge
             rows.append(row)
-        out["tasks"][task] = {"truth": {k2: v for k2, v in truth.items() if k2 != "per_item_reu"},
-                              "oracle": oracle_curve(pooled), "rows": rows,
-                              "description": meta["tasks"][task]["description"]}
+        out["tasks"][task] = {
+            "truth": {k2: v for k2, v in truth.items() if k2 != "per_item_reu"},
+            "oracle": oracle_curve(pooled),
+            "rows": rows,
+            "description": meta["tasks"][task]["description"],
+        }
     return out
 
 
@@ -402,14 +503,16 @@ def _judge_parse_rate(records: Sequence[dict[str, Any]]) -> dict[str, Any] | Non
         for view, values in (r.get("rvr") or {}).get("views", {}).items():
             if not view.startswith("llm_judge"):
                 continue
-            for value, c in zip(values, r["candidates"]):
+            for value, c in zip(values, r["candidates"], strict=False):
                 stats[view]["parsed"].append(value is not None)
                 if value is not None:
                     stats[view]["right" if c["correct"] else "wrong"].append(value)
     if not stats:
         return None
-    return {view: {"parsed": mean(s["parsed"]), "mean_right": mean(s["right"]), "mean_wrong": mean(s["wrong"])}
-            for view, s in stats.items()}
+    return {
+        view: {"parsed": mean(s["parsed"]), "mean_right": mean(s["right"]), "mean_wrong": mean(s["wrong"])}
+        for view, s in stats.items()
+    }
 
 
 # -------------------------------------------------------------------------------- reports
@@ -431,7 +534,8 @@ def markdown(data: dict[str, Any], result: dict[str, Any]) -> str:
         "",
         f"Run {meta['started']}, {meta['wall_s']:.0f} s wall. Command: `{meta['command']}`.",
         f"Sampling temperature {args['temperature']}, max_tokens {args['max_tokens']}; fixed best-of-N uses "
-        f"N = {args['max_n']}; judge replies capped at {args['judge_max_tokens']} tokens; proxy `k_ref` = {args['k_ref']}.",
+        f"N = {args['max_n']}; judge replies capped at {args['judge_max_tokens']} tokens; "
+        f"proxy `k_ref` = {args['k_ref']}.",
         "Requests go one at a time (llama.cpp serves one request at a time); latency is wall time per request.",
         "",
     ]
@@ -443,7 +547,12 @@ def markdown(data: dict[str, Any], result: dict[str, Any]) -> str:
             f"Ground truth from the pooled original-prompt samples of all routes ({truth['items']} items, "
             f"≥ {truth['min_pool']} samples each): AEU (one-sample accuracy) = {_f(truth['aeu'])}, "
             f"REU_{truth['k']} = {_f(truth['reu'])}, **true RVR (K = {truth['k']}) = {_f(truth['rvr'])} "
-            f"± {_f(truth['rvr_se'])}**.",
+            f"± {_f(truth['rvr_se'])}**."
+            + (
+                f" (K is below the proxy's k_ref = {args['k_ref']}: the smallest pool holds {truth['min_pool']}.)"
+                if truth["k"] < args["k_ref"]
+                else ""
+            ),
             "",
             "| strategy | n | accuracy ± SE | cand./req | tokens/req | latency p50 (s) | cand. acc. | pass@own | "
             "verifier AUC | est. baseline | true RVR | est. residual | true residual |",
@@ -451,11 +560,13 @@ def markdown(data: dict[str, Any], result: dict[str, Any]) -> str:
         ]
         for row in t["rows"]:
             acc = f"{_f(row['accuracy'])} ± {_f(row['accuracy_se'])}"
+            errors = f" ({row['errors']} err)" if row["errors"] else ""
             lines.append(
-                f"| {row['label']} | {row['n']}{' (' + str(row['errors']) + ' err)' if row['errors'] else ''} | {acc} | "
+                f"| {row['label']} | {row['n']}{errors} | {acc} | "
                 f"{_f(row['candidates'], 1)} | {_f(row['tokens'], 0)} | {_f(row['latency_median_s'], 2)} | "
                 f"{_f(row['candidate_accuracy'])} | {_f(row['pass_at_own'])} | {_f(row['verifier_auc'], 2)} | "
-                f"{_f(row['est_baseline'])} | {_f(row['true_rvr'])} | {_f(row['est_residual'])} | {_f(row['true_residual'])} |"
+                f"{_f(row['est_baseline'])} | {_f(row['true_rvr'])} | "
+                f"{_f(row['est_residual'])} | {_f(row['true_residual'])} |"
             )
         oracle = ", ".join(f"N={n}: {_f(v)}" for n, v, _ in t["oracle"])
         lines += ["", f"Oracle best-of-N accuracy (expected best of N pooled samples, perfect verifier): {oracle}.", ""]
@@ -465,8 +576,11 @@ def markdown(data: dict[str, Any], result: dict[str, Any]) -> str:
                 va = ", ".join(f"{v} {_f(a)} (n={n})" for v, (a, n) in row["variant_accuracy"].items())
                 notes.append(f"- {row['label']}: candidate accuracy by variant: {va}.")
             if row.get("judge_views"):
-                jv = "; ".join(f"`{v}` parsed {_f(s['parsed'], 2)}, mean score right {_f(s['mean_right'], 2)} / "
-                               f"wrong {_f(s['mean_wrong'], 2)}" for v, s in row["judge_views"].items())
+                jv = "; ".join(
+                    f"`{v}` parsed {_f(s['parsed'], 2)}, mean score right {_f(s['mean_right'], 2)} / "
+                    f"wrong {_f(s['mean_wrong'], 2)}"
+                    for v, s in row["judge_views"].items()
+                )
                 notes.append(f"- {row['label']}: judge views: {jv}.")
             if row["stop_reasons"] and row["strategy"].startswith("adaptive"):
                 notes.append(f"- {row['label']}: stop reasons {row['stop_reasons']}.")
@@ -474,9 +588,11 @@ def markdown(data: dict[str, Any], result: dict[str, Any]) -> str:
     lines += [
         "Columns: *accuracy* = share of requests whose returned answer the task scorer accepts (SE = binomial); "
         "*cand./req*, *tokens/req* from the response (`rvr.candidates`, `usage.total_tokens`, judge calls included); "
-        "*cand. acc.* = share of the route's own candidates that are right; *pass@own* = share of requests with at least "
+        "*cand. acc.* = share of the route's own candidates that are right; *pass@own* = share of requests with "
+        "at least "
         "one right candidate (what a perfect verifier would have returned); *verifier AUC* = chance that the proxy "
-        "scored a right candidate above a wrong one of the same request (ties and missing scores count ½; 0.5 = chance); "
+        "scored a right candidate above a wrong one of the same request "
+        "(ties and missing scores count ½; 0.5 = chance); "
         "*est. baseline* / *est. residual* = mean `rvr.risk.baseline` / `rvr.risk.residual` (the proxy's estimates, "
         "from its verifier scores, extrapolated to `k_ref`); *true RVR* = REU_K − AEU from the task scorer over the "
         "pooled samples; *true residual* = REU_K − accuracy (what is still lost after the route's selection).",
@@ -492,33 +608,73 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(result["tasks"].items())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(7.5 * len(tasks), 6), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 5.6), squeeze=False)
     markers = "osD^vP*Xh<>"
-    for ax, (task, t) in zip(axes[0], tasks):
+    handles: dict[str, Any] = {}
+    for ax, (task, t) in zip(axes[0], tasks, strict=False):
         ns = [n for n, _, _ in t["oracle"]]
-        ax.plot(ns, [v for _, v, _ in t["oracle"]], "k--", marker=".", lw=1.5, label="oracle best-of-N (ceiling)")
-        ax.fill_between(ns, [v - (e or 0) for _, v, e in t["oracle"]], [v + (e or 0) for _, v, e in t["oracle"]],
-                        color="k", alpha=0.08, lw=0)
-        ax.axhline(t["truth"]["aeu"], color="grey", ls=":", lw=1, label=f"one-sample accuracy (AEU) {t['truth']['aeu']:.2f}")
-        for i, row in enumerate(t["rows"]):
-            if row["accuracy"] is None:
-                continue
-            ax.errorbar(row["candidates"], row["accuracy"], yerr=row["accuracy_se"], fmt=markers[i % len(markers)],
-                        ms=8, capsize=3, label=f"{row['label']}: {row['accuracy']:.2f}")
+        values = [v for _, v, _ in t["oracle"]]
+        handles["oracle"] = ax.plot(ns, values, "k--", marker=".", lw=1.5)[0]
+        ax.fill_between(
+            ns,
+            [v - (e or 0) for _, v, e in t["oracle"]],
+            [v + (e or 0) for _, v, e in t["oracle"]],
+            color="k",
+            alpha=0.08,
+            lw=0,
+        )
+        handles["aeu"] = ax.axhline(t["truth"]["aeu"], color="grey", ls=":", lw=1)
+        rows = [r for r in t["rows"] if r["accuracy"] is not None]
+        # Routes with the same candidate count are spread sideways so none hides another.
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, row in enumerate(rows):
+            groups[round(math.log2(row["candidates"]) * 4)].append(i)
+        for members in groups.values():
+            for k, i in enumerate(members):
+                row = rows[i]
+                x = row["candidates"] * 2 ** ((k - (len(members) - 1) / 2) * 0.09)
+                j = [r["strategy"] for r in t["rows"]].index(row["strategy"])
+                handles[row["label"]] = ax.errorbar(
+                    x,
+                    row["accuracy"],
+                    yerr=row["accuracy_se"],
+                    fmt=markers[j % len(markers)],
+                    color=f"C{j % 10}",
+                    ms=8,
+                    capsize=3,
+                    elinewidth=1,
+                )
         ax.set_xscale("log", base=2)
-        top = max(ns + [r["candidates"] for r in t["rows"] if r["candidates"]])
+        top = max(ns + [r["candidates"] for r in rows])
         ticks = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= top * 1.2]
         ax.set_xticks(ticks, [str(n) for n in ticks])
-        ax.set_xlim(0.8, top * 1.3)
-        ax.set_ylim(0, min(1.0, max(v for _, v, _ in t["oracle"]) + 0.15))
+        ax.set_xlim(0.75, top * 1.35)
+        ax.set_ylim(0, min(1.02, max(values + [r["accuracy"] + (r["accuracy_se"] or 0) for r in rows]) + 0.08))
         ax.set_xlabel("candidates per request (log scale)")
         ax.set_ylabel("accuracy (task scorer)")
         truth = t["truth"]
-        ax.set_title(f"{task} ({truth['items']} items): true RVR@{truth['k']} = {truth['rvr']:.2f}", fontsize=11)
+        ax.set_title(
+            f"{task} ({truth['items']} items): AEU {truth['aeu']:.2f}, "
+            f"REU@{truth['k']} {truth['reu']:.2f}, true RVR {truth['rvr']:.2f}",
+            fontsize=10,
+        )
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
-    fig.suptitle("rvr-proxy strategies on Gemma 3 270M: accuracy vs candidates, oracle best-of-N as ceiling", fontsize=12)
-    fig.tight_layout()
+    labels = {
+        "oracle": "oracle best-of-N from pooled samples (perfect verifier: the ceiling)",
+        "aeu": "one-sample accuracy (AEU)",
+    }
+    order = ["oracle", "aeu"] + [r["label"] for _, t in tasks for r in t["rows"] if r["label"] in handles]
+    order = list(dict.fromkeys(order))
+    fig.legend(
+        [handles[k] for k in order],
+        [labels[k] if k in labels else str(k) for k in order],
+        loc="lower center",
+        ncol=2,
+        fontsize=8.5,
+        frameon=False,
+    )
+    fig.suptitle("rvr-proxy strategies on Gemma 3 270M (base): accuracy ± SE vs candidates per request", fontsize=12)
+    fig.tight_layout(rect=(0, 0.06 + 0.025 * math.ceil(len(handles) / 2), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -527,18 +683,37 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="rvr-proxy bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--tasks", default="arith1,rg:basic_arithmetic",
-                   help="comma-separated: arith1, rg:<reasoning-gym dataset> (e.g. rg:gsm_symbolic)")
-    p.add_argument("--n", type=int, default=24, help="items per task")
+    p = argparse.ArgumentParser(
+        prog="rvr-proxy bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--tasks",
+        default="arith1,rg:basic_arithmetic",
+        help="comma-separated: arith1, rg:<reasoning-gym dataset> (e.g. rg:gsm_symbolic)",
+    )
+    p.add_argument("--n", type=int, default=16, help="items per task")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--model-seed",
+        type=int,
+        default=None,
+        help="llama.cpp sampling seed (-1: random); by default the server's fixed seed, so a rerun repeats its samples",
+    )
     p.add_argument("--strategies", default="", help="comma-separated route names to run (default: all)")
     p.add_argument("--max-n", type=int, default=8, help="N of the fixed best-of-N routes")
     p.add_argument("--adaptive-max-n", type=int, default=16)
     p.add_argument("--k-ref", type=int, default=32, help="the proxy's k_ref and the K of the true RVR")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument(
+        "--logprob-items",
+        type=int,
+        default=8,
+        help="run the logprob route on this many items per task (-1: all); each of its requests "
+        "takes ~25 s, as llama-cpp-python's logprobs cost ~0.5 s per generated token",
+    )
     p.add_argument("--judge-max-tokens", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the CPUs we may use)")
     p.add_argument("--timeout", type=float, default=300.0, help="per request, seconds")
@@ -548,7 +723,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `rvr-proxy bench -- ARGS`: the CLI passes the separator through
+        argv = argv[1:]
     args = parse_args(argv)
+    args.argv = argv
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
@@ -576,7 +755,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "real_model.md").write_text(text)
     plot(result, out / "real_model.png")
     print(text)
-    print(f"wrote {out / 'real_model.md'}, {out / 'real_model.png'}, {out / 'real_model.json'}", file=sys.stderr)
+    written = [out / "real_model.md", out / "real_model.png"] + ([] if args.report_only else [out / "real_model.json"])
+    print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
     return 0
 
 

@@ -35,8 +35,13 @@ SHOTS = 3
 # ~1% per sample), and a task it never solves carries no signal about selection.
 RG_CONFIGS: dict[str, dict[str, Any]] = {
     "basic_arithmetic": {
-        "min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1,
-        "operators": ["+", "-"], "allow_parentheses": False, "allow_negation": False,
+        "min_terms": 2,
+        "max_terms": 2,
+        "min_digits": 1,
+        "max_digits": 1,
+        "operators": ["+", "-"],
+        "allow_parentheses": False,
+        "allow_negation": False,
     },
     "gsm_symbolic": {},
 }
@@ -101,8 +106,10 @@ def arith1(size: int, seed: int) -> Task:
     """BIG-bench `arithmetic` 1-digit addition, generated locally: "What is a plus b?"."""
     rng = random.Random(seed)
     shot_rng = random.Random(seed + 10_000)
-    shots = [(f"What is {a} plus {b}?", str(a + b)) for a, b in
-             ((shot_rng.randint(0, 9), shot_rng.randint(0, 9)) for _ in range(SHOTS))]
+    shots = [
+        (f"What is {a} plus {b}?", str(a + b))
+        for a, b in ((shot_rng.randint(0, 9), shot_rng.randint(0, 9)) for _ in range(SHOTS))
+    ]
     items = []
     for i in range(size):
         a, b = rng.randint(0, 9), rng.randint(0, 9)
@@ -172,7 +179,8 @@ def _scorer(task: str) -> Callable[[str, dict[str, Any]], float]:
         return lambda text, entry: 1.0 if extract_answer(text) == entry["answer"] else 0.0
     import reasoning_gym as rg
 
-    score_answer = rg.get_score_answer_fn(task[3:])
+    name = task[3:]
+    score_answer = rg.create_dataset(name, size=1, seed=0, **RG_CONFIGS.get(name, {})).score_answer
     return lambda text, entry: 1.0 if score_answer(extract_answer(text), entry["raw"]) == 1.0 else 0.0
 
 

@@ -20,6 +20,10 @@ log = logging.getLogger("rvr_proxy")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["bench"]:  # its options belong to the script, not to argparse here
+        rest = args_list[1:]
+        return run_bench(rest[1:] if rest[:1] == ["--"] else rest)
     parser = argparse.ArgumentParser(
         prog="rvr-proxy", description="OpenAI-compatible proxy that mitigates rational value risk."
     )
@@ -34,11 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("file")
     bench = sub.add_parser("bench", help="run the real-model benchmark (bench/real_model.py)")
     bench.add_argument("args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     if args.command == "check-config":
         return check_config(args.file)
-    if args.command == "bench":
-        return run_bench(args.args)
     return serve_command(args)
 
 
@@ -110,9 +112,13 @@ def start_embedded() -> object:
     problem = embedded_available()
     if problem is not None:
         raise EmbeddedUnavailable(problem)
+    from proxy.embedded import EmbeddedModel
     from proxy.embedded_host import EmbeddedHost
 
-    host = EmbeddedHost()
+    # Per-token logits cost ~4x prompt time and GBs of memory; only keep them when asked for,
+    # since no default route needs them (a passthrough request asking logprobs then fails).
+    logprobs = os.environ.get("RVR_EMBEDDED_LOGPROBS", "").lower() in ("1", "true", "yes")
+    host = EmbeddedHost(EmbeddedModel(logits_all=logprobs))
     log.info('{"event": "embedded_model_starting"}')
     try:
         api_base = host.start()

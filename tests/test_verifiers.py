@@ -412,7 +412,10 @@ def test_judge_prompt_is_not_reformatted_by_braces_in_responses() -> None:
         ("verdict: No.", 0.0),
         ("Yes", 1.0),
         ("Verdict: yes\nVerdict: no", 0.0),
+        (" Yes\n\n# Response to grade", 1.0),
+        ("no, it is wrong", 0.0),
         ("maybe", None),
+        ("nothing to say", None),
     ],
 )
 def test_parse_yesno(reply: str, expected: float | None) -> None:
@@ -828,6 +831,13 @@ def test_view_names_are_label_safe_and_scores_in_range(plugin_module: str) -> No
             assert len(scores) == len(candidates)
             assert all(s is None or 0.0 <= s <= 1.0 for s in scores)
         assert scored.hard == verifier.hard
+
+
+def test_judge_reply_length_cap_is_passed_on() -> None:
+    services = FakeServices(grading_judge)
+    score({"type": "llm_judge", "upstream": "j", "templates": ["rubric_10"], "max_tokens": 3}, [cand(0, "42")],
+          ctx_for(services))
+    assert services.chat_calls[0][2] == {"temperature": 0, "max_tokens": 3}
 
 
 def test_judge_adds_a_template_view_only_when_asked() -> None:

@@ -35,6 +35,7 @@ DEFAULT_TEMPLATES: tuple[TemplateName, ...] = ("rubric_10", "correctness_yesno")
 
 _SCORE = re.compile(r"score\s*[:=]\s*\**\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 _RATING = re.compile(r"rating\s*[:=]\s*\**\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+_LEADING_WORD = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
 _VERDICT_YESNO = re.compile(r"verdict\s*[:=]\s*\**\s*(yes|no)\b", re.IGNORECASE)
 _VERDICT_PAIR = re.compile(r"verdict\s*[:=]\s*\**\s*\[*\s*(A|B|tie)\b", re.IGNORECASE)
 _BRACKET_PAIR = re.compile(r"\[\[\s*(A|B|tie)\s*\]\]", re.IGNORECASE)
@@ -62,9 +63,10 @@ def parse_yesno(reply: str) -> float | None:
     found = _VERDICT_YESNO.findall(reply)
     if found:
         return 1.0 if found[-1].lower() == "yes" else 0.0
-    bare = reply.strip().strip(".!*").strip().lower()
-    if bare in ("yes", "no"):
-        return 1.0 if bare == "yes" else 0.0
+    # Small and base models often answer with the bare word and then ramble on.
+    first = _LEADING_WORD.match(reply)
+    if first:
+        return 1.0 if first.group(1).lower() == "yes" else 0.0
     return None
 
 
@@ -155,6 +157,8 @@ class LlmJudgeSettings(VerifierSpec):
     # Templates judged from the start; the rest are added only when the verifier-first rule
     # (method §4.4) finds views disagreeing more than more candidates would gain. None: all.
     initial_views: int | None = Field(None, ge=1)
+    # Cap on each judge reply; a base-model judge otherwise writes until its context is full.
+    max_tokens: int | None = Field(None, ge=1)
 
     @field_validator("templates")
     @classmethod
@@ -186,6 +190,9 @@ class LlmJudgeVerifier(BaseVerifier):
         self.mode = settings.mode
         self.concurrency = settings.concurrency
         self.upstreams = (settings.upstream,)
+        self.judge_params: dict[str, Any] = {"temperature": 0}
+        if settings.max_tokens is not None:
+            self.judge_params["max_tokens"] = settings.max_tokens
         self.initial_views = min(settings.initial_views or len(self.templates), len(self.templates))
 
     def _active(self, memo: dict[Any, Any]) -> tuple[str, ...]:
@@ -325,7 +332,7 @@ class LlmJudgeVerifier(BaseVerifier):
         async def one(call: _Call) -> tuple[Usage, bool]:
             async with limit:
                 try:
-                    reply = await ctx.services.chat(self.upstream, call.messages, temperature=0)
+                    reply = await ctx.services.chat(self.upstream, call.messages, **self.judge_params)
                 except Exception:  # noqa: BLE001 - a failed call is a missing view, retried later
                     return Usage(), False
             parsed = call.parse(reply.text or "")
