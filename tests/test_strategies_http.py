@@ -53,10 +53,9 @@ def test_fixed_best_of_n_samples_exactly_max_n_and_counts_every_token(client: op
 
 
 def test_majority_answer_wins_with_self_consistency(client: openai.OpenAI) -> None:
-    wins = sum(
-        "42" in (ask(client, "math-fixed", "What is 6*7? p=0.6")[1].choices[0].message.content or "") for _ in range(6)
-    )
-    assert wins >= 5  # p=0.6 against four scattered wrong answers: majority of 8 is right ~97%
+    prompt = "What is 6*7? p=0.8"
+    wins = sum("42" in (ask(client, "math-fixed", prompt)[1].choices[0].message.content or "") for _ in range(6))
+    assert wins >= 5  # p=0.8 against four scattered wrong answers: majority of 8 is wrong < 0.1% of the time
 
 
 def test_client_overrides_lower_caps_but_never_raise_them(client: openai.OpenAI, proxy: ProxyProcess) -> None:
