@@ -234,6 +234,18 @@ def test_baseline_with_more_candidates_than_k_ref_uses_the_expected_max_at_k_ref
     assert r.baseline < max(scores) - np.mean(scores)
 
 
+def test_verifier_interval_is_the_spread_of_the_per_resample_gaps() -> None:
+    scores = [0.2, 0.5, 0.9, 0.4, 0.6, 0.3]
+    agree = np.column_stack([scores, np.array(scores) * 0.9, np.array(scores) * 0.8])
+    assert report_for(scores, ["original"] * 6, agree).intervals["verifier"] == (0.0, 0.0)
+    # Two views that rank the candidates in opposite orders: many resamples pick another winner.
+    opposed = np.column_stack([[0.1, 0.2, 0.9, 0.3, 0.4, 0.5], [0.9, 0.8, 0.1, 0.7, 0.6, 0.5]])
+    r = report_for(scores, ["original"] * 6, opposed)
+    lo, hi = r.intervals["verifier"]
+    assert 0.0 <= lo <= hi <= 1.0 and hi > 0.3 and r.verifier > 0
+    assert "verifier" not in report_for(scores, ["original"] * 6).intervals  # one view: unknown
+
+
 def test_unknown_terms_are_none_and_left_out_of_the_residual() -> None:
     r = report_for([0.3, 0.7], ["original", "original"])
     assert (r.candidate, r.prompt, r.verifier, r.baseline) == (None, None, None, None)
