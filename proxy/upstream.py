@@ -132,13 +132,13 @@ class UpstreamClient:
                 yield _text_chunk_to_chat(chunk)
             return
         kwargs = self._kwargs({**params, "stream": True, "stream_options": {"include_usage": True}}, None)
-        stream = await self._call(lambda kw: litellm.acompletion(messages=list(messages), **kw), kwargs, stream=True)
+        stream = await self._call(lambda kw: litellm.acompletion(messages=list(messages), **kw), kwargs)
         async for chunk in self._guard_stream(stream):
             yield chunk
 
     async def stream_text(self, prompt: str | list[Any], params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         kwargs = self._kwargs({**params, "stream": True, "stream_options": {"include_usage": True}}, None)
-        stream = await self._call(lambda kw: litellm.atext_completion(prompt=prompt, **kw), kwargs, stream=True)
+        stream = await self._call(lambda kw: litellm.atext_completion(prompt=prompt, **kw), kwargs)
         async for chunk in self._guard_stream(stream):
             yield chunk
 
@@ -169,9 +169,7 @@ class UpstreamClient:
             self._semaphore = asyncio.Semaphore(self.settings.max_concurrency)
         return self._semaphore
 
-    async def _call(
-        self, make: Callable[[dict[str, Any]], Awaitable[Any]], kwargs: dict[str, Any], stream: bool = False
-    ) -> Any:
+    async def _call(self, make: Callable[[dict[str, Any]], Awaitable[Any]], kwargs: dict[str, Any]) -> Any:
         try:
             return await self._attempts(make, kwargs)
         except (UpstreamFailed, UpstreamTimedOut):

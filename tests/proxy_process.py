@@ -42,9 +42,10 @@ class ProxyProcess:
             command += ["--config", str(self.config_path)]
         self.command = command + (args or [])
         self.env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1", **(env or {})}
-        if config is None:  # the embedded default: nothing from the caller's environment may configure it
+        if config is None:  # only what the test passes may configure it, not the caller's environment
             for name in ("RVR_CONFIG", "RVR_UPSTREAM_API_BASE", "RVR_UPSTREAM_MODEL"):
-                self.env.pop(name, None)
+                if name not in (env or {}):
+                    self.env.pop(name, None)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

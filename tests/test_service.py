@@ -395,3 +395,24 @@ def test_serve_with_invalid_config_exits_non_zero(tmp_path: Path) -> None:
     result = _cli("serve", "--config", str(bad), "--port", "1")
     assert result.returncode != 0 and "upstreams" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_default_upstream_serves_unknown_models_under_one_label(stub: StubServer) -> None:
+    config = main_config(stub.api_base)
+    config["server"] = {"default_upstream": "echo"}
+    with ProxyProcess(config, env={"UPSTREAM_KEY": UPSTREAM_KEY}) as proxy:
+        client = openai.OpenAI(base_url=f"{proxy.base_url}/v1", api_key="unused", max_retries=0)
+        completion = client.chat.completions.create(model="whatever-the-client-says", messages=HELLO)
+        assert completion.choices[0].message.content == "echo 0: hello there"
+        metrics = httpx.get(f"{proxy.base_url}/metrics").text
+        assert 'route="default"' in metrics and "whatever-the-client-says" not in metrics
+
+
+def test_upstream_from_environment_without_a_config_file(stub: StubServer) -> None:
+    env = {"RVR_UPSTREAM_API_BASE": stub.api_base, "RVR_UPSTREAM_MODEL": "openai/echo", "RVR_UPSTREAM_API_KEY": "k"}
+    with ProxyProcess(None, env=env) as proxy:
+        client = openai.OpenAI(base_url=f"{proxy.base_url}/v1", api_key="unused", max_retries=0)
+        assert {m.id for m in client.models.list()} == {"echo", "echo-best"}
+        assert client.chat.completions.create(model="echo", messages=HELLO).choices[0].message.content
+        best = client.chat.completions.create(model="echo-best", messages=HELLO)
+        assert best.model_extra["rvr"]["strategy"] == "best_of_n"
