@@ -60,7 +60,7 @@ class Proxy:
             params = self._params(body, route, endpoint)
             headers = {"x-rvr-route": route.name}
             if body.stream:
-                response = self._stream(request, body, route, endpoint, params, record, headers)
+                response = self._stream(body, route, endpoint, params, record, headers)
                 streaming = True  # from here the stream's own end writes the record
                 return response
             outcome = await self._guarded(request, self._execute(body, route, endpoint, params))
@@ -189,7 +189,6 @@ class Proxy:
 
     def _stream(
         self,
-        request: Request,
         body: Any,
         route: Route,
         endpoint: str,

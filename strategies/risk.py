@@ -427,7 +427,7 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
 def _intervals(
     boot: dict[str, np.ndarray], terms: _Terms, sources: dict[str, str]
 ) -> dict[str, tuple[float, float]]:
-    """90% percentile intervals for baseline, candidate and residual where they are defined.
+    """90% percentile intervals for baseline, candidate, prompt and residual where defined.
 
     Route-supplied terms and the verifier term (whose noise is over views, not candidates)
     enter as constants; a residual made only of constants gets no interval.
@@ -437,6 +437,8 @@ def _intervals(
     prompt = boot.get("prompt") if sources.get("prompt") == "request" else None
     if candidate is not None:
         intervals["candidate"] = _interval(candidate)
+    if prompt is not None:
+        intervals["prompt"] = _interval(prompt)
     c_draws = candidate if candidate is not None else terms.candidate
     if c_draws is not None:
         intervals["baseline"] = _interval(boot["best"] + c_draws - boot["aeu"])

@@ -218,7 +218,7 @@ def test_report_components_and_formulae() -> None:
     # The request sampled the variants itself: their gain is in the pool, not still to be had.
     assert r.residual == pytest.approx(r.candidate + r.verifier)
     assert r.residual_terms == ["candidate", "verifier"]
-    for name in ("baseline", "candidate", "residual"):
+    for name in ("baseline", "candidate", "prompt", "residual"):
         lo, hi = r.intervals[name]
         assert lo <= hi
     assert report_for(scores, variants, views).as_dict() == r.as_dict()  # seeded: reproducible
