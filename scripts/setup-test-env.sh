@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the tests need from this repo's own files, then runs them.
-# Works on a fresh Debian/Ubuntu machine; CI (.ci/run) runs exactly this.
+# Installs everything the tests need from this repo's own files into .venv (and Debian's
+# prometheus when missing). Works on a fresh Debian/Ubuntu machine; CI runs it too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LITELLM_LOCAL_MODEL_COST_MAP=True
@@ -15,4 +15,3 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # [local] builds llama-cpp-python from source the first time (~6 min on 2 cores); pip caches it.
 .venv/bin/python -m pip install -q -e '.[test,local,bench]'
-exec .venv/bin/python -m pytest -q "$@"
