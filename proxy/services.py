@@ -12,7 +12,7 @@ import httpx
 
 from proxy.errors import UpstreamFailed
 from proxy.upstream import Choices, UpstreamClient, token_logprobs
-from strategies.contract import Batch, Message, Reply, RewardReply, Sample, Usage
+from strategies.contract import Batch, EmbedReply, Message, Reply, RewardReply, Sample, Usage
 from strategies.settings import RewardEndpoint
 
 Kind = Literal["chat", "text"]
@@ -50,6 +50,10 @@ class RequestServices:
         result = await self._clients[upstream].chat(messages, params, 1)
         content = result.choices[0]["message"].get("content") if result.choices else None
         return Reply(content if isinstance(content, str) else "", result.usage)
+
+    async def embed(self, upstream: str, texts: Sequence[str]) -> EmbedReply:
+        vectors, usage = await self._clients[upstream].embed(texts)
+        return EmbedReply(vectors, usage)
 
     async def reward(
         self, endpoint: RewardEndpoint, messages: Sequence[Message], answers: Sequence[str]

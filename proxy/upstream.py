@@ -72,6 +72,14 @@ class UpstreamClient:
             return result
         return await self._sample(lambda k: self._chat_once(messages, params, k), n)
 
+    async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], Usage]:
+        """Embedding vectors in input order, through the same limits, retries and metrics."""
+        kwargs = self._kwargs({}, None)
+        response = await self._call(lambda kw: litellm.aembedding(input=list(texts), **kw), kwargs)
+        data = response.model_dump()
+        items = sorted(data.get("data") or [], key=lambda item: item.get("index", 0))
+        return [list(item["embedding"]) for item in items], _usage(data)
+
     async def complete(self, prompt: str | list[Any], params: dict[str, Any], n: int = 1) -> Choices:
         return await self._sample(lambda k: self._text_once(prompt, params, k), n)
 

@@ -85,6 +85,12 @@ class Reply:
 
 
 @dataclass
+class EmbedReply:
+    vectors: list[list[float]]
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
 class RewardReply:
     scores: list[float | None]
     usage: Usage = field(default_factory=Usage)
@@ -103,6 +109,10 @@ class Services(Protocol):
 
     async def chat(self, upstream: str, messages: Sequence[Message], **params: Any) -> Reply:
         """One completion from a configured upstream (judges, paraphrases)."""
+        ...
+
+    async def embed(self, upstream: str, texts: Sequence[str]) -> EmbedReply:
+        """Embedding vectors from a configured upstream, one per text, in order."""
         ...
 
     async def reward(

@@ -408,7 +408,7 @@ def _bootstrap_terms(
     elif n >= MIN_CANDIDATES_FOR_TREND:
         e_n, e_half, e_quarter = (ordered @ expected_max_weights(n, k) for k in (n, n / 2, n / 4))
         d_n, d_half = _snap(e_n - e_half), _snap(e_half - e_quarter)
-        rho = np.array([_ratio(a, b) for a, b in zip(d_n, d_half)])
+        rho = np.array([_ratio(a, b) for a, b in zip(d_n, d_half, strict=True)])
         steps = doublings_to(k_ref, n)
         out["candidate"] = d_n * np.array([geometric_sum(r, steps) for r in rho])
     originals = np.array([v == ORIGINAL_VARIANT for v in variants])
@@ -473,7 +473,7 @@ def assess(
     selected_utility = values[selected]
     report.selected_utility = None if np.isnan(selected_utility) else float(selected_utility)
     kept = values[scored]
-    kept_variants = [v for v, ok in zip(variants, scored) if ok]
+    kept_variants = [v for v, ok in zip(variants, scored, strict=True) if ok]
     gaps = verifier_gaps(views, weights, eligible, selected, rng, resamples)
     measured = _Terms(
         candidate=candidate_term(kept, k_ref) if len(kept) else None,

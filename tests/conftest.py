@@ -30,7 +30,7 @@ def upstream(name: str, api_base: str, **extra: Any) -> dict[str, Any]:
 
 
 def main_config(api_base: str) -> dict[str, Any]:
-    names = ["echo", "math", "one", "reject-n", "tools", "slow", "fail", "cut", "judge", "paraphrase", "json"]
+    names = ["echo", "math", "one", "reject-n", "tools", "slow", "fail", "cut", "judge", "paraphrase", "json", "embedder"]
     ups = [upstream(n, api_base, retries=0) for n in names]
     ups.append(upstream("timeout", api_base, timeout_s=0.5, retries=0))
     ups.append(upstream("flaky", api_base, retries=2, retry_backoff_s=0.05))
@@ -94,6 +94,9 @@ def strategy_routes(stub: StubServer) -> list[dict[str, Any]]:
                 ],
             },
         },
+        {"model": "math-mbr-embedding", "upstream": "math", "strategy": {
+            "name": "best_of_n", "max_n": 4, "adaptive": False,
+            "verifiers": [{"type": "mbr", "similarity": "embedding", "upstream": "embedder"}]}},
         {"model": "tools-best", "upstream": "tools", "strategy": {"name": "best_of_n", "max_n": 4}},
         {"model": "one-best", "upstream": "one", "strategy": {"name": "best_of_n", "max_n": 4, "adaptive": False}},
         {"model": "fail-best", "upstream": "fail", "strategy": {"name": "best_of_n", "max_n": 4}},

@@ -86,6 +86,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.endswith("/score"):
             self._reward(body)
             return
+        if self.path.endswith("/embeddings"):
+            self._embeddings(body)
+            return
         model = str(body.get("model", ""))
         behaviour = model.split("/")[-1]
         n = int(body.get("n") or 1)
@@ -252,6 +255,20 @@ class Handler(BaseHTTPRequestHandler):
         self._chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+    def _embeddings(self, body: dict[str, Any]) -> None:
+        """Bag-of-words vectors over 32 hashed buckets: texts sharing words point the same way."""
+        texts = body.get("input") or []
+        texts = [texts] if isinstance(texts, str) else texts
+        data = []
+        for i, text in enumerate(texts):
+            vector = [0.0] * 32
+            for word in str(text).lower().split():
+                vector[sum(word.encode()) % 32] += 1.0
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        tokens = sum(_words(str(t)) for t in texts)
+        self._json(200, {"object": "list", "data": data, "model": body.get("model"),
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     def _reward(self, body: dict[str, Any]) -> None:
         responses = body.get("responses") or []

@@ -235,3 +235,13 @@ def test_verifier_runs_are_counted_by_outcome(proxy: ProxyProcess, client: opena
     ask(client, "math-judge", "What is 6*7? p=0.5")
     text = httpx.get(f"{proxy.base_url}/metrics").text
     assert 'rvr_verifier_runs_total{outcome="ok",route="math-judge",verifier="llm_judge"}' in text
+
+
+def test_mbr_over_embeddings_from_an_upstream(client: openai.OpenAI, stub: StubServer) -> None:
+    before = len(stub.state.bodies("embedder"))
+    _, completion = ask(client, "math-mbr-embedding", "What is 6*7? p=0.5")
+    info = rvr(completion)
+    assert set(info["views"]) == {"mbr"} and all(v is not None for v in info["views"]["mbr"])
+    sent = stub.state.bodies("embedder")[before:]
+    assert len(sent) == 1 and len(sent[0]["input"]) == 4  # one call, every candidate once
+    assert completion.usage.prompt_tokens > 4  # the embedding call's tokens are counted

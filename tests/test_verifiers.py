@@ -15,6 +15,7 @@ import pytest
 from strategies.contract import (
     Batch,
     Candidate,
+    EmbedReply,
     Message,
     Reply,
     RewardReply,
@@ -51,6 +52,7 @@ class FakeServices:
         self.judge_usage = judge_usage or Usage(10, 2)
         self.chat_calls: list[tuple[str, list[Message], dict[str, Any]]] = []
         self.reward_calls: list[tuple[RewardEndpoint, list[Message], list[str]]] = []
+        self.embed_calls: list[tuple[str, list[str]]] = []
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -70,6 +72,11 @@ class FakeServices:
         if isinstance(result, Exception):
             raise result
         return Reply(result, self.judge_usage)
+
+    async def embed(self, upstream: str, texts: Sequence[str]) -> EmbedReply:
+        self.embed_calls.append((upstream, list(texts)))
+        # Two directions: texts mentioning 42 agree with each other, the rest with each other.
+        return EmbedReply([[1.0, 0.0] if "42" in t else [0.0, 1.0] for t in texts], Usage(len(texts), 0))
 
     async def reward(
         self, endpoint: RewardEndpoint, messages: Sequence[Message], answers: Sequence[str]
@@ -856,3 +863,30 @@ def test_judge_adds_a_template_view_only_when_asked() -> None:
 
     # The expansion is per request: a new request starts from one view again.
     assert set(asyncio.run(verifier.score(ctx_for(services), candidates)).views) == {"llm_judge:rubric_10"}
+
+
+def test_mbr_embedding_consensus_embeds_each_candidate_once() -> None:
+    services = FakeServices()
+    ctx = ctx_for(services)
+    verifier = build_verifier({"type": "mbr", "similarity": "embedding", "upstream": "emb"}, 0)
+    assert verifier.upstreams == ("emb",)
+    first = asyncio.run(verifier.score(ctx, [cand(0, "It is 42"), cand(1, "42!"), cand(2, "41")]))
+    # cosine mapped to [0, 1]: agreeing pair 1.0, orthogonal 0.5
+    assert first.views["mbr"] == [pytest.approx(0.75), pytest.approx(0.75), pytest.approx(0.5)]
+    assert first.usage == Usage(3, 0)
+    second = asyncio.run(verifier.score(ctx, [cand(0, "It is 42"), cand(1, "42!"), cand(2, "41"), cand(3, "43")]))
+    assert services.embed_calls[-1] == ("emb", ["43"])  # only the new candidate
+    assert second.views["mbr"][3] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+
+
+def test_mbr_embedding_needs_an_upstream_and_failures_are_missing() -> None:
+    with pytest.raises(ValueError, match="upstream"):
+        build_verifier({"type": "mbr", "similarity": "embedding"}, 0)
+
+    class Broken(FakeServices):
+        async def embed(self, upstream: str, texts: Sequence[str]) -> EmbedReply:
+            raise RuntimeError("embedding upstream down")
+
+    verifier = build_verifier({"type": "mbr", "similarity": "embedding", "upstream": "emb"}, 0)
+    scored = asyncio.run(verifier.score(ctx_for(Broken()), [cand(0, "a"), cand(1, "b")]))
+    assert scored.views["mbr"] == [None, None] and scored.errors == 1
