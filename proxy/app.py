@@ -87,6 +87,9 @@ class Proxy:
         limits = route.settings.limits
         if body.n > limits.max_n:
             raise InvalidRequest(f"n={body.n} exceeds this route's limit of {limits.max_n}", param="n")
+        best_of = (body.model_extra or {}).get("best_of")  # server-side sampling multiplies cost like n
+        if best_of is not None and (not isinstance(best_of, int) or best_of > limits.max_n):
+            raise InvalidRequest(f"best_of must be an integer no larger than {limits.max_n}", param="best_of")
         params = body.upstream_params(CHAT_PARAMS if endpoint == "chat" else TEXT_PARAMS)
         if limits.max_tokens is not None:
             asked = body.token_limit

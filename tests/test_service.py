@@ -198,6 +198,8 @@ def test_caps_cannot_be_raised_by_the_client(proxy: ProxyProcess, stub: StubServ
         post(proxy, "/v1/chat/completions", {"model": "capped", "messages": HELLO, "max_tokens": 51}), 400
     )
     assert error["param"] == "max_tokens"
+    error = assert_openai_error(post(proxy, "/v1/completions", {"model": "capped", "prompt": "x", "best_of": 5}), 400)
+    assert error["param"] == "best_of"
     before = len(stub.state.bodies("echo"))
     assert post(proxy, "/v1/chat/completions", {"model": "capped", "messages": HELLO}).status_code == 200
     assert stub.state.bodies("echo")[before]["max_tokens"] == 50  # the operator's cap applies
