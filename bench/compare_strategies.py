@@ -44,7 +44,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_upstream import parse_marker, prompt, reward_views, start_proxy, start_sim, upstream  # noqa: E402
+from sim_upstream import parse_marker, prompt, reward_views, sim_and_proxy, upstream  # noqa: E402
 
 VARIANTS = ["original", "step_by_step", "reread", "expert"]
 JUDGE = "judge-s0.15-p0.15"  # judge noise σ=0.15, position bias +0.15 for slot A
@@ -176,12 +176,11 @@ def main() -> int:
     results: dict[str, list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="rvr-strategies-") as tmp:
         workdir = Path(tmp)
-        sim, base = start_sim(workdir, args.seed, args.latency)
-        proxy = None
-        try:
-            all_routes = routes(base)
-            selected = [r for r in all_routes if not args.only or r.name in args.only.split(",")]
-            proxy, proxy_base = start_proxy(workdir, proxy_config(base, all_routes))
+        selected = [r for r in routes("") if not args.only or r.name in args.only.split(",")]
+        def config(sim_base: str) -> dict[str, Any]:
+            return proxy_config(sim_base, routes(sim_base))
+
+        with sim_and_proxy(workdir, args.seed, args.latency, config) as (_, proxy_base):
 
             async def drive() -> dict[str, list[float]]:
                 limits = httpx.Limits(max_connections=max(args.concurrency, 4))
@@ -198,14 +197,6 @@ def main() -> int:
                     return lat
 
             lat = asyncio.run(drive())
-        except BaseException:
-            if proxy is not None:
-                print(proxy.log()[-4000:], file=sys.stderr)
-            raise
-        finally:
-            if proxy is not None:
-                proxy.stop()
-            sim.stop()
     report(args, [r for r in routes("http://x") if r.name in results], results, lat, time.monotonic() - started)
     return 0
 

@@ -14,8 +14,9 @@ import argparse
 import asyncio
 import json
 import socket
-import sys
 import time
+
+from processes import run_server
 
 CHAT = json.dumps({
     "id": "chatcmpl-bench",
@@ -120,16 +121,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    try:
-        asyncio.run(serve(args.host, args.port))
-    except KeyboardInterrupt:
-        sys.exit(0)
+    run_server(serve(args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,8 +37,8 @@ from typing import Any
 
 import httpx
 import yaml
+from processes import ROOT, Child, free_port, start_proxy
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "bench"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 REQUEST_TIMEOUT_S = 30.0
@@ -48,59 +46,15 @@ REQUEST_TIMEOUT_S = 30.0
 API_KEY = "sk-bench-" + os.urandom(24).hex()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # ---- processes ------------------------------------------------------------------------------
 
 
-class Service:
-    """A child process in its own process group, its output in a log file."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str], workdir: Path, cwd: Path = ROOT) -> None:
-        self.name = name
-        self.command = command
-        self.log_path = workdir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-
-    def wait_ready(self, url: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"{self.name} was not ready within {timeout:.0f}s:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-chars:]
+class Service(Child):
+    """A benchmarked process, whose CPU time (its workers' included) the report charges per request."""
 
     def cpu_seconds(self) -> float:
         """User+system CPU of the process and all its descendants (uvicorn workers) still alive."""
         return sum(_proc_cpu(pid) for pid in _descendants(self.process.pid))
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
 
 
 def _proc_cpu(pid: int) -> float:
@@ -131,7 +85,7 @@ def _descendants(root: int) -> list[int]:
 def start_upstream(workdir: Path) -> tuple[Service, str]:
     port = free_port()
     service = Service("upstream", [sys.executable, str(ROOT / "bench" / "fast_upstream.py"), "--port", str(port)],
-                      dict(os.environ), workdir)
+                      workdir)
     base = f"http://127.0.0.1:{port}"
     service.wait_ready(f"{base}/v1/models", 30)
     return service, f"{base}/v1"
@@ -143,15 +97,7 @@ def start_rvr_proxy(api_base: str, workers: int, workdir: Path) -> tuple[Service
         "routes": [{"model": MODEL, "upstream": "fast", "strategy": {"name": "passthrough"}}],
         "server": {"api_keys": [API_KEY]},
     }
-    path = workdir / "rvr-config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1"}
-    env.pop("RVR_CONFIG", None)
-    service = Service("rvr-proxy", [sys.executable, "-m", "proxy.cli", "serve", "--config", str(path),
-                                    "--port", str(port), "--workers", str(workers)], env, workdir)
-    base = f"http://127.0.0.1:{port}"
-    service.wait_ready(f"{base}/readyz", 120)
+    service, base = start_proxy(workdir, config, workers=workers, log_level="info", child_type=Service)
     return service, f"{base}/v1"
 
 
@@ -166,13 +112,12 @@ def start_litellm_proxy(binary: str, api_base: str, workers: int, workdir: Path)
     path = workdir / "litellm-config.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1", "LITELLM_LOG": "ERROR",
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1", "LITELLM_LOG": "ERROR",
            "LITELLM_TELEMETRY": "False", "DISABLE_ADMIN_UI": "True"}
-    for key in ("DATABASE_URL", "LITELLM_MASTER_KEY", "REDIS_HOST", "REDIS_URL"):
-        env.pop(key, None)
     # Run from the work dir, so the LiteLLM proxy never picks up files from our checkout.
     service = Service("litellm-proxy", [binary, "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
-                                        "--num_workers", str(workers)], env, workdir, cwd=workdir)
+                                        "--num_workers", str(workers)], workdir, env=env, cwd=workdir,
+                      drop=("DATABASE_URL", "LITELLM_MASTER_KEY", "REDIS_HOST", "REDIS_URL"))
     base = f"http://127.0.0.1:{port}"
     service.wait_ready(f"{base}/health/liveliness", 180)
     return service, f"{base}/v1"

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from bench.processes import Child, start_proxy  # noqa: E402
 from bench.real_tasks import GOLD_ENV, Task, load_task, write_gold  # noqa: E402
 from strategies.risk import expected_max  # noqa: E402
 
@@ -155,75 +155,6 @@ def proxy_config(
 # --------------------------------------------------------------------------------- running
 
 
-class ProxyProcess:
-    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str]) -> None:
-        import yaml
-
-        self.port = _free_port()
-        self.config_path = workdir / "proxy.yaml"
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.log_path = workdir / "proxy.log"
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True", **env}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self, timeout: float = 120.0) -> None:
-        import httpx
-
-        command = [
-            sys.executable,
-            "-m",
-            "proxy.cli",
-            "serve",
-            "--config",
-            str(self.config_path),
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-        ]
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (held open for the child)
-        self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the proxy exited with {self.process.returncode}:\n{self.log()}")
-                try:
-                    if (await client.get(f"{self.base_url}/readyz")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"the proxy did not become ready in {timeout:.0f} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if hasattr(self, "_log"):
-            self._log.close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def ask(
     client: Any, strategy: Strategy, messages: list[dict[str, str]], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -273,7 +204,7 @@ async def run(args: argparse.Namespace, tasks: list[Task], chosen: list[Strategy
     logits = EmbeddedModel(
         logits_all=True, n_threads=args.threads, n_ctx=logits_context(tasks, args), extra_args=other_seed
     )
-    proxy: ProxyProcess | None = None
+    proxy: Child | None = None
     try:
         print("starting the embedded model (two llama.cpp servers) ...", file=sys.stderr)
         await fast.start()
@@ -283,11 +214,10 @@ async def run(args: argparse.Namespace, tasks: list[Task], chosen: list[Strategy
         else:
             logits_api = fast.api_base
         config = proxy_config(fast.api_base, logits_api, args, chosen)
-        proxy = ProxyProcess(config, workdir, {GOLD_ENV: str(gold)})
-        await proxy.start()
-        print(f"proxy at {proxy.base_url}, config {proxy.config_path}", file=sys.stderr)
+        proxy, proxy_base = await asyncio.to_thread(start_proxy, workdir, config, {GOLD_ENV: str(gold)})
+        print(f"proxy at {proxy_base}, config {workdir / 'proxy.yaml'}", file=sys.stderr)
         client = openai.AsyncOpenAI(
-            base_url=f"{proxy.base_url}/v1", api_key="unused", max_retries=0, timeout=args.timeout
+            base_url=f"{proxy_base}/v1", api_key="unused", max_retries=0, timeout=args.timeout
         )
         jobs = [
             (task, item, [s for s in chosen if wanted(s, item.index, args)]) for task in tasks for item in task.items

@@ -50,23 +50,21 @@ import argparse
 import asyncio
 import hashlib
 import itertools
-import json
 import math
-import os
 import re
-import socket
-import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from processes import ROOT, Child, free_port, run_server, start_proxy
 
-ROOT = Path(__file__).resolve().parent.parent
 
 VARIANT_SHIFT = {"original": 0.0, "step_by_step": 0.5, "reread": -0.4, "expert": 0.2, "format_reminder": 0.0}
 VARIANT_JITTER = 0.3
@@ -367,87 +365,39 @@ def main() -> None:
     parser.add_argument("--score-latency", type=float, default=0.02, help="seconds per /score call")
     parser.add_argument("--judge-latency", type=float, default=0.05, help="seconds per judge call")
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    try:
-        asyncio.run(serve(args))
-    except KeyboardInterrupt:
-        sys.exit(0)
+    run_server(serve(args))
 
 
 # --- helpers for the bench drivers: start the sim and the real proxy as child processes ------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Child:
-    """A child process in its own process group, output to a log file; stopped by its own pid."""
-
-    def __init__(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.log_path = log
-        self._log = open(log, "wb")
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **(env or {})}, start_new_session=True)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
 def start_sim(workdir: Path, seed: int, latency: float, score_latency: float = 0.02,
               judge_latency: float = 0.05) -> tuple[Child, str]:
     port = free_port()
-    child = Child([sys.executable, str(ROOT / "bench" / "sim_upstream.py"), "--port", str(port), "--seed", str(seed),
-                   "--latency", str(latency), "--score-latency", str(score_latency),
-                   "--judge-latency", str(judge_latency)], workdir / "sim.log")
-    _wait_http(f"http://127.0.0.1:{port}/v1/models", child)
+    child = Child("sim", [sys.executable, str(ROOT / "bench" / "sim_upstream.py"), "--port", str(port),
+                          "--seed", str(seed), "--latency", str(latency), "--score-latency", str(score_latency),
+                          "--judge-latency", str(judge_latency)], workdir)
+    child.wait_ready(f"http://127.0.0.1:{port}/v1/models")
     return child, f"http://127.0.0.1:{port}"
 
 
-def start_proxy(workdir: Path, config: dict[str, Any]) -> tuple[Child, str]:
-    import yaml
-
-    port = free_port()
-    path = workdir / "proxy.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    child = Child([sys.executable, "-m", "proxy.cli", "serve", "--config", str(path), "--port", str(port),
-                   "--log-level", "warning"], workdir / "proxy.log",
-                  env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1", "SIM_KEY": "sk-sim"})
-    _wait_http(f"http://127.0.0.1:{port}/readyz", child, timeout=120)
-    return child, f"http://127.0.0.1:{port}"
-
-
-def _wait_http(url: str, child: Child, timeout: float = 30.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited {child.process.returncode}:\n{child.log()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up:\n{child.log()[-3000:]}")
+@contextmanager
+def sim_and_proxy(workdir: Path, seed: int, latency: float,
+                  config: Callable[[str], dict[str, Any]]) -> Iterator[tuple[str, str]]:
+    """The sim, then the real proxy on `config(sim_base)`; yields both base URLs, stops both."""
+    sim, sim_base = start_sim(workdir, seed, latency)
+    proxy: Child | None = None
+    try:
+        proxy, proxy_base = start_proxy(workdir, config(sim_base), env={"SIM_KEY": "sk-sim"})
+        yield sim_base, proxy_base
+    except BaseException:
+        if proxy is not None:
+            print(proxy.log_tail(), file=sys.stderr)
+        raise
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        sim.stop()
 
 
 def upstream(name: str, base: str, model: str | None = None, **extra: Any) -> dict[str, Any]:

@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -65,7 +64,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_upstream import DISCRETE, VARIANT_CODE, World, parse_marker, prompt, reward_views, round_robin, start_proxy, start_sim, upstream  # noqa: E402
+from sim_upstream import DISCRETE, VARIANT_CODE, World, parse_marker, prompt, reward_views, round_robin, sim_and_proxy, upstream  # noqa: E402
 
 ALL_VARIANTS = ["original", "step_by_step", "reread", "expert"]
 
@@ -310,11 +309,8 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="rvr-validate-") as tmp:
         workdir = Path(tmp)
-        sim, sim_base = start_sim(workdir, args.seed, args.latency)
-        proxy = None
-        try:
-            proxy, proxy_base = start_proxy(workdir, proxy_config(sim_base, scens))
-            results: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+        results: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+        with sim_and_proxy(workdir, args.seed, args.latency, lambda base: proxy_config(base, scens)) as (_, proxy_base):
             rng = np.random.default_rng(args.seed + 1)
             for scen in scens:
                 t0 = time.monotonic()
@@ -322,20 +318,12 @@ def main() -> int:
                 scale = ScoreScale(world, scen)
                 results[scen.name] = [(b["rvr"]["risk"], truths(world, scen, item, b, scale, rng)) for item, b in bodies]
                 print(f"[{scen.name}] {len(bodies)} requests in {time.monotonic() - t0:.1f}s", file=sys.stderr)
-        except BaseException:
-            if proxy is not None:
-                print(proxy.log()[-4000:], file=sys.stderr)
-            raise
-        finally:
-            if proxy is not None:
-                proxy.stop()
-            sim.stop()
     report(args, scens, results, time.monotonic() - started)
     return 0
 
 
 def report(args: argparse.Namespace, scens: list[Scenario], results: dict[str, Any], elapsed: float) -> None:
-    print(f"## Risk-estimate validation (bench/validate_risk.py)\n")
+    print("## Risk-estimate validation (bench/validate_risk.py)\n")
     print(f"`python bench/validate_risk.py --items {args.items} --scenarios {args.scenarios} --seed {args.seed}` — "
           f"{elapsed:.0f} s. Fixed n=16 per request, bootstrap 200, truth per request as in the script docstring "
           f"(`X_s` = the same truth on the ensemble-score scale).\n")
