@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
-import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -23,15 +20,15 @@ from proxy.auth import KeyCheck
 from proxy.body import RequestIdMiddleware, read_json, request_id
 from proxy.config import Config
 from proxy.errors import InvalidRequest, ModelNotFound, ProxyError, UpstreamFailed, UpstreamTimedOut, internal_error
+from proxy.endpoints import ENDPOINTS, Endpoint
 from proxy.recording import RequestRecord, finish
-from proxy.requests import CHAT_PARAMS, TEXT_PARAMS, ChatRequest, CompletionRequest, parse_body
+from proxy.requests import _Body as RequestBody
+from proxy.requests import parse_body
 from proxy.responses import completion, new_id, rvr_body
 from proxy.routing import Route, Router
 from proxy.services import RequestServices
 from proxy.streaming import relay, replay
-from strategies.contract import Candidate, NoCandidatesError, OverrideError, Outcome, StopReason, VerifyContext
-from strategies.sampling import run_best_of_n
-from strategies.settings import BestOfNSettings
+from strategies.contract import NoCandidatesError, Outcome, RequestNotServed, StrategyRequest
 
 log = logging.getLogger("rvr_proxy")
 T = TypeVar("T")
@@ -47,23 +44,26 @@ class Proxy:
         self.check_key = KeyCheck(config.server.api_keys)
         self.http: httpx.AsyncClient | None = None
 
-    async def handle(self, request: Request, endpoint: str) -> Response:
-        record = RequestRecord(request_id(request), endpoint)
+    async def handle(self, request: Request, endpoint: Endpoint) -> Response:
+        record = RequestRecord(request_id(request), endpoint.name)
         streaming = False
         try:
             self.check_key(request.headers.get("authorization"))
             data = await read_json(request, self.config.server.max_body_bytes)
-            body = parse_body(ChatRequest if endpoint == "chat" else CompletionRequest, data)
+            body = parse_body(endpoint.request_model, data)
             route = self.router.resolve(body.model)
-            record.route, record.strategy = route.name, route.strategy
-            record.prompt = getattr(body, "messages", None) or getattr(body, "prompt", None)
+            record.route, record.strategy = route.name, route.strategy.name
+            record.prompt = endpoint.client_input(body)
             params = self._params(body, route, endpoint)
+            assert self.http is not None
+            services = RequestServices(route.upstream, self.router.clients, params, endpoint, self.http, record.prompt)
+            work = StrategyRequest(endpoint.messages(body), body.n, body.rvr, params.get("response_format"))
             headers = {"x-rvr-route": route.name}
             if body.stream:
-                response = self._stream(body, route, endpoint, params, record, headers)
+                response = self._stream(work, services, body, route, endpoint, record, headers)
                 streaming = True  # from here the stream's own end writes the record
                 return response
-            outcome = await self._guarded(request, self._execute(body, route, endpoint, params))
+            outcome = await self._guarded(request, self._run(route, work, services))
             record.outcome = outcome
             headers["x-rvr-candidates"] = str(len(outcome.candidates))
             rvr = self._rvr(outcome, route, body)
@@ -83,14 +83,14 @@ class Proxy:
 
     # ---- request preparation --------------------------------------------------------------
 
-    def _params(self, body: ChatRequest | CompletionRequest, route: Route, endpoint: str) -> dict[str, Any]:
+    def _params(self, body: RequestBody, route: Route, endpoint: Endpoint) -> dict[str, Any]:
         limits = route.settings.limits
         if body.n > limits.max_n:
             raise InvalidRequest(f"n={body.n} exceeds this route's limit of {limits.max_n}", param="n")
         best_of = (body.model_extra or {}).get("best_of")  # server-side sampling multiplies cost like n
         if best_of is not None and (not isinstance(best_of, int) or best_of > limits.max_n):
             raise InvalidRequest(f"best_of must be an integer no larger than {limits.max_n}", param="best_of")
-        params = body.upstream_params(CHAT_PARAMS if endpoint == "chat" else TEXT_PARAMS)
+        params = body.upstream_params(endpoint.params)
         if limits.max_tokens is not None:
             asked = body.token_limit
             if asked is not None and asked > limits.max_tokens:
@@ -99,70 +99,29 @@ class Proxy:
                 )
             if asked is None:  # the operator's cap, not one the proxy invents
                 params["max_tokens"] = limits.max_tokens
-        if route.strategy != "passthrough":
-            if isinstance(body, CompletionRequest) and not isinstance(body.prompt, str):
-                raise InvalidRequest("strategy routes take one prompt string", param="prompt")
-            if route.wants_logprobs and "logprobs" not in params:
-                params["logprobs"] = True if endpoint == "chat" else 1
-        elif body.rvr is not None:
+        strategy = route.strategy
+        if not strategy.takes_prompt_batches and not endpoint.single_input(body):
+            raise InvalidRequest(f"{strategy.name} routes take one prompt string", param="prompt")
+        if not strategy.reports and body.rvr is not None:
             raise InvalidRequest(
-                f"route {route.name!r} is a passthrough route: `rvr` options do not apply", param="rvr"
+                f"route {route.name!r} is a {strategy.name} route: `rvr` options do not apply", param="rvr"
             )
+        if strategy.needs_logprobs and "logprobs" not in params:
+            params["logprobs"] = endpoint.logprobs_on
         return params
 
-    def _rvr(self, outcome: Outcome, route: Route, body: ChatRequest | CompletionRequest) -> dict[str, Any] | None:
-        if outcome.strategy == "passthrough":
+    def _rvr(self, outcome: Outcome, route: Route, body: RequestBody) -> dict[str, Any] | None:
+        if not route.strategy.reports:
             return None
         return rvr_body(outcome, route.name, bool(body.rvr and body.rvr.details))
 
     # ---- execution --------------------------------------------------------------------------
 
-    async def _execute(self, body: Any, route: Route, endpoint: str, params: dict[str, Any]) -> Outcome:
-        if route.strategy == "passthrough":
-            if endpoint == "chat":
-                result = await route.upstream.chat(body.messages, params, body.n)
-            else:
-                result = await route.upstream.complete(body.prompt, params, body.n)
-            candidates = [
-                Candidate(
-                    i,
-                    "original",
-                    c.get("message") or {"role": "assistant", "content": c.get("text", "")},
-                    c.get("finish_reason"),
-                    None,
-                    c.get("logprobs"),
-                )
-                for i, c in enumerate(result.choices)
-            ]
-            return Outcome(
-                candidates, 0, StopReason.PASSTHROUGH, result.usage, "passthrough", upstream_errors=result.errors
-            )
-        messages = body.messages if endpoint == "chat" else [{"role": "user", "content": body.prompt}]
-        assert self.http is not None
-        services = RequestServices(
-            route.upstream, self.router.clients, params, "chat" if endpoint == "chat" else "text", self.http
-        )
-        ctx = VerifyContext(messages, services, response_format=params.get("response_format"))
-        settings = route.settings.strategy
-        assert isinstance(settings, BestOfNSettings)
-        audit = random.random() < settings.audit_rate
+    async def _run(self, route: Route, work: StrategyRequest, services: RequestServices) -> Outcome:
         try:
-            outcome = await run_best_of_n(
-                settings,
-                body.rvr,
-                messages,
-                services,
-                route.verifiers,
-                route.variants,
-                ctx,
-                rng=np.random.default_rng(),
-                clock=time.monotonic,
-                audit=audit,
-                route_state=route.risk_state,
-                answer_of=route.answer_of,
-            )
-        except OverrideError as exc:
-            raise InvalidRequest(str(exc), param="rvr") from None
+            outcome = await route.strategy.run(work, services)
+        except RequestNotServed as exc:
+            raise InvalidRequest(str(exc), param=exc.param) from None
         except NoCandidatesError as exc:
             cause = exc.__cause__
             if isinstance(cause, ProxyError):  # keep the upstream's own status: 502, 504, 400
@@ -192,29 +151,25 @@ class Proxy:
 
     def _stream(
         self,
-        body: Any,
+        work: StrategyRequest,
+        services: RequestServices,
+        body: RequestBody,
         route: Route,
-        endpoint: str,
-        params: dict[str, Any],
+        endpoint: Endpoint,
         record: RequestRecord,
         headers: dict[str, str],
     ) -> StreamingResponse:
-        obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
-        stream_id = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
+        stream_id = new_id(endpoint.id_prefix)
 
         def failed(exc: Exception) -> None:
             record.status = exc.status if isinstance(exc, ProxyError) else 500
             record.error = getattr(exc, "message", type(exc).__name__)
 
-        if route.strategy == "passthrough":
-            if body.n != 1:
-                raise InvalidRequest("streaming with n > 1 is not supported; use n=1 or stream=false", param="n")
-            upstream = route.upstream
-            chunks = (
-                upstream.stream_chat(body.messages, params)
-                if endpoint == "chat"
-                else upstream.stream_text(body.prompt, params)
-            )
+        if route.strategy.relays_stream:
+            try:
+                chunks = route.strategy.stream(work, services)
+            except RequestNotServed as exc:
+                raise InvalidRequest(str(exc), param=exc.param) from None
             events = relay(
                 chunks,
                 route=route.name,
@@ -225,15 +180,15 @@ class Proxy:
             )
         else:
 
-            async def work() -> Outcome:
-                record.outcome = await self._execute(body, route, endpoint, params)
+            async def work_done() -> Outcome:
+                record.outcome = await self._run(route, work, services)
                 return record.outcome
 
             events = replay(
-                work(),
+                work_done(),
                 route=route.name,
                 stream_id=stream_id,
-                obj=obj,
+                endpoint=endpoint,
                 n=body.n,
                 include_usage=body.include_usage,
                 rvr=lambda o: self._rvr(o, route, body),
@@ -290,13 +245,8 @@ def create_app(config: Config) -> FastAPI:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         return error_response(internal_error())
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await proxy.handle(request, "chat")
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await proxy.handle(request, "text")
+    for endpoint in ENDPOINTS:
+        app.add_api_route(endpoint.path, _handler(proxy, endpoint), methods=["POST"])
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
@@ -322,6 +272,14 @@ def create_app(config: Config) -> FastAPI:
         return Response(payload, media_type=content_type)
 
     return app
+
+
+def _handler(proxy: Proxy, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+    async def generate(request: Request) -> Response:
+        return await proxy.handle(request, endpoint)
+
+    generate.__name__ = f"{endpoint.name}_completions"
+    return generate
 
 
 class _NotFound(ModelNotFound):

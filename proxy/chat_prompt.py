@@ -29,9 +29,11 @@ Content-part lists (`[{"type": "text", "text": ...}, ...]`) are joined to text; 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from strategies.contract import content_text as message_content_text
 
 __all__ = ["FORMAT", "RenderedPrompt", "TranscriptFormat", "content_text", "render_chat"]
 
@@ -73,31 +75,8 @@ FORMAT = TranscriptFormat(user="Question", assistant="Answer")
 
 
 def content_text(content: Any) -> str:
-    """Text of an OpenAI message `content`: a string, a list of content parts, or None."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Mapping):  # a single part sent without the list; be lenient
-        content = [content]
-    if isinstance(content, Iterable):
-        pieces: list[str] = []
-        for part in content:
-            if isinstance(part, str):
-                pieces.append(part)
-            elif isinstance(part, Mapping):
-                kind = part.get("type", "text")
-                if kind == "text" or "text" in part:
-                    pieces.append(str(part.get("text", "")))
-                elif kind == "refusal":
-                    pieces.append(str(part.get("refusal", "")))
-                else:
-                    # The model can't see images/audio/files; say so rather than drop silently.
-                    pieces.append(f"[{kind}]")
-        # Parts are usually fragments of one text; a newline keeps separate paragraphs apart
-        # without gluing words together.
-        return "\n".join(p for p in pieces if p)
-    return str(content)
+    """The text a base model reads: attachments it cannot see are named, not dropped."""
+    return message_content_text(content, mark_attachments=True)
 
 
 def _tool_calls_text(message: Mapping[str, Any], fmt: TranscriptFormat) -> list[str]:

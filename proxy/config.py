@@ -17,9 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from proxy.secrets import MissingSecret, resolve
-from strategies.settings import BestOfNSettings, PassthroughSettings, StrategySettings
+from strategies.contract import MODEL_NAME_PATTERN
+from strategies.settings import PassthroughSettings, StrategySettings
+from strategies.verifiers import REGISTRY as VERIFIER_KINDS
 
-LABEL_SAFE = r"^[A-Za-z0-9_.:/-]{1,128}$"
+# Discriminated unions add the chosen tag to an error's path; users never wrote it.
+_UNION_TAGS = frozenset({"best_of_n", "passthrough", *VERIFIER_KINDS})
 
 
 class ConfigError(ValueError):
@@ -39,7 +42,7 @@ class ServerSettings(_Strict):
 
 
 class UpstreamSettings(_Strict):
-    name: str = Field(pattern=LABEL_SAFE)
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
     litellm_params: dict[str, Any]
     mode: Literal["chat", "completion"] = "chat"  # completion: chats are rendered for a base model
     supports_n: bool | None = None  # None: try `n`, learn if the upstream ignores or rejects it
@@ -65,7 +68,7 @@ class RouteLimits(_Strict):
 
 
 class RouteSettings(_Strict):
-    model: str = Field(pattern=LABEL_SAFE)
+    model: str = Field(pattern=MODEL_NAME_PATTERN)
     upstream: str
     strategy: StrategySettings = Field(default_factory=PassthroughSettings)
     limits: RouteLimits = Field(default_factory=RouteLimits)
@@ -90,8 +93,9 @@ class Config(_Strict):
         for i, route in enumerate(self.routes):
             if route.upstream not in known:
                 raise ValueError(f"routes.{i}.upstream: unknown upstream {route.upstream!r}")
-            if isinstance(route.strategy, BestOfNSettings):
-                _check_strategy_upstreams(route.strategy, known, f"routes.{i}.strategy")
+            for where, name in route.strategy.upstream_references():
+                if name not in known:
+                    raise ValueError(f"routes.{i}.strategy.{where}: unknown upstream {name!r}")
         return self
 
     def upstream(self, name: str) -> UpstreamSettings:
@@ -105,11 +109,7 @@ class Config(_Strict):
                 if isinstance(up.litellm_params.get(key), str):
                     values.append(up.litellm_params[key])
         for route in self.routes:
-            if isinstance(route.strategy, BestOfNSettings):
-                for spec in route.strategy.verifiers:
-                    endpoint = spec.get("endpoint")
-                    if isinstance(endpoint, dict) and isinstance(endpoint.get("api_key"), str):
-                        values.append(endpoint["api_key"])
+            values.extend(route.strategy.secrets())
         return values
 
 
@@ -119,15 +119,6 @@ def _unique(values: list[str], where: str, key: str) -> None:
         if value in seen:
             raise ValueError(f"{where}.{i}.{key}: duplicate {value!r}")
         seen.add(value)
-
-
-def _check_strategy_upstreams(strategy: BestOfNSettings, known: set[str], path: str) -> None:
-    if strategy.paraphrase_upstream is not None and strategy.paraphrase_upstream not in known:
-        raise ValueError(f"{path}.paraphrase_upstream: unknown upstream {strategy.paraphrase_upstream!r}")
-    for j, spec in enumerate(strategy.verifiers):
-        upstream = spec.get("upstream")
-        if upstream is not None and upstream not in known:
-            raise ValueError(f"{path}.verifiers.{j}.upstream: unknown upstream {upstream!r}")
 
 
 def parse_config(raw: Any, environ: dict[str, str] | None = None) -> Config:
@@ -159,8 +150,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors(include_url=False, include_input=False):
-        # Discriminated unions add the tag to the path; users never wrote it.
-        loc = [str(p) for p in err["loc"] if p not in ("best_of_n", "passthrough")]
+        loc = [str(p) for p in err["loc"] if p not in _UNION_TAGS]
         message = err["msg"].removeprefix("Value error, ")
         # Cross-reference checks already name their path in the message.
         lines.append(f"{'.'.join(loc)}: {message}" if loc else message)

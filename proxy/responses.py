@@ -6,6 +6,7 @@ import time
 import uuid
 from typing import Any
 
+from proxy.endpoints import Endpoint
 from strategies.contract import Candidate, Outcome, Usage
 
 
@@ -22,9 +23,10 @@ def usage_body(usage: Usage) -> dict[str, int]:
 
 
 def returned(outcome: Outcome, n: int) -> list[Candidate]:
-    """The candidates a client gets: all of them on passthrough, else the best `n`, chosen first."""
-    if outcome.strategy == "passthrough":
-        return outcome.candidates
+    """The candidates a client gets: the best `n`, the chosen one first, ties in sampling order.
+
+    A passthrough outcome has no scores, so its `n` choices come back in the upstream's order.
+    """
     order = sorted(
         range(len(outcome.candidates)),
         key=lambda i: (i != outcome.selected, -(_score(outcome, i))),
@@ -37,21 +39,22 @@ def _score(outcome: Outcome, i: int) -> float:
     return value if value is not None else float("-inf")
 
 
-def completion(outcome: Outcome, route: str, n: int, rvr: dict[str, Any] | None, endpoint: str) -> dict[str, Any]:
-    """A `chat.completion` (endpoint "chat") or `text_completion` object."""
-    chat = endpoint == "chat"
-    choices = []
-    for i, candidate in enumerate(returned(outcome, n)):
-        choice: dict[str, Any] = {"index": i}
-        if chat:
-            choice["message"] = candidate.message
-        else:
-            choice["text"] = candidate.text
-        choice.update(finish_reason=candidate.finish_reason or "stop", logprobs=candidate.logprobs)
-        choices.append(choice)
+def completion(
+    outcome: Outcome, route: str, n: int, rvr: dict[str, Any] | None, endpoint: Endpoint
+) -> dict[str, Any]:
+    """The endpoint's response object (`chat.completion` or `text_completion`)."""
+    choices = [
+        {
+            "index": i,
+            **endpoint.choice(candidate),
+            "finish_reason": candidate.finish_reason or "stop",
+            "logprobs": candidate.logprobs,
+        }
+        for i, candidate in enumerate(returned(outcome, n))
+    ]
     body: dict[str, Any] = {
-        "id": new_id("chatcmpl" if chat else "cmpl"),
-        "object": "chat.completion" if chat else "text_completion",
+        "id": new_id(endpoint.id_prefix),
+        "object": endpoint.object,
         "created": int(time.time()),
         "model": route,
         "choices": choices,

@@ -1,19 +1,16 @@
-"""Routes built once from config: each alias with its upstream, verifiers, variants and state."""
+"""Routes built once from config: each alias with its upstream and its built strategy."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.config import Config, ConfigError, RouteSettings
 from proxy.errors import ModelNotFound
 from proxy.secrets import Redactor
 from proxy.upstream import UpstreamClient
-from strategies.contract import Candidate, Verifier
-from strategies.risk import RouteRiskState
-from strategies.settings import BestOfNSettings, PassthroughSettings
-from strategies.variants import Variant, build_variants
-from strategies.verifiers import build_verifier
+from strategies.contract import Strategy
+from strategies.passthrough import Passthrough
+from strategies.registry import build_strategy
 
 DEFAULT_ROUTE = "default"  # the label for unknown models served by `server.default_upstream`
 
@@ -23,26 +20,7 @@ class Route:
     name: str
     settings: RouteSettings
     upstream: UpstreamClient
-    verifiers: list[Verifier] = field(default_factory=list)
-    variants: list[Variant] = field(default_factory=list)
-    risk_state: RouteRiskState = field(default_factory=RouteRiskState)
-
-    @property
-    def strategy(self) -> str:
-        return self.settings.strategy.name
-
-    @property
-    def answer_of(self) -> Callable[[Candidate], str | None] | None:
-        """The extractor of the first self-consistency verifier, for the vote stop rule."""
-        for verifier in self.verifiers:
-            extractor = getattr(verifier, "answer_of", None)
-            if callable(extractor):
-                return extractor
-        return None
-
-    @property
-    def wants_logprobs(self) -> bool:
-        return any(getattr(v, "needs_logprobs", False) for v in self.verifiers)
+    strategy: Strategy = field(default_factory=Passthrough)
 
 
 class Router:
@@ -72,21 +50,8 @@ class Router:
 
 
 def build_route(settings: RouteSettings, clients: dict[str, UpstreamClient], path: str) -> Route:
-    route = Route(settings.model, settings, clients[settings.upstream])
-    strategy = settings.strategy
-    if isinstance(strategy, PassthroughSettings):
-        return route
-    assert isinstance(strategy, BestOfNSettings)
-    for j, spec in enumerate(strategy.verifiers):
-        try:
-            route.verifiers.append(build_verifier(spec, j))
-        except (ValueError, ImportError) as exc:
-            raise ConfigError(f"{path}.strategy.verifiers.{j}: {exc}") from None
-    names = [v.name for v in route.verifiers]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{path}.strategy.verifiers: verifier names must be unique; give duplicates a `name`")
     try:
-        route.variants = list(build_variants(strategy.variants, strategy.paraphrase_upstream))
+        strategy = build_strategy(settings.strategy)
     except ValueError as exc:
-        raise ConfigError(f"{path}.strategy.variants: {exc}") from None
-    return route
+        raise ConfigError(f"{path}.strategy: {exc}") from None
+    return Route(settings.model, settings, clients[settings.upstream], strategy)

@@ -5,17 +5,16 @@ One instance per request, so nothing a request does leaks into another.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import httpx
 
+from proxy.endpoints import Endpoint
 from proxy.errors import UpstreamFailed
 from proxy.upstream import Choices, UpstreamClient, token_logprobs
-from strategies.contract import Batch, EmbedReply, Message, Reply, RewardReply, Sample, Usage
-from strategies.settings import RewardEndpoint
-
-Kind = Literal["chat", "text"]
+from strategies.contract import Batch, EmbedReply, Message, Reply, RewardReply, Sample, Usage, content_text
+from strategies.verifiers.reward_model import RewardEndpoint
 
 
 class RequestServices:
@@ -24,27 +23,32 @@ class RequestServices:
         upstream: UpstreamClient,
         clients: Mapping[str, UpstreamClient],
         params: dict[str, Any],
-        kind: Kind,
+        endpoint: Endpoint,
         http: httpx.AsyncClient,
+        client_input: Any = None,
     ) -> None:
         self._upstream = upstream
         self._clients = clients
         self._params = params
-        self._kind = kind
+        self._endpoint = endpoint
         self._http = http
+        self._input = client_input  # the client's messages or prompt, as sent
         self.plain_usage: Usage | None = None  # one plain call's cost, for the cost multiplier
 
     async def generate(self, messages: Sequence[Message], n: int) -> Batch:
-        if self._kind == "chat":
-            result = await self._upstream.chat(messages, self._params, n)
-        else:
-            result = await self._upstream.complete(messages_to_prompt(messages), self._params, n)
+        result = await self._endpoint.call(self._upstream, self._endpoint.upstream_input(messages), self._params, n)
         if self.plain_usage is None and result.choices:
             self.plain_usage = Usage(
                 round(result.usage.prompt_tokens / max(result.calls, 1)),
                 round(result.usage.completion_tokens / len(result.choices)),
             )
         return _batch(result)
+
+    async def forward(self, n: int) -> Batch:
+        return _batch(await self._endpoint.call(self._upstream, self._input, self._params, n))
+
+    def forward_stream(self) -> AsyncIterator[dict[str, Any]]:
+        return self._endpoint.stream(self._upstream, self._input, self._params)
 
     async def chat(self, upstream: str, messages: Sequence[Message], **params: Any) -> Reply:
         result = await self._clients[upstream].chat(messages, params, 1)
@@ -66,21 +70,8 @@ class RequestServices:
             data = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise UpstreamFailed(f"reward endpoint failed: {type(exc).__name__}") from None
-        usage = data.get("usage") if isinstance(data, dict) else None
-        prompt_tokens = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
-        return RewardReply(_reward_scores(endpoint, data, len(answers)), Usage(prompt_tokens, 0))
-
-
-def messages_to_prompt(messages: Sequence[Message]) -> str:
-    """A text-completion prompt from the message list a variant produced."""
-    parts = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        if content:
-            parts.append(str(content))
-    return "\n\n".join(parts)
+        usage = Usage.from_openai(data.get("usage") if isinstance(data, dict) else None)
+        return RewardReply(_reward_scores(endpoint, data, len(answers)), Usage(usage.prompt_tokens, 0))
 
 
 def _batch(result: Choices) -> Batch:
@@ -94,7 +85,7 @@ def _batch(result: Choices) -> Batch:
 
 
 def _conversation(messages: Sequence[Message]) -> str:
-    return "\n".join(f"{m.get('role')}: {messages_to_prompt([m])}" for m in messages)
+    return "\n".join(f"{m.get('role')}: {content_text(m.get('content'))}" for m in messages)
 
 
 def _reward_body(endpoint: RewardEndpoint, messages: Sequence[Message], answers: Sequence[str]) -> dict[str, Any]:

@@ -13,14 +13,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from proxy.endpoints import Endpoint
 from proxy.errors import ProxyError, internal_error
 from proxy.recording import RequestRecord
 from proxy.responses import returned, usage_body
-from strategies.contract import Candidate, Outcome, Usage
+from strategies.contract import Outcome, Usage
 
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
-CONTENT_PIECE = 64  # characters per content chunk when replaying a chosen answer
 
 
 def event(data: dict[str, Any]) -> bytes:
@@ -47,7 +47,7 @@ async def relay(
         async for chunk in chunks:
             usage = chunk.pop("usage", None)
             if usage:
-                record.usage = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+                record.usage = Usage.from_openai(usage)
             chunk.update(id=stream_id, model=route, created=created)
             # litellm hangs an empty choice on the usage chunk; OpenAI's has `choices: []`.
             chunk["choices"] = [_complete_choice(c) for c in chunk.get("choices") or [] if not _empty(c)]
@@ -68,7 +68,7 @@ async def replay(
     *,
     route: str,
     stream_id: str,
-    obj: str,
+    endpoint: Endpoint,
     n: int,
     include_usage: bool,
     rvr: Callable[[Outcome], dict[str, Any] | None],
@@ -92,16 +92,11 @@ async def replay(
         yield error_event(exc)
         return
     created = int(time.time())
-    base = {"id": stream_id, "object": obj, "created": created, "model": route}
+    base = {"id": stream_id, "object": endpoint.chunk_object, "created": created, "model": route}
     for index, candidate in enumerate(returned(outcome, n)):
-        for piece in _pieces(candidate, index, obj):
+        for piece in endpoint.pieces(candidate, index):
             yield event({**base, "choices": [piece]})
-        final: dict[str, Any] = {"index": index, "finish_reason": candidate.finish_reason or "stop"}
-        if obj == "text_completion":
-            final["text"] = ""
-        else:
-            final["delta"] = {}
-        yield event({**base, "choices": [final]})
+        yield event({**base, "choices": [endpoint.final_piece(candidate, index)]})
     extension = rvr(outcome)
     if include_usage or extension is not None:
         tail: dict[str, Any] = {**base, "choices": []}
@@ -122,27 +117,3 @@ def _complete_choice(choice: dict[str, Any]) -> dict[str, Any]:
     if "delta" not in choice:
         choice.setdefault("text", "")
     return choice
-
-
-def _pieces(candidate: Candidate, index: int, obj: str) -> list[dict[str, Any]]:
-    text = candidate.text
-    if obj == "text_completion":
-        return [
-            {"index": index, "text": text[i : i + CONTENT_PIECE], "finish_reason": None}
-            for i in range(0, len(text), CONTENT_PIECE)
-        ]
-    pieces = [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-    pieces += [
-        {"index": index, "delta": {"content": text[i : i + CONTENT_PIECE]}, "finish_reason": None}
-        for i in range(0, len(text), CONTENT_PIECE)
-    ]
-    calls = candidate.tool_calls
-    if calls:  # tool calls stay structured: one delta with every call, indexed as OpenAI does
-        pieces.append(
-            {
-                "index": index,
-                "delta": {"tool_calls": [{"index": k, **call} for k, call in enumerate(calls)]},
-                "finish_reason": None,
-            }
-        )
-    return pieces

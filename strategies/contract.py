@@ -8,14 +8,52 @@ field are all views of that one object.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from strategies.settings import RewardEndpoint
+    from strategies.settings import RequestOverrides
+    from strategies.verifiers.reward_model import RewardEndpoint
 
 Message = dict[str, Any]
+
+# Label-safe names (Prometheus label values come only from config names that match these).
+NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # verifiers, variants
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9_.:/-]{1,128}$"  # routes and upstreams: `org/model:tag` is common
+PART_SEPARATOR = "\n"
+
+
+def content_text(content: Any, *, mark_attachments: bool = False) -> str:
+    """The text of an OpenAI message `content`: a string, a list of content parts, or None.
+
+    The one place content becomes text. Text parts (and refusals) are joined with a newline:
+    parts are usually separate paragraphs, and a newline never glues two words together (vLLM's
+    chat templates join them the same way). Non-text parts (images, audio, files) are dropped,
+    or with `mark_attachments` shown as `[image_url]`, for a reader (a judge, a base model) who
+    should know that something was there.
+    """
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Mapping):  # a single part sent without its list
+        content = [content]
+    if not isinstance(content, list):
+        return str(content)
+    pieces: list[str] = []
+    for part in content:
+        if isinstance(part, str):
+            pieces.append(part)
+        elif isinstance(part, Mapping):
+            kind = part.get("type", "text")
+            if kind == "text":
+                pieces.append(str(part.get("text", "")))
+            elif kind == "refusal":
+                pieces.append(str(part.get("refusal", "")))
+            elif mark_attachments:
+                pieces.append(f"[{kind}]")
+    return PART_SEPARATOR.join(p for p in pieces if p)
 
 
 @dataclass(frozen=True)
@@ -33,6 +71,23 @@ class Usage:
             self.completion_tokens + other.completion_tokens,
         )
 
+    @classmethod
+    def from_openai(cls, usage: Any) -> Usage:
+        """An OpenAI `usage` object (or None, or anything malformed) as token counts.
+
+        The one place usage is parsed: missing or non-numeric counts are 0, never an error,
+        because an upstream that forgets usage must not fail the request.
+        """
+        if not isinstance(usage, Mapping):
+            return cls()
+        return cls(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return 0
+    return max(0, int(value))
+
 
 @dataclass
 class Candidate:
@@ -47,12 +102,7 @@ class Candidate:
 
     @property
     def text(self) -> str:
-        content = self.message.get("content")
-        if isinstance(content, str):
-            return content
-        if isinstance(content, list):  # content parts
-            return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        return ""
+        return content_text(self.message.get("content"))
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
@@ -119,6 +169,14 @@ class Services(Protocol):
         self, endpoint: RewardEndpoint, messages: Sequence[Message], answers: Sequence[str]
     ) -> RewardReply:
         """Scores from a reward-model endpoint named in the route config, one per answer."""
+        ...
+
+    async def forward(self, n: int) -> Batch:
+        """The client's request exactly as sent (its own messages or prompt), with `n` choices."""
+        ...
+
+    def forward_stream(self) -> AsyncIterator[dict[str, Any]]:
+        """The client's request as sent, streamed: the upstream's chunks as dicts."""
         ...
 
 
@@ -215,24 +273,101 @@ class Scored:
     errors: int = 0  # judge/reward calls or plugin runs that failed or did not parse (scored None)
 
 
-class Verifier(Protocol):
+class Verifier:
+    """What the sampling loop needs of a verifier, with every optional capability declared.
+
+    A capability a kind does not offer keeps its default here, so callers read the declaration
+    instead of probing with `getattr` (scikit-learn's estimator tags do the same).
+    """
+
     name: str  # the config name; used as a metric label, so it comes from config only
-    weight: float
+    weight: float = 1.0
+    hard: bool = False  # a constraint: a 0 disqualifies
+    needs_logprobs: bool = False  # candidates must be sampled with token logprobs
+    extracts_answers: bool = False  # `answer_of` gives the answer a vote compares
+    upstreams: tuple[str, ...] = ()  # configured upstreams it calls through `Services`
 
     async def score(self, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored:
-        ...
+        raise NotImplementedError
+
+    def answer_of(self, candidate: Candidate) -> str | None:
+        """The candidate's final answer, for the vote stop rule; None when not extractable."""
+        return None
+
+    async def add_views(self, ctx: VerifyContext) -> bool:
+        """Make the next `score` add a view (another order, another template).
+
+        Returns False when there is nothing more to offer. Used by the verifier-first rule
+        (method §4.4).
+        """
+        return False
 
 
 ORIGINAL_VARIANT = "original"  # the plain prompt; AEU is measured on its candidates
 
 
 class StrategyError(Exception):
-    """Base of the errors a strategy raises on purpose; the proxy maps each to an HTTP status."""
+    """Base of the errors a strategy raises on purpose; the proxy maps each to an HTTP status.
+
+    * StrategyError
+      x NoCandidatesError   every upstream call failed (the upstream's own error is the cause)
+      x RequestNotServed    the client asked for something this strategy cannot do (400)
+        - OverrideError     the client's `rvr` options name what the route lacks (400)
+    """
 
 
 class NoCandidatesError(StrategyError):
     """Not a single candidate could be produced (every upstream call failed)."""
 
 
-class OverrideError(StrategyError, ValueError):
+class RequestNotServed(StrategyError, ValueError):
+    """The request is valid OpenAI but this strategy cannot serve it; `param` names the field."""
+
+    param: str | None = None
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        if param is not None:
+            self.param = param
+
+
+class OverrideError(RequestNotServed):
     """A client's `rvr` overrides named something the route does not have."""
+
+    param = "rvr"
+
+
+@dataclass(frozen=True)
+class StrategyRequest:
+    """One client request as a strategy sees it; built by the proxy, never kept past it."""
+
+    messages: Sequence[Message]  # the conversation; a text prompt arrives as one user message
+    n: int = 1  # choices the client asked for
+    overrides: RequestOverrides | None = None  # the client's `rvr` options
+    response_format: dict[str, Any] | None = None
+    audit: bool | None = None  # None: the strategy draws it from its audit rate
+
+
+class Strategy:
+    """A route's way of answering: built once per route from config, `run` once per request.
+
+    Capabilities are declared here with their defaults, so the proxy asks the strategy what it
+    does instead of checking its name.
+    """
+
+    name: str  # the config name of the kind; a metric label
+    reports: bool = True  # the outcome carries an `rvr` report, and the client may tune it with `rvr`
+    relays_stream: bool = False  # streams the upstream's chunks as they come (else: replays the outcome)
+    takes_prompt_batches: bool = False  # serves a text-completion prompt array as sent
+    needs_logprobs: bool = False  # candidates must be sampled with token logprobs
+    upstreams: tuple[str, ...] = ()  # configured upstreams it calls besides the route's own
+
+    async def run(self, request: StrategyRequest, services: Services) -> Outcome:
+        raise NotImplementedError
+
+    def stream(self, request: StrategyRequest, services: Services) -> AsyncIterator[dict[str, Any]]:
+        """The upstream's chunks, for strategies that relay streams.
+
+        Checks the request eagerly (raising `RequestNotServed`), before any byte is sent.
+        """
+        raise NotImplementedError

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -33,6 +34,8 @@ from strategies.contract import (
     Scored,
     Services,
     StopReason,
+    Strategy,
+    StrategyRequest,
     Usage,
     Verifier,
     VerifyContext,
@@ -47,16 +50,6 @@ MAX_VIEW_ROUNDS = 4  # how often one request may answer "verifier first" before 
 
 Clock = Callable[[], float]
 AnswerOf = Callable[[Candidate], "str | None"]
-
-
-class ViewExpander(Protocol):
-    """Optional on a verifier: make its next `score` add a view (other order, other template).
-
-    Returns False when it has nothing more to offer. Used by the verifier-first rule (§4.4).
-    """
-
-    async def add_views(self, ctx: VerifyContext) -> bool:
-        ...
 
 
 @dataclass(frozen=True)
@@ -203,8 +196,7 @@ async def _verify(run: _Run, plan: Plan, ctx: VerifyContext) -> list[VerifierRes
 
 
 async def _expand_views(plan: Plan, ctx: VerifyContext) -> bool:
-    expanders = [v for v in plan.verifiers if callable(getattr(v, "add_views", None))]
-    grown = await asyncio.gather(*(v.add_views(ctx) for v in expanders))  # type: ignore[attr-defined]
+    grown = await asyncio.gather(*(v.add_views(ctx) for v in plan.verifiers))
     return any(grown)
 
 
@@ -294,47 +286,72 @@ def _deadline_left(run: _Run, settings: BestOfNSettings) -> float | None:
     return settings.deadline_s - run.elapsed
 
 
-async def run_best_of_n(
-    settings: BestOfNSettings,
-    overrides: RequestOverrides | None,
-    messages: Sequence[Message],
-    services: Services,
-    verifiers: Sequence[Verifier],
-    variants: Sequence[Variant],
-    ctx: VerifyContext,
-    rng: np.random.Generator,
-    clock: Clock,
-    audit: bool,
-    route_state: RouteRiskState | None,
-    answer_of: AnswerOf | None = None,
-) -> Outcome:
-    """Sample until a stop rule fires, return the selected candidate with its risk report.
+class BestOfN(Strategy):
+    """Adaptive best-of-N over the route's variants, reranked by its verifiers (method §4).
 
-    Raises `OverrideError` for overrides naming what the route lacks and `NoCandidatesError`
-    when no upstream call produced a single candidate.
+    Built once per route; `run` keeps all per-request state in the call. `rng` makes a fresh
+    generator per request, `clock` measures deadlines; both are seams for tests.
     """
-    plan = plan_request(settings, overrides, variants, verifiers, audit)
-    run = _Run(messages, services, clock, started=clock())
-    verdict: _Round | None = None
-    stop: StopReason | None = None
-    while stop is None:
-        remaining = _deadline_left(run, settings)
-        if remaining is not None and remaining <= 0:
-            stop = StopReason.DEADLINE
-            break
-        added = await _sample_batch(run, plan, _next_size(run, plan, settings), remaining)
-        if not run.candidates:
-            raise NoCandidatesError(
-                f"all {run.errors} upstream call(s) failed; none produced a candidate"
-            ) from run.last_error
-        verdict = await _judge(run, plan, settings, ctx, rng, answer_of)
-        stop = verdict.decision.stop
-        if stop is None and added == 0:
-            stop = StopReason.UPSTREAM_ERRORS  # a whole batch failed: do not hammer it again
-        if stop is None and _next_size(run, plan, settings) <= 0:
-            stop = StopReason.TOKEN_BUDGET  # the next candidate would not fit the budget
-    assert verdict is not None  # the first batch always produces a verdict or raises
-    return _outcome(run, plan, settings, verdict, stop, rng, audit, route_state)
+
+    name = STRATEGY
+
+    def __init__(
+        self,
+        settings: BestOfNSettings,
+        verifiers: Sequence[Verifier],
+        variants: Sequence[Variant],
+        *,
+        state: RouteRiskState | None = None,
+        answer_of: AnswerOf | None = None,
+        rng: Callable[[], np.random.Generator] = np.random.default_rng,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.verifiers = list(verifiers)
+        self.variants = list(variants)
+        self.state = state
+        # The vote stop rule counts the answers of the first verifier that extracts them.
+        voters = [v.answer_of for v in self.verifiers if v.extracts_answers]
+        self.answer_of = answer_of if answer_of is not None else (voters[0] if voters else None)
+        self.needs_logprobs = any(v.needs_logprobs for v in self.verifiers)
+        self.upstreams = settings.upstreams()
+        self._rng = rng
+        self._clock = clock
+
+    async def run(self, request: StrategyRequest, services: Services) -> Outcome:
+        """Sample until a stop rule fires, return the selected candidate with its risk report.
+
+        Raises `OverrideError` for overrides naming what the route lacks and `NoCandidatesError`
+        when no upstream call produced a single candidate.
+        """
+        settings = self.settings
+        rng = self._rng()
+        audit = request.audit
+        if audit is None:  # drawn only when auditing is on, so seeded runs stay comparable
+            audit = settings.audit_rate > 0 and bool(rng.random() < settings.audit_rate)
+        plan = plan_request(settings, request.overrides, self.variants, self.verifiers, audit)
+        ctx = VerifyContext(request.messages, services, response_format=request.response_format)
+        run = _Run(request.messages, services, self._clock, started=self._clock())
+        verdict: _Round | None = None
+        stop: StopReason | None = None
+        while stop is None:
+            remaining = _deadline_left(run, settings)
+            if remaining is not None and remaining <= 0:
+                stop = StopReason.DEADLINE
+                break
+            added = await _sample_batch(run, plan, _next_size(run, plan, settings), remaining)
+            if not run.candidates:
+                raise NoCandidatesError(
+                    f"all {run.errors} upstream call(s) failed; none produced a candidate"
+                ) from run.last_error
+            verdict = await _judge(run, plan, settings, ctx, rng, self.answer_of)
+            stop = verdict.decision.stop
+            if stop is None and added == 0:
+                stop = StopReason.UPSTREAM_ERRORS  # a whole batch failed: do not hammer it again
+            if stop is None and _next_size(run, plan, settings) <= 0:
+                stop = StopReason.TOKEN_BUDGET  # the next candidate would not fit the budget
+        assert verdict is not None  # the first batch always produces a verdict or raises
+        return _outcome(run, plan, settings, verdict, stop, rng, audit, self.state)
 
 
 def _outcome(

@@ -23,12 +23,12 @@ that would disqualify every candidate. Missing scores (`None`) are skipped, neve
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from strategies.answers import tool_calls_key
 from strategies.contract import Candidate, Scored
 from strategies.similarity import consensus
 
@@ -163,21 +163,11 @@ def normalize_per_verifier(matrix: ViewMatrix) -> np.ndarray:
 
 
 def canonical_answer(candidate: Candidate) -> str:
-    """Text, or tool calls as `name(args)` with canonical JSON, so equal calls compare equal."""
-    calls = candidate.tool_calls
-    if not calls:
-        return candidate.text.strip()
-    parts = []
-    for call in calls:
-        function = call.get("function") or {}
-        raw = function.get("arguments")
-        try:
-            args = json.loads(raw) if isinstance(raw, str) else raw
-            canonical = json.dumps(args, sort_keys=True, separators=(",", ":"))
-        except (TypeError, ValueError):
-            canonical = str(raw)
-        parts.append(f"{function.get('name')}({canonical})")
-    return ";".join(parts)
+    """Text, or the tool calls' canonical key (`strategies.answers.tool_calls_key`), so equal
+    calls compare equal whatever their order."""
+    if candidate.tool_calls:
+        return tool_calls_key(candidate.tool_calls)
+    return candidate.text.strip()
 
 
 def agreement(candidates: Sequence[Candidate]) -> np.ndarray:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from strategies.contract import NAME_PATTERN
+from strategies.verifiers import VerifierSettings
+from strategies.verifiers.self_consistency import SelfConsistencySettings
 
 
 class _Strict(BaseModel):
@@ -21,7 +25,7 @@ class StopSettings(_Strict):
 class VariantTemplate(_Strict):
     """A user-defined way of asking; `{prompt}` is replaced by the last user message."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str = Field(pattern=NAME_PATTERN)
     template: str | None = None
     system: str | None = None
 
@@ -34,18 +38,14 @@ class VariantTemplate(_Strict):
         return self
 
 
-class RewardEndpoint(_Strict):
-    """A reward-model scoring endpoint. Only ever taken from config, never from a request."""
-
-    url: str  # e.g. http://127.0.0.1:8001/score (vLLM) or any JSON endpoint
-    api: Literal["vllm_score", "vllm_reward", "generic"] = "generic"
-    model: str | None = None
-    api_key: str | None = None  # `os.environ/NAME` is resolved by the proxy's config loader
-    timeout_s: float = Field(30.0, gt=0)
-
-
 class PassthroughSettings(_Strict):
     name: Literal["passthrough"] = "passthrough"
+
+    def upstream_references(self) -> list[tuple[str, str]]:
+        return []
+
+    def secrets(self) -> tuple[str, ...]:
+        return ()
 
 
 class BestOfNSettings(_Strict):
@@ -55,7 +55,7 @@ class BestOfNSettings(_Strict):
     adaptive: bool = True  # False samples exactly max_n (fixed best-of-N)
     variants: list[str | VariantTemplate] = Field(default_factory=lambda: list[str | VariantTemplate](["original"]))
     paraphrase_upstream: str | None = None  # needed by the `paraphrase` variant
-    verifiers: list[dict[str, Any]] = Field(default_factory=lambda: [{"type": "self_consistency"}])
+    verifiers: list[VerifierSettings] = Field(default_factory=lambda: [SelfConsistencySettings()])
     stop: StopSettings = Field(default_factory=StopSettings)
     max_tokens_budget: int | None = Field(None, ge=1)  # all upstream tokens of one request
     deadline_s: float | None = Field(None, gt=0)
@@ -69,7 +69,27 @@ class BestOfNSettings(_Strict):
         self.initial_batch = min(self.initial_batch, self.max_n)
         if not self.variants:
             raise ValueError("variants must not be empty")
+        seen: set[str] = set()
+        for j, verifier in enumerate(self.verifiers):
+            if verifier.name in seen:  # names key views and metric labels
+                raise ValueError(
+                    f"verifiers.{j}.name: {verifier.name!r} is already used; give each verifier a distinct `name`"
+                )
+            seen.add(verifier.name)
         return self
+
+    def upstream_references(self) -> list[tuple[str, str]]:
+        """(key path, upstream name) of every configured upstream this strategy calls."""
+        refs = [("paraphrase_upstream", self.paraphrase_upstream)] if self.paraphrase_upstream else []
+        refs += [(f"verifiers.{j}", name) for j, v in enumerate(self.verifiers) for name in v.upstreams()]
+        return refs
+
+    def upstreams(self) -> tuple[str, ...]:
+        """Configured upstreams this strategy calls besides the route's own, in first-use order."""
+        return tuple(dict.fromkeys(name for _, name in self.upstream_references()))
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(secret for verifier in self.verifiers for secret in verifier.secrets())
 
 
 StrategySettings = Annotated[PassthroughSettings | BestOfNSettings, Field(discriminator="name")]

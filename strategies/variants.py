@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from strategies.contract import Message, Services, Usage
+from strategies.contract import Message, Services, Usage, content_text
 from strategies.settings import VariantTemplate
 
 STEP_BY_STEP = "{prompt}\n\nLet's think step by step."
@@ -167,19 +167,6 @@ def _build_one(
     raise ValueError(
         f"variants[{position}]: unknown variant {spec!r}; known: {', '.join(BUILTIN_VARIANTS)}"
     )
-
-
-def content_text(content: Any) -> str:
-    """The text of a message's content, whether a string or a list of content parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            part.get("text", "")
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        )
-    return ""
 
 
 def _last_user_index(messages: Sequence[Message]) -> int | None:

@@ -25,11 +25,13 @@ from strategies.contract import (
     Sample,
     Scored,
     StopReason,
+    StrategyRequest,
     Usage,
+    Verifier,
     VerifyContext,
 )
 from strategies.risk import RouteRiskState
-from strategies.sampling import plan_request, round_robin, run_best_of_n
+from strategies.sampling import BestOfN, plan_request, round_robin
 from strategies.settings import BestOfNSettings, RequestOverrides, StopSettings
 
 MESSAGES: list[Message] = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -97,7 +99,7 @@ class FakeServices:
 
 
 @dataclass
-class FakeVerifier:
+class FakeVerifier(Verifier):
     name: str
     score_of: Callable[[Candidate], float | None]
     weight: float = 1.0
@@ -115,7 +117,7 @@ class FakeVerifier:
 
 
 @dataclass
-class OpposedViews:
+class OpposedViews(Verifier):
     """Views that disagree loudly about near-equal candidates; can add a third view."""
 
     name: str = "judge"
@@ -138,7 +140,7 @@ class OpposedViews:
         return True
 
 
-class BrokenVerifier:
+class BrokenVerifier(Verifier):
     name, weight = "broken", 1.0
 
     async def score(self, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored:
@@ -160,11 +162,12 @@ def run(settings: BestOfNSettings, services: FakeServices, *, verifiers: Sequenc
         answer_of: Callable[[Candidate], str | None] | None = None) -> Outcome:
     verifiers = [FakeVerifier("rm", number_score)] if verifiers is None else verifiers
     variants = [FakeVariant("original")] if variants is None else variants
-    ctx = VerifyContext(messages=MESSAGES, services=services)  # type: ignore[arg-type]
-    return asyncio.run(run_best_of_n(
-        settings, overrides, MESSAGES, services, verifiers, variants, ctx,  # type: ignore[arg-type]
-        np.random.default_rng(0), clock or FakeClock(), audit, route, answer_of,
-    ))
+    strategy = BestOfN(
+        settings, verifiers, variants, state=route, answer_of=answer_of,  # type: ignore[arg-type]
+        rng=lambda: np.random.default_rng(0), clock=clock or FakeClock(),
+    )
+    request = StrategyRequest(MESSAGES, overrides=overrides, audit=audit)
+    return asyncio.run(strategy.run(request, services))  # type: ignore[arg-type]
 
 
 SEARCHING = StopSettings(min_gain=0.0, verifier_first=False)  # only caps can stop it

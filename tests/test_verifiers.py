@@ -23,7 +23,7 @@ from strategies.contract import (
     Usage,
     VerifyContext,
 )
-from strategies.settings import RewardEndpoint
+from strategies.verifiers.reward_model import RewardEndpoint
 from strategies.verifiers import (
     REGISTRY,
     VerifierConfigError,

@@ -8,14 +8,11 @@ nothing per request: per-request memory goes in `VerifyContext.cache`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from strategies.contract import Candidate, Scored, VerifyContext
-
-LABEL_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+from strategies.contract import NAME_PATTERN, Verifier
 
 
 class VerifierSpec(BaseModel):
@@ -25,7 +22,7 @@ class VerifierSpec(BaseModel):
 
     type: str
     # The name is a Prometheus label value, so it comes from config and is label-safe.
-    name: str = Field(default="", pattern=r"^$|" + LABEL_PATTERN)
+    name: str = Field(default="", pattern=r"^$|" + NAME_PATTERN)
     weight: float = Field(1.0, ge=0.0)
 
     @model_validator(mode="after")
@@ -34,28 +31,32 @@ class VerifierSpec(BaseModel):
             self.name = self.type
         return self
 
+    def upstreams(self) -> tuple[str, ...]:
+        """Configured upstreams this verifier calls, so config checks can ask instead of peek."""
+        return ()
 
-class BaseVerifier:
+    def secrets(self) -> tuple[str, ...]:
+        """Secret values in these settings, so the proxy can scrub them from its output."""
+        return ()
+
+
+class BaseVerifier(Verifier):
+    """A config-built verifier: its kind's `Settings`, parsed once, and the capabilities of
+    `strategies.contract.Verifier` (defaults there; a kind overrides what it offers)."""
+
     kind: ClassVar[str]
     Settings: ClassVar[type[VerifierSpec]]
-    needs_logprobs: ClassVar[bool] = False
-    hard: ClassVar[bool] = False
 
     def __init__(self, settings: VerifierSpec) -> None:
         self.settings = settings
         self.name: str = settings.name
         self.weight: float = settings.weight
-        # Upstream names this verifier calls through `services.chat`, so the proxy can check
-        # them against its config at start-up.
-        self.upstreams: tuple[str, ...] = ()
+        self.upstreams: tuple[str, ...] = settings.upstreams()
 
     def view(self, local: str | None = None) -> str:
         """A view's name, qualified by the verifier's name so views of different verifiers
         never collide in `Outcome.view_scores`."""
         return self.name if local is None else f"{self.name}:{local}"
-
-    async def score(self, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored:
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, weight={self.weight})"

@@ -167,6 +167,9 @@ class LlmJudgeSettings(VerifierSpec):
             raise ValueError("templates must not repeat")
         return templates
 
+    def upstreams(self) -> tuple[str, ...]:
+        return (self.upstream,)
+
 
 @dataclass
 class _Call:
@@ -189,7 +192,6 @@ class LlmJudgeVerifier(BaseVerifier):
         self.templates: tuple[str, ...] = tuple(settings.templates)
         self.mode = settings.mode
         self.concurrency = settings.concurrency
-        self.upstreams = (settings.upstream,)
         self.judge_params: dict[str, Any] = {"temperature": 0}
         if settings.max_tokens is not None:
             self.judge_params["max_tokens"] = settings.max_tokens

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import model_validator
 
-from strategies.answers import tool_calls_key
 from strategies.contract import Candidate, Scored, Usage, VerifyContext
+from strategies.selection import canonical_answer
 from strategies.similarity import consensus
 from strategies.verifiers.base import BaseVerifier, VerifierSpec
 
@@ -34,6 +34,9 @@ class MbrSettings(VerifierSpec):
             raise ValueError("upstream: required when similarity is `embedding`")
         return self
 
+    def upstreams(self) -> tuple[str, ...]:
+        return (self.upstream,) if self.upstream else ()
+
 
 def cosine_consensus(vectors: np.ndarray) -> np.ndarray:
     """Mean cosine similarity of each vector to the others, mapped from [-1, 1] to [0, 1]."""
@@ -46,13 +49,6 @@ def cosine_consensus(vectors: np.ndarray) -> np.ndarray:
     return (sim.sum(axis=1) - np.diag(sim)) / (n - 1)
 
 
-def comparable_text(candidate: Candidate) -> str:
-    """What a text comparison should see: tool calls as name + canonical JSON, else the text."""
-    if candidate.tool_calls:
-        return tool_calls_key(candidate.tool_calls)
-    return candidate.text
-
-
 class MbrVerifier(BaseVerifier):
     kind = "mbr"
     Settings = MbrSettings
@@ -61,10 +57,9 @@ class MbrVerifier(BaseVerifier):
         super().__init__(settings)
         self.similarity = settings.similarity
         self.upstream = settings.upstream
-        self.upstreams = (settings.upstream,) if settings.upstream else ()
 
     async def score(self, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored:
-        texts = [comparable_text(c) for c in candidates]
+        texts = [canonical_answer(c) for c in candidates]
         if self.similarity == "token_f1":
             return Scored(views={self.view(): [float(x) for x in consensus(texts)]})
         memo: dict[Any, Any] = ctx.cache.setdefault(("mbr", self.name), {})

@@ -52,7 +52,7 @@ class PluginVerifier(BaseVerifier):
     def __init__(self, settings: PluginSettings) -> None:
         super().__init__(settings)
         self.function = load_function(settings.function)
-        self.hard = settings.hard  # type: ignore[misc]  # per-instance: a plugin chooses
+        self.hard = settings.hard  # per instance: each plugin entry chooses
 
     async def score(self, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored:
         n = len(candidates)

@@ -6,30 +6,11 @@ the candidate would do rather than an empty string.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from strategies.answers import one_call_key
-from strategies.contract import Candidate, Message
-
-
-def content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts: list[str] = []
-        for part in content:
-            if not isinstance(part, dict):
-                continue
-            if part.get("type") == "text":
-                texts.append(str(part.get("text", "")))
-            else:
-                texts.append(f"[{part.get('type', 'attachment')}]")  # an image the judge cannot see
-        return "\n".join(texts)
-    if content is None:
-        return ""
-    return json.dumps(content, ensure_ascii=False)
+from strategies.contract import Candidate, Message, content_text
 
 
 def tool_calls_text(tool_calls: Sequence[dict[str, Any]]) -> str:
@@ -38,7 +19,7 @@ def tool_calls_text(tool_calls: Sequence[dict[str, Any]]) -> str:
 
 def render_message(message: Message) -> str:
     role = str(message.get("role", "user"))
-    parts = [content_text(message.get("content"))]
+    parts = [content_text(message.get("content"), mark_attachments=True)]  # an image the judge cannot see
     if message.get("tool_calls"):
         parts.append(tool_calls_text(message["tool_calls"]))
     body = "\n".join(p for p in parts if p)

@@ -21,12 +21,23 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from strategies.contract import Candidate, Scored, Usage, VerifyContext
-from strategies.settings import RewardEndpoint
 from strategies.verifiers.base import BaseVerifier, VerifierSpec, clip01
 from strategies.verifiers.rendering import render_candidate
+
+
+class RewardEndpoint(BaseModel):
+    """A reward-model scoring endpoint. Only ever taken from config, never from a request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str  # e.g. http://127.0.0.1:8001/score (vLLM) or any JSON endpoint
+    api: Literal["vllm_score", "vllm_reward", "generic"] = "generic"
+    model: str | None = None
+    api_key: str | None = None  # `os.environ/NAME` is resolved by the proxy's config loader
+    timeout_s: float = Field(30.0, gt=0)
 
 
 class RewardModelSettings(VerifierSpec):
@@ -35,6 +46,9 @@ class RewardModelSettings(VerifierSpec):
     squash: Literal["sigmoid", "none", "minmax"] = "sigmoid"
     center: float = 0.0  # sigmoid only: the reward that maps to 0.5
     scale: float = Field(1.0, gt=0.0)  # sigmoid only: reward units per logit
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self.endpoint.api_key,) if self.endpoint.api_key else ()
 
 
 def sigmoid(x: float) -> float:

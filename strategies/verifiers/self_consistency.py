@@ -34,6 +34,7 @@ class SelfConsistencySettings(VerifierSpec):
 class SelfConsistencyVerifier(BaseVerifier):
     kind = "self_consistency"
     Settings = SelfConsistencySettings
+    extracts_answers = True
 
     def __init__(self, settings: SelfConsistencySettings) -> None:
         super().__init__(settings)

@@ -1,0 +1,39 @@
+"""The plain route: the client's request goes upstream as sent, and every choice comes back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from strategies.contract import (
+    ORIGINAL_VARIANT,
+    Candidate,
+    Outcome,
+    RequestNotServed,
+    Services,
+    StopReason,
+    Strategy,
+    StrategyRequest,
+)
+
+STRATEGY = "passthrough"
+
+
+class Passthrough(Strategy):
+    name = STRATEGY
+    reports = False  # nothing was chosen, so there is no risk to report and nothing to tune
+    relays_stream = True
+    takes_prompt_batches = True
+
+    async def run(self, request: StrategyRequest, services: Services) -> Outcome:
+        batch = await services.forward(request.n)
+        candidates = [
+            Candidate(i, ORIGINAL_VARIANT, s.message, s.finish_reason, s.token_logprobs, s.logprobs)
+            for i, s in enumerate(batch.samples)
+        ]
+        return Outcome(candidates, 0, StopReason.PASSTHROUGH, batch.usage, STRATEGY, upstream_errors=batch.errors)
+
+    def stream(self, request: StrategyRequest, services: Services) -> AsyncIterator[dict[str, Any]]:
+        if request.n != 1:
+            raise RequestNotServed("streaming with n > 1 is not supported; use n=1 or stream=false", param="n")
+        return services.forward_stream()
