@@ -93,7 +93,7 @@ def start_upstream(workdir: Path) -> tuple[Service, str]:
 
 def start_rvr_proxy(api_base: str, workers: int, workdir: Path) -> tuple[Service, str]:
     config = {
-        "upstreams": [{"name": "fast", "litellm_params": {"model": "openai/fast", "api_base": api_base, "api_key": "sk-bench"}}],
+        "upstreams": [{"name": "fast", "litellm_params": {"model": "openai/fast", "api_base": api_base, "api_key": "none"}}],
         "routes": [{"model": MODEL, "upstream": "fast", "strategy": {"name": "passthrough"}}],
         "server": {"api_keys": [API_KEY]},
     }
@@ -104,7 +104,7 @@ def start_rvr_proxy(api_base: str, workers: int, workdir: Path) -> tuple[Service
 def start_litellm_proxy(binary: str, api_base: str, workers: int, workdir: Path) -> tuple[Service, str]:
     config = {
         "model_list": [{"model_name": MODEL, "litellm_params": {"model": "openai/fast", "api_base": api_base,
-                                                                "api_key": "sk-bench", "max_retries": 0}}],
+                                                                "api_key": "none", "max_retries": 0}}],
         "litellm_settings": {"telemetry": False, "set_verbose": False, "json_logs": False, "drop_params": True},
         "general_settings": {"master_key": API_KEY, "disable_spend_logs": True, "disable_error_logs": True, "disable_reset_budget": True,
                              "disable_prisma_schema_update": True, "allow_requests_on_db_unavailable": True},

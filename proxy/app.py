@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -17,17 +17,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from proxy import metrics
 from proxy.auth import KeyCheck
-from proxy.body import RequestIdMiddleware, read_json, request_id
+from proxy.body import read_json
 from proxy.config import Config
 from proxy.errors import InvalidRequest, ModelNotFound, ProxyError, UpstreamFailed, UpstreamTimedOut, internal_error
 from proxy.endpoints import ENDPOINTS, Endpoint
 from proxy.recording import RequestRecord, finish
+from proxy.request_id import RequestIdMiddleware, request_id
 from proxy.requests import _Body as RequestBody
 from proxy.requests import parse_body
 from proxy.responses import completion, new_id, rvr_body
 from proxy.routing import Route, Router
 from proxy.services import RequestServices
-from proxy.streaming import relay, replay
+from proxy.streaming import error_event, relay, replay
 from strategies.contract import NoCandidatesError, Outcome, RequestNotServed, StrategyRequest
 
 log = logging.getLogger("rvr_proxy")
@@ -50,6 +51,7 @@ class Proxy:
         try:
             self.check_key(request.headers.get("authorization"))
             data = await read_json(request, self.config.server.max_body_bytes)
+            self._check_size(data)
             body = parse_body(endpoint.request_model, data)
             route = self.router.resolve(body.model)
             record.route, record.strategy = route.name, route.strategy.name
@@ -83,22 +85,33 @@ class Proxy:
 
     # ---- request preparation --------------------------------------------------------------
 
+    def _check_size(self, data: Any) -> None:
+        """Caps checked on the raw JSON, before validation spends time on every element."""
+        messages = data.get("messages") if isinstance(data, dict) else None
+        cap = self.config.server.max_messages
+        if isinstance(messages, list) and len(messages) > cap:
+            raise InvalidRequest(f"{len(messages)} messages exceed this server's limit of {cap}", param="messages")
+
     def _params(self, body: RequestBody, route: Route, endpoint: Endpoint) -> dict[str, Any]:
         limits = route.settings.limits
         if body.n > limits.max_n:
             raise InvalidRequest(f"n={body.n} exceeds this route's limit of {limits.max_n}", param="n")
+        inputs = endpoint.input_count(body)  # a prompt array is that many requests, each with `n`
+        if inputs * body.n > limits.max_n:
+            raise InvalidRequest(
+                f"{inputs} prompts × n={body.n} exceeds this route's limit of {limits.max_n} choices", param="prompt"
+            )
         best_of = (body.model_extra or {}).get("best_of")  # server-side sampling multiplies cost like n
-        if best_of is not None and (not isinstance(best_of, int) or best_of > limits.max_n):
-            raise InvalidRequest(f"best_of must be an integer no larger than {limits.max_n}", param="best_of")
+        if best_of is not None and (not isinstance(best_of, int) or inputs * best_of > limits.max_n):
+            raise InvalidRequest(f"best_of × prompts must be an integer no larger than {limits.max_n}", param="best_of")
         params = body.upstream_params(endpoint.params)
-        if limits.max_tokens is not None:
-            asked = body.token_limit
-            if asked is not None and asked > limits.max_tokens:
-                raise InvalidRequest(
-                    f"max_tokens={asked} exceeds this route's limit of {limits.max_tokens}", param="max_tokens"
-                )
-            if asked is None:  # the operator's cap, not one the proxy invents
-                params["max_tokens"] = limits.max_tokens
+        cap = limits.token_cap
+        for field in ("max_tokens", "max_completion_tokens"):  # either one reaches the upstream
+            asked = getattr(body, field)
+            if asked is not None and asked > cap:
+                raise InvalidRequest(f"{field}={asked} exceeds this route's limit of {cap}", param=field)
+        if limits.max_tokens is not None and body.token_limit is None:
+            params["max_tokens"] = limits.max_tokens  # the operator's cap, not one the proxy invents
         strategy = route.strategy
         if not strategy.takes_prompt_batches and not endpoint.single_input(body):
             raise InvalidRequest(f"{strategy.name} routes take one prompt string", param="prompt")
@@ -202,18 +215,46 @@ class Proxy:
         )
 
     async def _finishing(self, events: AsyncIterator[bytes], record: RequestRecord) -> AsyncIterator[bytes]:
+        """Relay `events` within the request timeout; past it the stream ends with an error event.
+
+        One task pumps the events, so the stream's work (and its upstream calls) always runs in
+        the same task, and cancelling that task stops all of it.
+        """
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1)
+
+        async def pump() -> None:
+            try:
+                async for item in events:
+                    await queue.put(item)
+            except Exception:  # relay and replay turn failures into events; this is a bug
+                await queue.put(error_event(internal_error()))
+            await queue.put(None)
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.server.request_timeout_s
+        pumping = asyncio.ensure_future(pump())
         try:
-            async for item in events:
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0.0))
+                except asyncio.TimeoutError:
+                    late = UpstreamTimedOut("the request took longer than the proxy's request timeout")
+                    record.status, record.error = late.status, late.message
+                    yield error_event(late)
+                    return
+                if item is None:
+                    return
                 yield item
         except asyncio.CancelledError:
             record.status, record.error = 499, "client disconnected"
             raise
         finally:
+            pumping.cancel()
             finish(record, self.config.server.log_prompts)
 
 
-def error_response(exc: ProxyError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+def error_response(exc: ProxyError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 def create_app(config: Config) -> FastAPI:
@@ -225,7 +266,10 @@ def create_app(config: Config) -> FastAPI:
             proxy.http = http
             yield
 
-    app = FastAPI(title="rvr-proxy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # No slash redirects: a redirect is built from the client's Host header, before auth.
+    app = FastAPI(
+        title="rvr-proxy", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False
+    )
     app.state.proxy = proxy
     app.add_middleware(RequestIdMiddleware)
 
@@ -233,8 +277,9 @@ def create_app(config: Config) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             return error_response(_NotFound(f"no such endpoint: {request.method} {request.url.path}"))
-        if exc.status_code == 405:
-            return error_response(_MethodNotAllowed(f"method {request.method} is not allowed on {request.url.path}"))
+        if exc.status_code == 405:  # keeps Starlette's `Allow` header, as RFC 9110 asks
+            problem = _MethodNotAllowed(f"method {request.method} is not allowed on {request.url.path}")
+            return error_response(problem, exc.headers)
         return error_response(ProxyError(str(exc.detail)))
 
     @app.exception_handler(RequestValidationError)
@@ -267,7 +312,12 @@ def create_app(config: Config) -> FastAPI:
         return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
 
     @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
+        if config.server.metrics_auth:
+            try:
+                proxy.check_key(request.headers.get("authorization"))
+            except ProxyError as exc:
+                return error_response(exc)
         payload, content_type = metrics.render()
         return Response(payload, media_type=content_type)
 

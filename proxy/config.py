@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from proxy.secrets import MissingSecret, resolve
+from proxy.secrets import MissingSecret, plain_text_secrets, resolve, url_password
 from strategies.contract import MODEL_NAME_PATTERN
 from strategies.settings import PassthroughSettings, StrategySettings
 from strategies.verifiers import REGISTRY as VERIFIER_KINDS
@@ -39,6 +39,21 @@ class ServerSettings(_Strict):
     default_upstream: str | None = None  # serves unknown `model` names as passthrough
     log_prompts: bool = False  # prompts are personal data: off unless asked for
     request_timeout_s: float = Field(600.0, gt=0)
+    metrics_auth: bool = False  # True: /metrics asks for an API key like /v1/* does
+    max_messages: int = Field(1024, ge=1)  # per request; each one costs validation and upstream work
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_not_empty(cls, keys: list[str]) -> list[str]:
+        if any(not key.strip() for key in keys):
+            raise ValueError("an API key must not be empty")
+        return keys
+
+    @model_validator(mode="after")
+    def _metrics_auth_needs_keys(self) -> ServerSettings:
+        if self.metrics_auth and not self.api_keys:
+            raise ValueError("metrics_auth: needs server.api_keys")
+        return self
 
 
 class UpstreamSettings(_Strict):
@@ -60,11 +75,20 @@ class UpstreamSettings(_Strict):
         return params
 
 
+DEFAULT_MAX_TOKENS = 32_768  # the most a client may ask per completion where the route sets no cap
+
+
 class RouteLimits(_Strict):
     """Caps a client can lower but never raise."""
 
-    max_n: int = Field(8, ge=1, le=512)  # the client's `n` (choices returned)
-    max_tokens: int | None = Field(None, ge=1)  # per completion; None leaves it to the client
+    max_n: int = Field(8, ge=1, le=512)  # the client's `n` times its prompts (choices returned)
+    # Per completion, for `max_tokens` and `max_completion_tokens` alike. When set, it is also sent
+    # upstream for requests that name no limit; when not, clients may ask up to DEFAULT_MAX_TOKENS.
+    max_tokens: int | None = Field(None, ge=1)
+
+    @property
+    def token_cap(self) -> int:
+        return self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS
 
 
 class RouteSettings(_Strict):
@@ -78,6 +102,7 @@ class Config(_Strict):
     server: ServerSettings = Field(default_factory=ServerSettings)
     upstreams: list[UpstreamSettings] = Field(min_length=1)
     routes: list[RouteSettings] = Field(default_factory=list)
+    _environment_values: list[str] = PrivateAttr(default_factory=list)  # every `os.environ/` value used
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Config:
@@ -103,11 +128,15 @@ class Config(_Strict):
 
     def secrets(self) -> list[str]:
         """Every secret value, so output can be scrubbed of them."""
-        values = list(self.server.api_keys)
+        values = list(self.server.api_keys) + self._environment_values
         for up in self.upstreams:
             for key in ("api_key", "aws_secret_access_key", "vertex_credentials"):
                 if isinstance(up.litellm_params.get(key), str):
                     values.append(up.litellm_params[key])
+            for key in ("api_base", "base_url"):
+                password = url_password(up.litellm_params.get(key))
+                if password:
+                    values.append(password)
         for route in self.routes:
             values.extend(route.strategy.secrets())
         return values
@@ -124,14 +153,23 @@ def _unique(values: list[str], where: str, key: str) -> None:
 def parse_config(raw: Any, environ: dict[str, str] | None = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a YAML mapping with `upstreams` and `routes`")
+    plain = plain_text_secrets(raw)
+    if plain:
+        raise ConfigError(
+            "secrets must come from the environment as `os.environ/NAME`, not stand in the file: "
+            + ", ".join(plain)
+        )
+    environment_values: list[str] = []
     try:
-        resolved = resolve(raw, "config", environ)
+        resolved = resolve(raw, "config", environ, environment_values)
     except MissingSecret as exc:
         raise ConfigError(str(exc).removeprefix("config.")) from None
     try:
-        return Config.model_validate(resolved)
+        config = Config.model_validate(resolved)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    config._environment_values = environment_values
+    return config
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -40,7 +40,11 @@ class Endpoint:
 
     def single_input(self, body: Any) -> bool:
         """Whether the input is one conversation or one prompt (not a batch of prompts)."""
-        return True
+        return self.input_count(body) == 1
+
+    def input_count(self, body: Any) -> int:
+        """How many independent inputs the body holds; each gets `n` choices upstream."""
+        return 1
 
     async def call(self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int) -> Choices:
         raise NotImplementedError
@@ -113,8 +117,12 @@ class TextEndpoint(Endpoint):
     def client_input(self, body: CompletionRequest) -> Any:
         return body.prompt
 
-    def single_input(self, body: CompletionRequest) -> bool:
-        return isinstance(body.prompt, str)
+    def input_count(self, body: CompletionRequest) -> int:
+        prompt = body.prompt
+        # A list of strings (or of token arrays) is a batch; a flat list of token ids is one prompt.
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            return len(prompt)
+        return 1
 
     async def call(self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int) -> Choices:
         return await upstream.complete(input, params, n)

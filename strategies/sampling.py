@@ -152,7 +152,12 @@ async def _sample_batch(run: _Run, plan: Plan, size: int, timeout: float | None)
     shares = round_robin(len(run.candidates), size, [v.name for v in plan.variants])
     by_name = {v.name: v for v in plan.variants}
     tasks = [asyncio.ensure_future(_generate_for(run, by_name[name], k)) for name, k in shares.items()]
-    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    try:
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+    except asyncio.CancelledError:  # asyncio.wait never cancels what it waits for: the client left
+        for task in tasks:
+            task.cancel()
+        raise
     for task in pending:  # past the deadline: what did not arrive is not waited for
         task.cancel()
     added = 0

@@ -95,6 +95,11 @@ class Handler(BaseHTTPRequestHandler):
         if behaviour == "fail":
             self._json(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
             return
+        if behaviour == "echo-fail":  # a careless upstream: its error repeats our headers and the prompt
+            headers = "; ".join(f"{k}: {v}" for k, v in self.headers.items())
+            message = f"cannot serve {_prompt_text(body)[:200]!r} (headers: {headers})"
+            self._json(500, {"error": {"message": message, "type": "server_error"}})
+            return
         if behaviour == "flaky":  # the first call for each prompt fails with 503, a retry succeeds
             prompt = _prompt_text(body)
             with self.server.state.lock:
@@ -123,7 +128,7 @@ class Handler(BaseHTTPRequestHandler):
         text_mode = self.path.endswith("/completions") and not self.path.endswith("/chat/completions")
         contents = [self._content(behaviour, body, i) for i in range(n)]
         if body.get("stream"):
-            self._stream(body, contents[0], text_mode, cut=behaviour == "cut")
+            self._stream(body, contents[0], text_mode, cut=behaviour == "cut", ends_early=behaviour == "ends-early")
         else:
             self._json(200, self._completion(body, contents, text_mode, behaviour))
         with self.server.state.lock:
@@ -192,7 +197,7 @@ class Handler(BaseHTTPRequestHandler):
             },
         }
 
-    def _stream(self, body: dict[str, Any], content: str, text_mode: bool, cut: bool) -> None:
+    def _stream(self, body: dict[str, Any], content: str, text_mode: bool, cut: bool, ends_early: bool = False) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")  # as real servers stream: a cut is detectable
@@ -221,6 +226,10 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.wfile.flush()
                 self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if ends_early and i == 1:  # a clean end of the body, but no finish_reason and no [DONE]
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
                 return
         final = (
             {"index": 0, "text": "", "finish_reason": "stop"}

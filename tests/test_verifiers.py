@@ -167,8 +167,9 @@ def test_every_kind_forbids_unknown_fields(kind: str) -> None:
         ({"type": "regex"}, "pattern"),
         ({"type": "self_consistency", "patterns": ["[bad"]}, "patterns"),
         ({"type": "json_schema", "schema": {"type": 12}}, "schema"),
-        ({"type": "reward_model", "endpoint": {"url": "u", "api": "other"}}, "endpoint.api"),
-        ({"type": "reward_model", "endpoint": {"url": "u"}, "squash": "tanh"}, "squash"),
+        ({"type": "reward_model", "endpoint": {"url": "http://127.0.0.1:9/s", "api": "other"}}, "endpoint.api"),
+        ({"type": "reward_model", "endpoint": {"url": "file:///etc/passwd"}}, "endpoint.url"),
+        ({"type": "reward_model", "endpoint": {"url": "http://127.0.0.1:9/s"}, "squash": "tanh"}, "squash"),
         ({"type": "plugin", "function": "no_such_module_xyz:f"}, "function.*no_such_module_xyz"),
         ({"type": "plugin", "function": "math:no_such_function"}, "function.*no_such_function"),
         ({"type": "plugin", "function": "not a path"}, "function"),
@@ -359,13 +360,27 @@ def test_judge_memoizes_per_candidate_and_only_judges_new_ones() -> None:
     assert len(services.chat_calls) == 4
 
 
-def test_judge_retries_a_failed_call_in_the_next_round() -> None:
+def test_judge_does_not_redo_a_failed_call_in_the_next_round() -> None:
+    # The upstream client already retried it; redoing it every round multiplied the calls.
     outcomes = iter([RuntimeError("timeout"), "Score: 10"])
     services = FakeServices(lambda _m: next(outcomes))
     ctx = ctx_for(services)
     verifier = build_verifier({"type": "llm_judge", "upstream": "j", "templates": ["rubric_10"]}, 0)
     assert asyncio.run(verifier.score(ctx, [cand(0, "x")])).views["llm_judge:rubric_10"] == [None]
-    assert asyncio.run(verifier.score(ctx, [cand(0, "x")])).views["llm_judge:rubric_10"] == [1.0]
+    assert asyncio.run(verifier.score(ctx, [cand(0, "x"), cand(1, "y")])).views["llm_judge:rubric_10"] == [None, 1.0]
+    assert len(services.chat_calls) == 2
+
+
+def test_a_failing_judge_stops_being_called_within_a_request() -> None:
+    services = FakeServices(lambda _m: RuntimeError("judge down"))
+    ctx = ctx_for(services)
+    spec = {"type": "llm_judge", "upstream": "j", "templates": ["rubric_10", "likert_5"], "concurrency": 1}
+    verifier = build_verifier(spec, 0)
+    first = asyncio.run(verifier.score(ctx, [cand(i, f"c{i}") for i in range(4)]))
+    assert len(services.chat_calls) == 3  # then the rest are missing without a call
+    assert first.errors == 8
+    asyncio.run(verifier.score(ctx, [cand(i, f"c{i}") for i in range(8)]))
+    assert len(services.chat_calls) == 3
 
 
 def test_judge_calls_run_concurrently_within_the_bound() -> None:

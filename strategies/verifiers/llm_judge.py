@@ -144,6 +144,9 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return re.sub(pattern, lambda m: values[m.group(0)], template)
 
 
+# Judge calls that may fail in one request before the rest are skipped as missing.
+FAILURES_PER_REQUEST = 3
+
 # Scores of the candidate in a comparison with the anchor, by verdict and slot.
 _WIN, _TIE, _LOSS = 1.0, 0.5, 0.0
 
@@ -333,9 +336,16 @@ class LlmJudgeVerifier(BaseVerifier):
     ) -> tuple[Usage, int]:
         async def one(call: _Call) -> tuple[Usage, bool]:
             async with limit:
+                if memo.get("failures", 0) >= FAILURES_PER_REQUEST:
+                    memo[call.key] = None  # the judge upstream is down: stop spending calls on it
+                    return Usage(), False
                 try:
                     reply = await ctx.services.chat(self.upstream, call.messages, **self.judge_params)
-                except Exception:  # noqa: BLE001 - a failed call is a missing view, retried later
+                except Exception:  # noqa: BLE001 - a failed call is a missing view
+                    # Remembered as missing, so later rounds do not redo it: the upstream client
+                    # has already retried, and every round repeating it multiplied the calls.
+                    memo[call.key] = None
+                    memo["failures"] = memo.get("failures", 0) + 1
                     return Usage(), False
             parsed = call.parse(reply.text or "")
             memo[call.key] = parsed

@@ -18,10 +18,11 @@ in the request cache, so only new candidates are sent; a failed call is retried 
 from __future__ import annotations
 
 import math
+from urllib.parse import urlsplit
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from strategies.contract import Candidate, Scored, Usage, VerifyContext
 from strategies.verifiers.base import BaseVerifier, VerifierSpec, clip01
@@ -38,6 +39,16 @@ class RewardEndpoint(BaseModel):
     model: str | None = None
     api_key: str | None = None  # `os.environ/NAME` is resolved by the proxy's config loader
     timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, url: str) -> str:
+        # Anything else (file:, ftp:, a bare path) is never a scoring service, only a way to
+        # make the proxy read what it should not.
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return url
 
 
 class RewardModelSettings(VerifierSpec):

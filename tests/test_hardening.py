@@ -1,0 +1,296 @@
+"""Hostile input and cost ceilings, each defect reproduced against the real proxy on loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from proxy.config import DEFAULT_MAX_TOKENS, ConfigError, parse_config
+from tests.conftest import upstream
+from tests.proxy_process import ROOT, ProxyProcess
+from tests.stub_upstream import StubServer
+
+KEY = "sk-hardening-proxy-key-0001"
+HEADER_SECRET = "hdr-canary-7f3a9c1e2b"
+URL_PASSWORD = "pw-canary-55d1e0"
+PROMPT_CANARY = "prompt-canary-do-not-log-91c2"
+HELLO = [{"role": "user", "content": "hello"}]
+AUTH = {"authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def hardened(stub: StubServer) -> Iterator[ProxyProcess]:
+    base = stub.api_base
+    ups = [
+        upstream("echo", base, retries=0),
+        upstream("ends-early", base, retries=0),
+        {
+            "name": "echo-fail",
+            "retries": 0,
+            "litellm_params": {
+                "model": "openai/echo-fail",
+                "api_base": base,
+                "api_key": "os.environ/UPSTREAM_KEY",
+                "extra_headers": {"X-Api-Token": "os.environ/HEADER_SECRET", "X-Title": "rvr tests"},
+            },
+        },
+    ]
+    config = {
+        "server": {"api_keys": ["os.environ/RVR_KEY"], "metrics_auth": True},
+        "upstreams": ups,
+        "routes": [
+            {"model": "open", "upstream": "echo", "limits": {"max_n": 8}},
+            {"model": "capped", "upstream": "echo", "limits": {"max_n": 2, "max_tokens": 256}},
+            {"model": "ends-early", "upstream": "ends-early"},
+            {"model": "echo-fail", "upstream": "echo-fail"},
+        ],
+    }
+    env = {"UPSTREAM_KEY": "sk-upstream-canary-4410", "HEADER_SECRET": HEADER_SECRET, "RVR_KEY": KEY}
+    with ProxyProcess(config, env=env) as process:
+        yield process
+
+
+def call(proxy: ProxyProcess, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+    return httpx.post(f"{proxy.base_url}{path}", json=body, headers=AUTH, timeout=30, **kwargs)
+
+
+# --- 6: both token fields are capped, and every route has a cap -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("route", "fields", "param"),
+    [
+        ("capped", {"max_completion_tokens": 1, "max_tokens": 1_000_000_000}, "max_tokens"),
+        ("capped", {"max_tokens": 1, "max_completion_tokens": 257}, "max_completion_tokens"),
+        ("open", {"max_tokens": DEFAULT_MAX_TOKENS + 1}, "max_tokens"),
+        ("open", {"max_completion_tokens": 10**9}, "max_completion_tokens"),
+    ],
+)
+def test_no_token_field_passes_the_cap(
+    hardened: ProxyProcess, stub: StubServer, route: str, fields: dict[str, int], param: str
+) -> None:
+    before = len(stub.state.bodies("echo"))
+    response = call(hardened, "/v1/chat/completions", {"model": route, "messages": HELLO, **fields})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+    assert len(stub.state.bodies("echo")) == before  # nothing reached the upstream
+
+
+def test_asks_within_the_cap_pass(hardened: ProxyProcess, stub: StubServer) -> None:
+    response = call(hardened, "/v1/chat/completions", {"model": "capped", "messages": HELLO, "max_tokens": 256})
+    assert response.status_code == 200
+    assert stub.state.bodies("echo")[-1]["max_tokens"] == 256
+
+
+# --- 7: a prompt array counts as that many requests ------------------------------------------
+
+
+@pytest.mark.parametrize(("prompts", "n"), [(10_000, 4), (9, 1), (3, 3)])
+def test_prompt_arrays_count_against_max_n(hardened: ProxyProcess, stub: StubServer, prompts: int, n: int) -> None:
+    before = len(stub.state.bodies("echo"))
+    body = {"model": "open", "prompt": [f"p{i}" for i in range(prompts)], "n": n}
+    response = call(hardened, "/v1/completions", body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "prompt"
+    assert len(stub.state.bodies("echo")) == before
+
+
+def test_a_small_prompt_array_is_served(hardened: ProxyProcess) -> None:
+    response = call(hardened, "/v1/completions", {"model": "open", "prompt": ["a", "b"], "n": 2})
+    assert response.status_code == 200
+
+
+def test_token_ids_are_one_prompt(hardened: ProxyProcess) -> None:
+    response = call(hardened, "/v1/completions", {"model": "capped", "prompt": list(range(50)), "n": 2})
+    assert response.status_code == 200
+
+
+# --- 11: configured secrets stay out of bodies and logs -----------------------------------
+
+
+def test_every_environment_value_and_url_password_is_a_secret() -> None:
+    raw = {
+        "upstreams": [
+            upstream_settings(extra_headers={"X-Api-Token": "os.environ/TOKEN"}),
+            {"name": "pw", "litellm_params": {"model": "openai/m", "api_base": f"https://u:{URL_PASSWORD}@h.test/v1"}},
+        ]
+    }
+    secrets = parse_config(raw, environ={"TOKEN": HEADER_SECRET}).secrets()
+    assert HEADER_SECRET in secrets and URL_PASSWORD in secrets
+
+
+# --- 15: no redirects, and 405 says what is allowed --------------------------------------------
+
+
+def test_a_trailing_slash_is_not_redirected(hardened: ProxyProcess) -> None:
+    response = httpx.post(
+        f"{hardened.base_url}/v1/chat/completions/", json={}, headers={"host": "evil.example"}, timeout=10
+    )
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_method_not_allowed_carries_allow(hardened: ProxyProcess) -> None:
+    response = httpx.get(f"{hardened.base_url}/v1/chat/completions", timeout=10)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+# --- 16: /metrics can be put behind the key ----------------------------------------------------
+
+
+def test_metrics_behind_the_key_when_configured(hardened: ProxyProcess) -> None:
+    assert httpx.get(f"{hardened.base_url}/metrics", timeout=10).status_code == 401
+    wrong = httpx.get(f"{hardened.base_url}/metrics", headers={"authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401
+    right = httpx.get(f"{hardened.base_url}/metrics", headers=AUTH, timeout=10)
+    assert right.status_code == 200 and "rvr_requests_total" in right.text
+
+
+def test_metrics_auth_needs_keys() -> None:
+    with pytest.raises(ConfigError, match="metrics_auth"):
+        parse_config({"server": {"metrics_auth": True}, "upstreams": [upstream_settings()]}, environ={})
+
+
+# --- 14: check-config refuses secrets in the file ----------------------------------------------
+
+
+def upstream_settings(**params: Any) -> dict[str, Any]:
+    return {"name": "up", "litellm_params": {"model": "openai/m", "api_base": "http://127.0.0.1:9/v1", **params}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        ({"server": {"api_keys": ["sk-in-the-file"]}, "upstreams": [upstream_settings()]}, "server.api_keys.0"),
+        ({"upstreams": [upstream_settings(api_key="sk-live-123")]}, "upstreams.0.litellm_params.api_key"),
+        (
+            {"upstreams": [upstream_settings(extra_headers={"Authorization": "Bearer abc"})]},
+            "upstreams.0.litellm_params.extra_headers.Authorization",
+        ),
+        (
+            {"upstreams": [upstream_settings(extra_headers={"x-api-key": "abc"})]},
+            "upstreams.0.litellm_params.extra_headers.x-api-key",
+        ),
+        (
+            {
+                "upstreams": [upstream_settings()],
+                "routes": [{"model": "r", "upstream": "up", "strategy": {"name": "best_of_n", "verifiers": [
+                    {"type": "reward_model", "endpoint": {"url": "http://127.0.0.1:9/s", "api_key": "rm-key"}}]}}],
+            },
+            "routes.0.strategy.verifiers.0.endpoint.api_key",
+        ),
+    ],
+)
+def test_plain_text_secrets_are_refused(raw: dict[str, Any], path: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, environ={})
+    assert path in str(info.value)
+    assert "os.environ/" in str(info.value)
+
+
+def test_what_is_not_a_secret_stays_allowed() -> None:
+    raw = {"upstreams": [upstream_settings(api_key="none", extra_headers={"X-Title": "my app"})]}
+    assert parse_config(raw, environ={}).upstreams[0].litellm_params["api_key"] == "none"
+
+
+def test_empty_keys_are_refused() -> None:
+    with pytest.raises(ConfigError, match="RVR_KEY is empty"):
+        parse_config({"server": {"api_keys": ["os.environ/RVR_KEY"]}, "upstreams": [upstream_settings()]},
+                     environ={"RVR_KEY": ""})
+
+
+def test_check_config_names_the_plain_text_secret(tmp_path: Path) -> None:
+    file = tmp_path / "config.yaml"
+    file.write_text(yaml.safe_dump({"upstreams": [upstream_settings(api_key="sk-live-123")]}))
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "check-config", str(file)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "upstreams.0.litellm_params.api_key" in result.stderr
+    assert "sk-live-123" not in result.stderr + result.stdout
+
+
+# --- 8 and 9: message caps, and the request timeout holds for streams too -------------------
+
+
+@pytest.fixture(scope="module")
+def impatient(stub: StubServer) -> Iterator[ProxyProcess]:
+    config = {
+        "server": {"request_timeout_s": 1.5, "max_messages": 50},
+        "upstreams": [upstream("slow", stub.api_base, retries=0), upstream("echo", stub.api_base, retries=0)],
+        "routes": [
+            {"model": "slow", "upstream": "slow"},
+            {"model": "slow-best", "upstream": "slow", "strategy": {"name": "best_of_n", "max_n": 2}},
+            {"model": "echo", "upstream": "echo"},
+        ],
+    }
+    with ProxyProcess(config, env={"UPSTREAM_KEY": "sk-x-000000"}) as process:
+        yield process
+
+
+@pytest.mark.parametrize("route", ["slow", "slow-best"])
+def test_a_stream_past_the_request_timeout_ends_with_an_error(impatient: ProxyProcess, route: str) -> None:
+    body = {"model": route, "messages": HELLO, "stream": True}
+    with httpx.stream("POST", f"{impatient.base_url}/v1/chat/completions", json=body, timeout=30) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines and lines[-1] != "data: [DONE]"
+    error = json.loads(lines[-1].removeprefix("data: "))["error"]
+    assert error["code"] == "upstream_timeout"
+
+
+def test_too_many_messages_are_refused_before_any_work(impatient: ProxyProcess, stub: StubServer) -> None:
+    before = len(stub.state.bodies("echo"))
+    messages = [{"role": "user", "content": "x"}] * 51
+    response = httpx.post(
+        f"{impatient.base_url}/v1/chat/completions", json={"model": "echo", "messages": messages}, timeout=30
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
+    assert len(stub.state.bodies("echo")) == before
+    ok = [{"role": "user", "content": "x"}] * 50
+    assert httpx.post(f"{impatient.base_url}/v1/chat/completions", json={"model": "echo", "messages": ok}).is_success
+
+
+def test_json_nested_very_deep_is_a_client_error(impatient: ProxyProcess) -> None:
+    depth = 100_000
+    raw = '{"model": "echo", "messages": ' + "[" * depth + "]" * depth + "}"
+    response = httpx.post(
+        f"{impatient.base_url}/v1/chat/completions",
+        content=raw.encode(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+# --- 4: a client hang-up cancels a strategy's upstream calls too -------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_disconnect_cancels_best_of_n_calls(proxy: ProxyProcess, stub: StubServer, stream: bool) -> None:
+    cancelled, seen = stub.state.cancelled, len(stub.state.bodies("slow"))
+    body = json.dumps({"model": "slow-best", "messages": HELLO, "stream": stream}).encode()
+    head = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    with socket.create_connection(("127.0.0.1", proxy.port)) as conn:
+        conn.sendall(head.encode() + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 10
+        while len(stub.state.bodies("slow")) == seen and time.monotonic() < deadline:
+            time.sleep(0.02)  # hang up only once the candidate calls are upstream
+        assert len(stub.state.bodies("slow")) > seen
+    deadline = time.monotonic() + 4  # well before the stub's 5 s sleep would end by itself
+    while stub.state.cancelled == cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stub.state.cancelled > cancelled
