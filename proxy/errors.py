@@ -1,4 +1,25 @@
-"""Errors a client can see, each with its HTTP status and an OpenAI-shaped body."""
+"""Errors a client can see, each with its HTTP status and an OpenAI-shaped body.
+
+The whole tree; the status is the one the client gets:
+
+* ProxyError ............. 500  a bug or anything unforeseen; `internal_error()` keeps the detail in the log
+  + InvalidRequest ....... 400  the client's request is malformed or exceeds the route's limits
+  + AuthenticationFailed . 401  the proxy's own API key is missing or wrong
+  + ModelNotFound ........ 404  no route serves the requested model
+  + PayloadTooLarge ...... 413  the request body exceeds the server's size limit
+  + ClientDisconnected ... 499  the client hung up; its work was cancelled (only the log sees it)
+  + UpstreamError ........ (base, never raised itself) an upstream gave no usable answer
+    - UpstreamFailed ..... 502  a model upstream errored, was unreachable, rate-limited us past
+                                our retries or cut a stream; a reward endpoint failed; or no
+                                candidate of a strategy survived
+    - UpstreamTimedOut ... 504  the upstream, or the whole request, ran past its timeout
+    - UpstreamRejected ... 400  the upstream refused the request as invalid (context window
+                                exceeded included): the client's to fix, so not a 5xx
+
+`proxy.upstream` is the one place that turns a litellm exception into an `UpstreamError`;
+every other module raises these classes directly (the app's 404 and 405 for unknown endpoints
+are small subclasses of ModelNotFound and InvalidRequest).
+"""
 
 from __future__ import annotations
 
@@ -44,19 +65,46 @@ class PayloadTooLarge(ProxyError):
     code = "payload_too_large"
 
 
-class UpstreamFailed(ProxyError):
+class ClientDisconnected(ProxyError):
+    """Nobody reads this response: it exists so a hang-up ends the request like any other error,
+    instead of as a cancellation the server would log with a traceback."""
+
+    status = 499
+    type = "client_closed_request"
+    code = "client_disconnected"
+
+
+class UpstreamError(ProxyError):
+    """Base of the upstream errors, so callers can catch 'the upstream did not answer' in one clause.
+
+    `summary` is the message without the upstream's own words, which may echo the prompt back:
+    it is what a log line can carry when prompts are not to be logged.
+    """
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, summary: str | None = None
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.summary = message if summary is None else summary
+
+
+class UpstreamFailed(UpstreamError):
     status = 502
     type = "upstream_error"
     code = "upstream_error"
 
 
-class UpstreamTimedOut(ProxyError):
+class UpstreamTimedOut(UpstreamError):
     status = 504
     type = "upstream_error"
     code = "upstream_timeout"
 
 
-class UpstreamRejected(ProxyError):
+class UpstreamRejected(UpstreamError):
     """The upstream refused the request as invalid: the client's to fix, so 400."""
 
     status = 400

@@ -2,35 +2,202 @@
 
 Every upstream call goes through `UpstreamClient._call`, so concurrency limits, timeouts,
 retries, metrics and secret scrubbing hold for candidates, judges and paraphrases alike.
+A failure is classified once, by `classify`, into the client's error, the metric label and
+whether a retry may help.
+
+Tests replace litellm with a fake `Transport`, as httpx tests use `MockTransport`:
+
+    client = UpstreamClient(settings, Redactor([]), transport=FakeTransport(...))
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import json
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import litellm
+from litellm import exceptions as litellm_exceptions
 
 from proxy import metrics
 from proxy.chat_prompt import render_chat
 from proxy.config import UpstreamSettings
-from proxy.errors import ProxyError, UpstreamFailed, UpstreamRejected, UpstreamTimedOut
+from proxy.errors import ProxyError, UpstreamError, UpstreamFailed, UpstreamRejected, UpstreamTimedOut
 from proxy.secrets import Redactor
 from strategies.contract import Message, Usage
 
 # Set by the operator in `litellm_params`; a request never overrides these.
 OPERATOR_KEYS = frozenset({"model", "api_base", "base_url", "api_key", "api_version", "custom_llm_provider"})
 MESSAGE_KEYS = ("role", "content", "tool_calls", "function_call", "refusal", "audio")
-_RETRYABLE = (
-    litellm.RateLimitError,
-    litellm.InternalServerError,
-    litellm.ServiceUnavailableError,
-    litellm.APIConnectionError,
-    litellm.BadGatewayError,
+DETAIL_LIMIT = 500  # characters of the upstream's own message a client sees
+
+
+class Transport(Protocol):
+    """What `UpstreamClient` needs of litellm; the `litellm` module itself is the default.
+
+    Read-only properties, so that both a module's functions and an object's methods qualify.
+    """
+
+    @property
+    def acompletion(self) -> Callable[..., Awaitable[Any]]: ...
+
+    @property
+    def atext_completion(self) -> Callable[..., Awaitable[Any]]: ...
+
+    @property
+    def aembedding(self) -> Callable[..., Awaitable[Any]]: ...
+
+
+Call = Callable[[Transport, dict[str, Any]], Awaitable[Any]]  # one upstream call, given the transport
+
+
+# ---- failure classification ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What one kind of upstream exception means to the client, the metrics and the retry loop."""
+
+    error: type[UpstreamError]
+    outcome: str  # metric label: bounded, so a fixed set
+    retryable: bool
+    verb: str  # completes "upstream 'x' ..."
+    has_status: bool = True  # whether `status_code` is an HTTP status the upstream really sent
+    code: str | None = None
+
+
+# First match wins, so subclasses come before their bases (context window before bad request).
+# Timeouts are not retried: the client already waited `timeout_s` once.
+FAILURES: tuple[tuple[tuple[type[BaseException], ...], Failure], ...] = (
+    (
+        (litellm.Timeout, asyncio.TimeoutError),
+        Failure(UpstreamTimedOut, "timeout", retryable=False, verb="timed out", has_status=False),
+    ),
+    (
+        (litellm.ContextWindowExceededError,),
+        Failure(
+            UpstreamRejected,
+            "rejected",
+            retryable=False,
+            verb="rejected the request (context window exceeded)",
+            code="context_length_exceeded",
+        ),
+    ),
+    (
+        (litellm.BadRequestError, litellm.UnprocessableEntityError),
+        Failure(UpstreamRejected, "rejected", retryable=False, verb="rejected the request"),
+    ),
+    (
+        (litellm.RateLimitError,),
+        Failure(UpstreamFailed, "rate_limited", retryable=True, verb="rate-limited the request"),
+    ),
+    (
+        (litellm.InternalServerError, litellm.ServiceUnavailableError, litellm.BadGatewayError),
+        Failure(UpstreamFailed, "error", retryable=True, verb="failed"),
+    ),
+    (
+        (litellm.APIConnectionError,),  # litellm says 500 here, but no HTTP answer came back
+        Failure(UpstreamFailed, "error", retryable=True, verb="failed", has_status=False),
+    ),
 )
+OTHER_FAILURE = Failure(UpstreamFailed, "error", retryable=False, verb="failed")  # auth, not found, unknown
+
+
+def classify(exc: BaseException) -> Failure:
+    for types, failure in FAILURES:
+        if isinstance(exc, types):
+            return failure
+    return OTHER_FAILURE
+
+
+def translate(exc: BaseException, upstream: str, redact: Redactor) -> tuple[UpstreamError, Failure]:
+    """The client's error for `exc`, in the proxy's words, plus its classification."""
+    exc = _unwrap(exc)
+    failure = classify(exc)
+    status = getattr(exc, "status_code", None) if failure.has_status else None
+    summary = f"upstream {upstream!r} {failure.verb}"
+    if isinstance(status, int) and 400 <= status < 600:
+        summary += f" with HTTP {status}"
+    message = summary
+    if failure.error is not UpstreamTimedOut:  # litellm's timeout text says no more than we do
+        detail = redact(upstream_detail(exc))  # before the cut: half a secret must not survive it
+        if detail:
+            message += ": " + (detail if len(detail) <= DETAIL_LIMIT else detail[: DETAIL_LIMIT - 1] + "…")
+    return failure.error(message, code=failure.code, summary=summary), failure
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The exception litellm wrapped, e.g. in `MidStreamFallbackError`, whose status it makes up."""
+    for _ in range(4):  # a bound, in case a chain ever loops
+        original = getattr(exc, "original_exception", None)
+        if not isinstance(original, BaseException) or original is exc:
+            break
+        exc = original
+    return exc
+
+
+# litellm wraps the upstream's text in its own class names, sometimes twice ("litellm.BadRequestError:
+# BadRequestError: OpenAIException - Error code: 400 - {...}"), and may repeat the chain after
+# "Original exception:". The client gets the upstream's words only.
+_LITELLM_NAMES = sorted(
+    (name for name, obj in vars(litellm_exceptions).items() if isinstance(obj, type) and issubclass(obj, Exception)),
+    key=len,
+    reverse=True,
+)
+_WRAPPING = re.compile(
+    rf"(?:\b(?:litellm\.(?:\w+\.)*)?(?:{'|'.join(_LITELLM_NAMES)})\b|\b\w+Exception)\s*(?::|\s-)\s*"
+    r"|\blitellm\.(?:\w+\.)*[A-Z]\w*\s*"  # a class name left alone, not litellm.ai in a link
+)
+_STATUS_PREFIX = re.compile(r"^\s*Error code:\s*\d+\s*-\s*")  # the openai SDK's, before the body
+_REPEATED = re.compile(r"\s*Original exception:.*", re.DOTALL)
+
+
+def upstream_detail(exc: BaseException) -> str:
+    """The upstream's own error message, without litellm's wrapping; "" when there is none."""
+    from_body = _error_message(getattr(exc, "body", None))  # openai's exceptions keep the JSON body
+    if from_body:
+        return _one_line(from_body)
+    text = str(getattr(exc, "message", None) or exc)
+    text = _WRAPPING.sub("", _REPEATED.sub("", text))
+    text = _STATUS_PREFIX.sub("", text)
+    return _one_line(_error_message(_parse(text)) or text)
+
+
+def _parse(text: str) -> Any:
+    """The body as data: JSON, or the Python repr openai puts in "Error code: 400 - {...}"."""
+    text = text.strip()
+    if not text.startswith("{") or len(text) > 20_000:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)  # literals only: never evaluates code
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def _error_message(body: Any) -> str | None:
+    """`error.message` (OpenAI), a string `error`, or a top-level `message` or `detail`."""
+    if not isinstance(body, Mapping):
+        return None
+    error = body.get("error")
+    if isinstance(error, Mapping):
+        error = error.get("message")
+    for value in (error, body.get("message"), body.get("detail")):
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 @dataclass
@@ -44,11 +211,19 @@ class Choices:
 
 
 class UpstreamClient:
-    def __init__(self, settings: UpstreamSettings, redact: Redactor, fallback: UpstreamClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        redact: Redactor,
+        fallback: UpstreamClient | None = None,
+        transport: Transport | None = None,
+    ) -> None:
         self.settings = settings
         self.name = settings.name
         self._redact = redact
         self.fallback = fallback
+        # The module, not its functions: a call looks the function up when made, as before.
+        self._transport: Transport = litellm if transport is None else transport
         self._params = dict(settings.litellm_params)
         self._params.setdefault("timeout", settings.timeout_s)
         # litellm would retry on its own too; one retry policy, ours, keeps attempts countable.
@@ -75,10 +250,10 @@ class UpstreamClient:
     async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], Usage]:
         """Embedding vectors in input order, through the same limits, retries and metrics."""
         kwargs = self._kwargs({}, None)
-        response = await self._call(lambda kw: litellm.aembedding(input=list(texts), **kw), kwargs)
-        data = response.model_dump()
+        response = await self._call(lambda t, kw: t.aembedding(input=list(texts), **kw), kwargs)
+        data = _plain(response)
         items = sorted(data.get("data") or [], key=lambda item: item.get("index", 0))
-        return [list(item["embedding"]) for item in items], _usage(data)
+        return [list(item["embedding"]) for item in items], Usage.from_openai(data.get("usage"))
 
     async def complete(self, prompt: str | list[Any], params: dict[str, Any], n: int = 1) -> Choices:
         return await self._sample(lambda k: self._text_once(prompt, params, k), n)
@@ -118,17 +293,17 @@ class UpstreamClient:
 
     async def _chat_once(self, messages: Sequence[Message], params: dict[str, Any], n: int) -> Choices:
         kwargs = self._kwargs(params, n)
-        response = await self._call(lambda kw: litellm.acompletion(messages=list(messages), **kw), kwargs)
-        data = response.model_dump()
+        response = await self._call(lambda t, kw: t.acompletion(messages=list(messages), **kw), kwargs)
+        data = _plain(response)
         choices = [_clean_chat_choice(c) for c in data.get("choices") or []]
-        return Choices(choices, _usage(data))
+        return Choices(choices, Usage.from_openai(data.get("usage")))
 
     async def _text_once(self, prompt: str | list[Any], params: dict[str, Any], n: int) -> Choices:
         kwargs = self._kwargs(params, n)
-        response = await self._call(lambda kw: litellm.atext_completion(prompt=prompt, **kw), kwargs)
-        data = response.model_dump()
+        response = await self._call(lambda t, kw: t.atext_completion(prompt=prompt, **kw), kwargs)
+        data = _plain(response)
         choices = [_clean_text_choice(c) for c in data.get("choices") or []]
-        return Choices(choices, _usage(data))
+        return Choices(choices, Usage.from_openai(data.get("usage")))
 
     # ---- streaming (passthrough routes) ---------------------------------------------------
 
@@ -140,27 +315,32 @@ class UpstreamClient:
                 yield _text_chunk_to_chat(chunk)
             return
         kwargs = self._kwargs({**params, "stream": True, "stream_options": {"include_usage": True}}, None)
-        stream = await self._call(lambda kw: litellm.acompletion(messages=list(messages), **kw), kwargs)
+        stream = await self._call(lambda t, kw: t.acompletion(messages=list(messages), **kw), kwargs)
         async for chunk in self._guard_stream(stream):
             yield chunk
 
     async def stream_text(self, prompt: str | list[Any], params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         kwargs = self._kwargs({**params, "stream": True, "stream_options": {"include_usage": True}}, None)
-        stream = await self._call(lambda kw: litellm.atext_completion(prompt=prompt, **kw), kwargs)
+        stream = await self._call(lambda t, kw: t.atext_completion(prompt=prompt, **kw), kwargs)
         async for chunk in self._guard_stream(stream):
             yield chunk
 
     async def _guard_stream(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
         try:
             async for chunk in stream:
-                yield chunk.model_dump(exclude_none=True)
+                data = _plain(chunk, exclude_none=True)
+                if _invented_finish(stream, data):
+                    metrics.UPSTREAM_REQUESTS.labels(self.name, "error").inc()
+                    raise UpstreamFailed(f"upstream {self.name!r} ended its stream before the answer finished")
+                yield data
         except ProxyError:
             raise
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a stream cut mid-answer is an error, never a clean end
-            metrics.UPSTREAM_REQUESTS.labels(self.name, "error").inc()
-            raise self._translate(exc) from None
+            error, failure = translate(exc, self.name, self._redact)
+            metrics.UPSTREAM_REQUESTS.labels(self.name, failure.outcome).inc()
+            raise error from None
 
     # ---- the single call path -------------------------------------------------------------
 
@@ -177,64 +357,47 @@ class UpstreamClient:
             self._semaphore = asyncio.Semaphore(self.settings.max_concurrency)
         return self._semaphore
 
-    async def _call(self, make: Callable[[dict[str, Any]], Awaitable[Any]], kwargs: dict[str, Any]) -> Any:
+    async def _call(self, make: Call, kwargs: dict[str, Any]) -> Any:
         try:
             return await self._attempts(make, kwargs)
         except (UpstreamFailed, UpstreamTimedOut):
             if self.fallback is None:
                 raise
-            fallback_kwargs = {**kwargs, **{k: v for k, v in self.fallback._params.items() if k in OPERATOR_KEYS}}
-            return await self.fallback._attempts(make, fallback_kwargs)
+            # The fallback's endpoint and key replace the primary's whole: none of the primary's
+            # may leak through, such as its api_key sent to the fallback's provider.
+            request = {k: v for k, v in kwargs.items() if k not in OPERATOR_KEYS}
+            operator = {k: v for k, v in self.fallback._params.items() if k in OPERATOR_KEYS}
+            return await self.fallback._attempts(make, {**request, **operator})
 
-    async def _attempts(self, make: Callable[[dict[str, Any]], Awaitable[Any]], kwargs: dict[str, Any]) -> Any:
+    async def _attempts(self, make: Call, kwargs: dict[str, Any]) -> Any:
         attempt = 0
         while True:
             started = time.perf_counter()
             try:
                 async with self._limit():
-                    result = await make(kwargs)
+                    result = await make(self._transport, kwargs)
             except asyncio.CancelledError:
                 metrics.UPSTREAM_REQUESTS.labels(self.name, "cancelled").inc()
                 raise
             except Exception as exc:
-                outcome = _outcome(exc)
-                metrics.UPSTREAM_REQUESTS.labels(self.name, outcome).inc()
+                error, failure = translate(exc, self.name, self._redact)
+                metrics.UPSTREAM_REQUESTS.labels(self.name, failure.outcome).inc()
                 metrics.UPSTREAM_LATENCY.labels(self.name).observe(time.perf_counter() - started)
-                if isinstance(exc, _RETRYABLE) and attempt < self.settings.retries:
+                if failure.retryable and attempt < self.settings.retries:
                     await asyncio.sleep(self.settings.retry_backoff_s * (2**attempt))
                     attempt += 1
                     continue
-                raise self._translate(exc) from None
+                raise error from None
             metrics.UPSTREAM_REQUESTS.labels(self.name, "success").inc()
             metrics.UPSTREAM_LATENCY.labels(self.name).observe(time.perf_counter() - started)
             return result
 
-    def _translate(self, exc: Exception) -> ProxyError:
-        detail = self._redact(str(getattr(exc, "message", None) or exc))[:500]
-        if isinstance(exc, litellm.Timeout) or isinstance(exc, asyncio.TimeoutError):
-            return UpstreamTimedOut(f"upstream {self.name!r} timed out")
-        if isinstance(exc, (litellm.BadRequestError, litellm.UnprocessableEntityError)) and not isinstance(
-            exc, litellm.ContextWindowExceededError
-        ):
-            return UpstreamRejected(f"upstream {self.name!r} rejected the request: {detail}")
-        if isinstance(exc, litellm.ContextWindowExceededError):
-            return UpstreamRejected(f"upstream {self.name!r}: context window exceeded", code="context_length_exceeded")
-        return UpstreamFailed(f"upstream {self.name!r} failed: {type(exc).__name__}: {detail}")
 
-
-def _outcome(exc: Exception) -> str:
-    if isinstance(exc, litellm.Timeout):
-        return "timeout"
-    if isinstance(exc, litellm.RateLimitError):
-        return "rate_limited"
-    if isinstance(exc, (litellm.BadRequestError, litellm.UnprocessableEntityError)):
-        return "rejected"
-    return "error"
-
-
-def _usage(data: dict[str, Any]) -> Usage:
-    usage = data.get("usage") or {}
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+def _plain(obj: Any, exclude_none: bool = False) -> dict[str, Any]:
+    """A litellm response (pydantic) or a fake transport's plain dict, as a dict."""
+    if isinstance(obj, Mapping):
+        return {k: v for k, v in obj.items() if not (exclude_none and v is None)}
+    return obj.model_dump(exclude_none=exclude_none)
 
 
 def _clean_chat_choice(choice: dict[str, Any]) -> dict[str, Any]:
@@ -286,3 +449,43 @@ def token_logprobs(logprobs: Any) -> list[float] | None:
         values = list(logprobs.get("token_logprobs") or [])
     floats = [float(v) for v in values if isinstance(v, (int, float))]
     return floats or None
+
+
+def _invented_finish(stream: Any, chunk: dict[str, Any]) -> bool:
+    """Whether `chunk` is litellm's made-up end of a stream the upstream never finished.
+
+    When an upstream's body ends without a `finish_reason` (and without `[DONE]`), litellm's
+    stream wrapper closes it with `finish_reason: "stop"` and estimated usage, while its own
+    record of the finish reason the upstream sent stays empty.
+    """
+    if not any(choice.get("finish_reason") for choice in chunk.get("choices") or []):
+        return False
+    wrapper = _stream_wrapper(stream)
+    if wrapper is None:
+        return False  # not litellm's wrapper (a test transport): nothing was invented
+    return wrapper.received_finish_reason is None and getattr(wrapper, "intermittent_finish_reason", None) is None
+
+
+def _stream_wrapper(stream: Any, depth: int = 4) -> Any:
+    """litellm's chat stream wrapper inside `stream`, which keeps what the upstream sent.
+
+    Text completions nest it: their wrapper's `completion_stream` is an async generator whose
+    frame holds another generator, whose frame holds the wrapper. litellm exposes no other way
+    to ask; the test of a stream that ends early (tests/test_hardening.py) checks this search
+    against the installed litellm for chat and text alike.
+    """
+    level = [stream]
+    for _ in range(depth):
+        found = next((obj for obj in level if hasattr(obj, "received_finish_reason")), None)
+        if found is not None:
+            return found
+        deeper: list[Any] = []
+        for obj in level:
+            if getattr(obj, "completion_stream", None) is not None:
+                deeper.append(obj.completion_stream)
+            frame = getattr(obj, "ag_frame", None)
+            if frame is not None:
+                deeper += [v for v in frame.f_locals.values() if hasattr(v, "received_finish_reason")]
+                deeper += [v for v in frame.f_locals.values() if hasattr(v, "ag_frame")]
+        level = deeper
+    return None
