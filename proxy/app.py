@@ -19,7 +19,16 @@ from proxy import metrics
 from proxy.auth import KeyCheck
 from proxy.body import read_json
 from proxy.config import Config
-from proxy.errors import InvalidRequest, ModelNotFound, ProxyError, UpstreamFailed, UpstreamTimedOut, internal_error
+from proxy.errors import (
+    ClientDisconnected,
+    InvalidRequest,
+    ModelNotFound,
+    ProxyError,
+    UpstreamError,
+    UpstreamFailed,
+    UpstreamTimedOut,
+    internal_error,
+)
 from proxy.endpoints import ENDPOINTS, Endpoint
 from proxy.recording import RequestRecord, finish
 from proxy.request_id import RequestIdMiddleware, request_id
@@ -71,7 +80,7 @@ class Proxy:
             rvr = self._rvr(outcome, route, body)
             return JSONResponse(completion(outcome, route.name, body.n, rvr, endpoint), headers=headers)
         except ProxyError as exc:
-            record.status, record.error = exc.status, exc.message
+            record.status, record.error = exc.status, self._loggable(exc)
             return error_response(exc)
         except asyncio.CancelledError:
             record.status, record.error = 499, "client disconnected"
@@ -123,6 +132,12 @@ class Proxy:
             params["logprobs"] = endpoint.logprobs_on
         return params
 
+    def _loggable(self, exc: Exception) -> str:
+        """An error as the log may show it: an upstream's own words may echo the prompt back."""
+        if isinstance(exc, UpstreamError) and not self.config.server.log_prompts:
+            return exc.summary
+        return exc.message if isinstance(exc, ProxyError) else type(exc).__name__
+
     def _rvr(self, outcome: Outcome, route: Route, body: RequestBody) -> dict[str, Any] | None:
         if not route.strategy.reports:
             return None
@@ -146,11 +161,13 @@ class Proxy:
     async def _guarded(self, request: Request, work: Awaitable[T]) -> T:
         """Run `work`, cancelling it (and its upstream calls) if the client goes away."""
         task = asyncio.ensure_future(work)
+        hung_up = asyncio.Event()
 
         async def watch_disconnect() -> None:
             while True:
                 message = await request.receive()
                 if message["type"] == "http.disconnect":
+                    hung_up.set()
                     task.cancel()
                     return
 
@@ -159,6 +176,10 @@ class Proxy:
             return await asyncio.wait_for(task, self.config.server.request_timeout_s)
         except asyncio.TimeoutError:
             raise UpstreamTimedOut("the request took longer than the proxy's request timeout") from None
+        except asyncio.CancelledError:
+            if hung_up.is_set():  # our own cancel, not the server's: end as a logged 499
+                raise ClientDisconnected("client disconnected") from None
+            raise
         finally:
             watcher.cancel()
 
@@ -176,7 +197,7 @@ class Proxy:
 
         def failed(exc: Exception) -> None:
             record.status = exc.status if isinstance(exc, ProxyError) else 500
-            record.error = getattr(exc, "message", type(exc).__name__)
+            record.error = self._loggable(exc)
 
         if route.strategy.relays_stream:
             try:

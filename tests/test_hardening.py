@@ -115,7 +115,44 @@ def test_token_ids_are_one_prompt(hardened: ProxyProcess) -> None:
     assert response.status_code == 200
 
 
-# --- 11: configured secrets stay out of bodies and logs -----------------------------------
+# --- 3: a stream that ended upstream without finishing never ends with [DONE] -------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_a_stream_that_did_not_finish_upstream_ends_with_an_error(hardened: ProxyProcess, path: str) -> None:
+    body: dict[str, Any] = {"model": "ends-early", "stream": True, "stream_options": {"include_usage": True}}
+    body.update({"messages": HELLO} if "chat" in path else {"prompt": "hello"})
+    with httpx.stream("POST", f"{hardened.base_url}{path}", json=body, headers=AUTH, timeout=30) as response:
+        text = response.read().decode()
+    events = [line.removeprefix("data: ") for line in text.splitlines() if line.startswith("data: ")]
+    assert "[DONE]" not in events
+    last = json.loads(events[-1]) if events else response.json()
+    assert last["error"]["type"] == "upstream_error"
+    assert not any('"finish_reason":"stop"' in e.replace(" ", "") for e in events)
+
+
+def test_a_stream_that_finished_still_ends_with_done(hardened: ProxyProcess) -> None:
+    body = {"model": "open", "messages": HELLO, "stream": True}
+    with httpx.stream("POST", f"{hardened.base_url}/v1/chat/completions", json=body, headers=AUTH) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+
+
+# --- 11: configured secrets and prompts stay out of bodies and logs --------------------------
+
+
+def test_secrets_an_upstream_echoes_are_redacted(hardened: ProxyProcess) -> None:
+    body = {"model": "echo-fail", "messages": [{"role": "user", "content": PROMPT_CANARY}]}
+    response = call(hardened, "/v1/chat/completions", body)
+    assert response.status_code == 502
+    text = response.text
+    for secret in (HEADER_SECRET, "sk-upstream-canary-4410"):
+        assert secret not in text
+    log = hardened.log()
+    for secret in (HEADER_SECRET, "sk-upstream-canary-4410", KEY):
+        assert secret not in log
+    assert PROMPT_CANARY not in log  # log_prompts is off: an echo of the prompt is not logged either
+    assert "[redacted]" in text  # the echo happened, and was scrubbed
 
 
 def test_every_environment_value_and_url_password_is_a_secret() -> None:
@@ -294,3 +331,7 @@ def test_client_disconnect_cancels_best_of_n_calls(proxy: ProxyProcess, stub: St
     while stub.state.cancelled == cancelled and time.monotonic() < deadline:
         time.sleep(0.05)
     assert stub.state.cancelled > cancelled
+    time.sleep(0.2)
+    assert "Traceback" not in proxy.log()  # a hang-up is a logged 499, not a server error
+    lines = [json.loads(line) for line in proxy.log().splitlines() if line.startswith("{")]
+    assert any(line.get("route") == "slow-best" and line["status"] == 499 for line in lines)
