@@ -219,7 +219,7 @@ def test_malformed_json_is_400(proxy: ProxyProcess) -> None:
         ({"model": "echo"}, "messages"),
         ({"model": "echo", "messages": []}, "messages"),
         ({"model": "echo", "messages": HELLO, "n": 0}, "n"),
-        ({"model": "echo", "messages": [{"role": "wizard", "content": "x"}]}, "messages"),
+        ({"model": "echo", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({"messages": HELLO}, "model"),
     ],
 )

@@ -2,16 +2,21 @@
 
 The regex is searched in the candidate's text; a candidate that only makes tool calls is
 searched as its canonical call key (`tool:name({...})`), so a pattern can constrain calls too.
+
+The pattern runs in RE2 (`strategies.safe_regex`): the text it is searched in is model output,
+which a client can steer, and a backtracking engine lets a careless pattern hang the event loop
+on it. RE2 has no backreferences or lookaround, so a config using them fails to load, naming the
+construct; and `\\d`, `\\w`, `\\s` match ASCII only (use `\\pN`, `\\pL` for Unicode classes).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import Field, field_validator
 
+from strategies import safe_regex
 from strategies.answers import tool_calls_key
 from strategies.contract import Candidate, Scored, VerifyContext
 from strategies.verifiers.base import BaseVerifier, VerifierSpec
@@ -26,8 +31,8 @@ class RegexSettings(VerifierSpec):
     @classmethod
     def _compiles(cls, pattern: str) -> str:
         try:
-            re.compile(pattern)
-        except re.error as exc:
+            safe_regex.check_pattern(pattern)
+        except safe_regex.UnsupportedPattern as exc:
             raise ValueError(f"not a valid regex: {exc}") from exc
         return pattern
 
@@ -39,7 +44,8 @@ class RegexVerifier(BaseVerifier):
 
     def __init__(self, settings: RegexSettings) -> None:
         super().__init__(settings)
-        self.pattern = re.compile(settings.pattern)
+        # Held here, not only in the shared cache, which client patterns could churn.
+        self.pattern = safe_regex.compile_pattern(settings.pattern)
         self.must_match = settings.must_match
 
     def _subject(self, candidate: Candidate) -> str:
@@ -49,7 +55,6 @@ class RegexVerifier(BaseVerifier):
 
     async def score(self, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored:
         scores: list[float | None] = [
-            1.0 if (self.pattern.search(self._subject(c)) is not None) == self.must_match else 0.0
-            for c in candidates
+            1.0 if safe_regex.search(self.pattern, self._subject(c)) == self.must_match else 0.0 for c in candidates
         ]
         return Scored(views={self.view(): scores}, hard=True)
