@@ -32,8 +32,7 @@ from proxy.errors import (
 from proxy.endpoints import ENDPOINTS, Endpoint
 from proxy.recording import RequestRecord, finish
 from proxy.request_id import RequestIdMiddleware, request_id
-from proxy.requests import _Body as RequestBody
-from proxy.requests import parse_body
+from proxy.requests import RequestBody, parse_body
 from proxy.responses import completion, new_id, rvr_body
 from proxy.routing import Route, Router
 from proxy.services import RequestServices

@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from proxy.requests import CHAT_PARAMS, TEXT_PARAMS, ChatRequest, CompletionRequest
-from proxy.requests import _Body as RequestBody
+from proxy.requests import CHAT_PARAMS, TEXT_PARAMS, ChatRequest, CompletionRequest, RequestBody
 from proxy.upstream import Choices, UpstreamClient
 from strategies.contract import Candidate, Message, content_text
 

@@ -257,7 +257,7 @@ def _self_contained(value: ResponseFormat | None) -> ResponseFormat | None:
     return value
 
 
-class _Body(BaseModel):
+class RequestBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: StrictStr = Field(min_length=1, max_length=256)
@@ -298,7 +298,7 @@ class _Body(BaseModel):
         return params
 
 
-class ChatRequest(_Body):
+class ChatRequest(RequestBody):
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[Tool] | None = None
     tool_choice: ToolChoice = None
@@ -308,14 +308,14 @@ class ChatRequest(_Body):
     store: StrictBool | None = None
 
 
-class CompletionRequest(_Body):
+class CompletionRequest(RequestBody):
     prompt: Prompt
     logprobs: Integer | None = Field(None, ge=0, le=5)
     echo: StrictBool | None = None
     suffix: StrictStr | None = None
 
 
-def parse_body(model: type[_Body], data: Any) -> Any:
+def parse_body(model: type[RequestBody], data: Any) -> Any:
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     _check_values(data)

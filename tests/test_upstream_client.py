@@ -17,7 +17,8 @@ from prometheus_client import REGISTRY
 from proxy.config import UpstreamSettings
 from proxy.errors import ProxyError, UpstreamError, UpstreamFailed, UpstreamRejected, UpstreamTimedOut
 from proxy.secrets import Redactor
-from proxy.upstream import Choices, UpstreamClient, classify, translate
+from proxy.upstream import Choices, UpstreamClient
+from proxy.upstream_errors import classify, translate
 from strategies.contract import Usage
 from tests.fake_transport import Call, FakeTransport, chat_reply, chunks, script, text_reply
 
