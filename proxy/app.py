@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from proxy import metrics
 from proxy.auth import KeyCheck
+from proxy.allowance import CURRENT as CURRENT_ALLOWANCE
+from proxy.allowance import RequestAllowance
 from proxy.body import read_json
 from proxy.config import Config
 from proxy.errors import (
@@ -66,7 +68,11 @@ class Proxy:
             record.prompt = endpoint.client_input(body)
             params = self._params(body, route, endpoint)
             assert self.http is not None
-            services = RequestServices(route.upstream, self.router.clients, params, endpoint, self.http, record.prompt)
+            allowance = RequestAllowance(route.call_ceiling, route.token_budget)
+            CURRENT_ALLOWANCE.set(allowance)  # this request's task and every task it starts
+            services = RequestServices(
+                route.upstream, self.router.clients, params, endpoint, self.http, record.prompt, allowance
+            )
             work = StrategyRequest(endpoint.messages(body), body.n, body.rvr, params.get("response_format"))
             headers = {"x-rvr-route": route.name}
             if body.stream:

@@ -10,11 +10,15 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at import
 
 from proxy.config import ConfigError, load_config  # noqa: E402
 from proxy.settings_source import EMBEDDED_API_BASE_ENV, config_from_env, configured_source  # noqa: E402
+
+if TYPE_CHECKING:
+    from proxy.routing import Router
 
 log = logging.getLogger("rvr_proxy")
 
@@ -46,19 +50,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def check_config(path: str) -> int:
     try:
-        validate(path)
+        router = validate(path)
     except ConfigError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return 2
     print(f"{path}: ok")
+    for name, route in router.routes.items():  # what one request can cost at most
+        budget = route.token_budget
+        tokens = f", at most {budget} upstream tokens" if budget is not None else ""
+        print(f"  route {name}: at most {route.call_ceiling} upstream calls per request{tokens}")
     return 0
 
 
-def validate(path: str) -> None:
+def validate(path: str) -> Router:
     """Parse the file and build every route, so verifier and variant specs are checked too."""
     from proxy.routing import Router
 
-    Router(load_config(path))
+    return Router(load_config(path))
 
 
 def serve_command(args: argparse.Namespace) -> int:

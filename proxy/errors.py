@@ -4,6 +4,7 @@ The whole tree; the status is the one the client gets:
 
 * ProxyError ............. 500  a bug or anything unforeseen; `internal_error()` keeps the detail in the log
   + InvalidRequest ....... 400  the client's request is malformed or exceeds the route's limits
+    - TokenBudgetExceeded  400  the request cannot fit its route's token budget (a prompt too long)
   + AuthenticationFailed . 401  the proxy's own API key is missing or wrong
   + ModelNotFound ........ 404  no route serves the requested model
   + PayloadTooLarge ...... 413  the request body exceeds the server's size limit
@@ -12,6 +13,7 @@ The whole tree; the status is the one the client gets:
     - UpstreamFailed ..... 502  a model upstream errored, was unreachable, rate-limited us past
                                 our retries or cut a stream; a reward endpoint failed; or no
                                 candidate of a strategy survived
+      · CallCeilingReached 502  the request used every upstream call its route allows
     - UpstreamTimedOut ... 504  the upstream, or the whole request, ran past its timeout
     - UpstreamRejected ... 400  the upstream refused the request as invalid (context window
                                 exceeded included): the client's to fix, so not a 5xx
@@ -24,6 +26,8 @@ are small subclasses of ModelNotFound and InvalidRequest).
 from __future__ import annotations
 
 from typing import Any
+
+from strategies.contract import BudgetExhausted
 
 
 class ProxyError(Exception):
@@ -65,6 +69,12 @@ class PayloadTooLarge(ProxyError):
     code = "payload_too_large"
 
 
+class TokenBudgetExceeded(InvalidRequest, BudgetExhausted):
+    """A strategy sees it as `BudgetExhausted` (stop sampling); a client, as a 400."""
+
+    code = "token_budget_exceeded"
+
+
 class ClientDisconnected(ProxyError):
     """Nobody reads this response: it exists so a hang-up ends the request like any other error,
     instead of as a cancellation the server would log with a traceback."""
@@ -96,6 +106,12 @@ class UpstreamFailed(UpstreamError):
     status = 502
     type = "upstream_error"
     code = "upstream_error"
+
+
+class CallCeilingReached(UpstreamFailed):
+    """Candidates, judges, paraphrases and retries share one ceiling per request; it is spent."""
+
+    code = "upstream_call_ceiling"
 
 
 class UpstreamTimedOut(UpstreamError):

@@ -21,6 +21,11 @@ class Route:
     settings: RouteSettings
     upstream: UpstreamClient
     strategy: Strategy = field(default_factory=Passthrough)
+    call_ceiling: int | None = None  # upstream calls per request, every retry and fallback included
+
+    @property
+    def token_budget(self) -> int | None:
+        return self.settings.strategy.token_budget()
 
 
 class Router:
@@ -36,7 +41,8 @@ class Router:
         self._default: Route | None = None
         if config.server.default_upstream is not None:
             settings = RouteSettings(model=DEFAULT_ROUTE, upstream=config.server.default_upstream)
-            self._default = Route(DEFAULT_ROUTE, settings, self.clients[settings.upstream])
+            upstream = self.clients[settings.upstream]
+            self._default = Route(DEFAULT_ROUTE, settings, upstream, call_ceiling=call_ceiling(settings, self.clients))
 
     def resolve(self, model: str) -> Route:
         route = self.routes.get(model)
@@ -54,4 +60,24 @@ def build_route(settings: RouteSettings, clients: dict[str, UpstreamClient], pat
         strategy = build_strategy(settings.strategy)
     except ValueError as exc:
         raise ConfigError(f"{path}.strategy: {exc}") from None
-    return Route(settings.model, settings, clients[settings.upstream], strategy)
+    return Route(settings.model, settings, clients[settings.upstream], strategy, call_ceiling(settings, clients))
+
+
+def call_ceiling(settings: RouteSettings, clients: dict[str, UpstreamClient]) -> int:
+    """The most upstream calls one request of this route may make, unless the config says.
+
+    The strategy's own count (every candidate its own call, every judge call, every paraphrase)
+    times the most attempts any upstream it uses makes per call: its retries, then its
+    fallback's. Nothing a client sends changes it.
+    """
+    strategy = settings.strategy
+    if strategy.max_upstream_calls is not None:
+        return strategy.max_upstream_calls
+    names = [settings.upstream, *(name for _, name in strategy.upstream_references())]
+    return strategy.upstream_calls(settings.limits.max_n) * max(_attempts(clients[name]) for name in names)
+
+
+def _attempts(client: UpstreamClient) -> int:
+    """Attempts per call: its own tries, then its fallback's (a fallback does not fall back)."""
+    fallback = client.fallback
+    return 1 + client.settings.retries + (1 + fallback.settings.retries if fallback is not None else 0)

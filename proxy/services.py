@@ -5,16 +5,19 @@ One instance per request, so nothing a request does leaks into another.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import httpx
 
+from proxy.allowance import RequestAllowance, completion_cap, estimate_tokens
 from proxy.endpoints import Endpoint
 from proxy.errors import UpstreamFailed
 from proxy.upstream import Choices, UpstreamClient, token_logprobs
 from strategies.contract import Batch, EmbedReply, Message, Reply, RewardReply, Sample, Usage, content_text
 from strategies.verifiers.reward_model import RewardEndpoint
+
+T = TypeVar("T")
 
 
 class RequestServices:
@@ -26,6 +29,7 @@ class RequestServices:
         endpoint: Endpoint,
         http: httpx.AsyncClient,
         client_input: Any = None,
+        allowance: RequestAllowance | None = None,
     ) -> None:
         self._upstream = upstream
         self._clients = clients
@@ -33,10 +37,30 @@ class RequestServices:
         self._endpoint = endpoint
         self._http = http
         self._input = client_input  # the client's messages or prompt, as sent
+        self._allowance = allowance if allowance is not None else RequestAllowance()
+        self._completion = completion_cap(params)
         self.plain_usage: Usage | None = None  # one plain call's cost, for the cost multiplier
 
+    async def _metered(self, estimate: int, call: Callable[[], Awaitable[T]], usage: Callable[[T], Usage]) -> T:
+        """Run one call against the request's token budget (see `proxy.allowance`)."""
+        held = self._allowance.reserve(estimate)
+        try:
+            result = await call()
+        except BaseException:
+            self._allowance.settle(held, None)
+            raise
+        self._allowance.settle(held, usage(result))
+        return result
+
     async def generate(self, messages: Sequence[Message], n: int) -> Batch:
-        result = await self._endpoint.call(self._upstream, self._endpoint.upstream_input(messages), self._params, n)
+        sent = self._endpoint.upstream_input(messages)
+        each = estimate_tokens(sent) + self._completion
+        n = self._allowance.affordable(each, n)  # fewer samples, rather than none, near the budget
+        result = await self._metered(
+            n * each,
+            lambda: self._endpoint.call(self._upstream, sent, self._params, n),
+            lambda r: r.usage,
+        )
         if self.plain_usage is None and result.choices:
             self.plain_usage = Usage(
                 round(result.usage.prompt_tokens / max(result.calls, 1)),
@@ -45,25 +69,42 @@ class RequestServices:
         return _batch(result)
 
     async def forward(self, n: int) -> Batch:
-        return _batch(await self._endpoint.call(self._upstream, self._input, self._params, n))
+        result = await self._metered(
+            n * (estimate_tokens(self._input) + self._completion),
+            lambda: self._endpoint.call(self._upstream, self._input, self._params, n),
+            lambda r: r.usage,
+        )
+        return _batch(result)
 
     def forward_stream(self) -> AsyncIterator[dict[str, Any]]:
         return self._endpoint.stream(self._upstream, self._input, self._params)
 
     async def chat(self, upstream: str, messages: Sequence[Message], **params: Any) -> Reply:
-        result = await self._clients[upstream].chat(messages, params, 1)
+        result = await self._metered(
+            estimate_tokens(messages) + completion_cap(params),
+            lambda: self._clients[upstream].chat(messages, params, 1),
+            lambda r: r.usage,
+        )
         content = result.choices[0]["message"].get("content") if result.choices else None
         return Reply(content if isinstance(content, str) else "", result.usage)
 
     async def embed(self, upstream: str, texts: Sequence[str]) -> EmbedReply:
-        vectors, usage = await self._clients[upstream].embed(texts)
+        vectors, usage = await self._metered(
+            estimate_tokens(list(texts)), lambda: self._clients[upstream].embed(texts), lambda r: r[1]
+        )
         return EmbedReply(vectors, usage)
 
     async def reward(
         self, endpoint: RewardEndpoint, messages: Sequence[Message], answers: Sequence[str]
     ) -> RewardReply:
-        headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
         body = _reward_body(endpoint, messages, answers)
+        return await self._metered(
+            estimate_tokens(body), lambda: self._score(endpoint, body, len(answers)), lambda r: r.usage
+        )
+
+    async def _score(self, endpoint: RewardEndpoint, body: dict[str, Any], count: int) -> RewardReply:
+        self._allowance.take_call("reward_model")  # not through UpstreamClient, so counted here
+        headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
         try:
             response = await self._http.post(endpoint.url, json=body, headers=headers, timeout=endpoint.timeout_s)
             response.raise_for_status()
@@ -71,7 +112,7 @@ class RequestServices:
         except (httpx.HTTPError, ValueError) as exc:
             raise UpstreamFailed(f"reward endpoint failed: {type(exc).__name__}") from None
         usage = Usage.from_openai(data.get("usage") if isinstance(data, dict) else None)
-        return RewardReply(_reward_scores(endpoint, data, len(answers)), Usage(usage.prompt_tokens, 0))
+        return RewardReply(_reward_scores(endpoint, data, count), Usage(usage.prompt_tokens, 0))
 
 
 def _batch(result: Choices) -> Batch:

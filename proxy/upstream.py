@@ -23,7 +23,8 @@ import litellm
 from proxy import metrics
 from proxy.chat_prompt import render_chat
 from proxy.config import UpstreamSettings
-from proxy.errors import ProxyError, UpstreamFailed, UpstreamRejected, UpstreamTimedOut
+from proxy.errors import CallCeilingReached, ProxyError, UpstreamFailed, UpstreamRejected, UpstreamTimedOut
+from proxy.allowance import CURRENT
 from proxy.secrets import Redactor
 from proxy.upstream_errors import translate
 from strategies.contract import Message, Usage
@@ -223,7 +224,14 @@ class UpstreamClient:
 
     async def _attempts(self, make: Call, kwargs: dict[str, Any]) -> Any:
         attempt = 0
+        allowance = CURRENT.get()  # the request's ceiling: every attempt counts, retries too
         while True:
+            if allowance is not None:
+                try:
+                    allowance.take_call(self.name)
+                except CallCeilingReached:
+                    metrics.UPSTREAM_REQUESTS.labels(self.name, "ceiling").inc()
+                    raise
             started = time.perf_counter()
             try:
                 async with self._limit():

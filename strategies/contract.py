@@ -311,6 +311,7 @@ class StrategyError(Exception):
 
     * StrategyError
       x NoCandidatesError   every upstream call failed (the upstream's own error is the cause)
+      x BudgetExhausted     raised by `Services`: the next call would pass the request's budget
       x RequestNotServed    the client asked for something this strategy cannot do (400)
         - OverrideError     the client's `rvr` options name what the route lacks (400)
     """
@@ -318,6 +319,10 @@ class StrategyError(Exception):
 
 class NoCandidatesError(StrategyError):
     """Not a single candidate could be produced (every upstream call failed)."""
+
+
+class BudgetExhausted(StrategyError):
+    """The request's token budget cannot pay for the next upstream call, which was not made."""
 
 
 class RequestNotServed(StrategyError, ValueError):

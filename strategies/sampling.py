@@ -26,6 +26,7 @@ import numpy as np
 from strategies import risk, stopping
 from strategies.contract import (
     Batch,
+    BudgetExhausted,
     Candidate,
     Message,
     NoCandidatesError,
@@ -43,10 +44,9 @@ from strategies.contract import (
 from strategies.risk import RouteRiskState
 from strategies.selection import Selection, VerifierResult, select, view_key
 from strategies.variants import Variant
-from strategies.settings import BestOfNSettings, RequestOverrides
+from strategies.settings import MAX_VIEW_ROUNDS, BestOfNSettings, RequestOverrides
 
 STRATEGY = "best_of_n"
-MAX_VIEW_ROUNDS = 4  # how often one request may answer "verifier first" before sampling again
 
 Clock = Callable[[], float]
 AnswerOf = Callable[[Candidate], "str | None"]
@@ -118,6 +118,7 @@ class _Run:
     timings: dict[str, float] = field(default_factory=dict)
     rendered: dict[str, list[Message]] = field(default_factory=dict)
     last_error: BaseException | None = None
+    over_budget: BudgetExhausted | None = None  # a call the token budget could not pay for
     view_rounds: int = 0  # times the verifier-first rule added views
     verifier_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -137,6 +138,9 @@ async def _generate_for(run: _Run, variant: Variant, share: int) -> tuple[str, B
             run.rendered[variant.name] = messages
             run.usage += usage
         batch = await run.services.generate(run.rendered[variant.name], share)
+    except BudgetExhausted as refused:  # never sent: not an upstream error
+        run.over_budget = refused
+        return variant.name, None
     except Exception as error:  # noqa: BLE001 - any upstream failure only costs its share
         run.errors += 1
         run.last_error = error
@@ -345,12 +349,16 @@ class BestOfN(Strategy):
                 stop = StopReason.DEADLINE
                 break
             added = await _sample_batch(run, plan, _next_size(run, plan, settings), remaining)
+            if not run.candidates and run.over_budget is not None:
+                raise run.over_budget  # not even the first answer fits the budget
             if not run.candidates:
                 raise NoCandidatesError(
                     f"all {run.errors} upstream call(s) failed; none produced a candidate"
                 ) from run.last_error
             verdict = await _judge(run, plan, settings, ctx, rng, self.answer_of)
             stop = verdict.decision.stop
+            if stop is None and run.over_budget is not None:
+                stop = StopReason.TOKEN_BUDGET
             if stop is None and added == 0:
                 stop = StopReason.UPSTREAM_ERRORS  # a whole batch failed: do not hammer it again
             if stop is None and _next_size(run, plan, settings) <= 0:

@@ -15,6 +15,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MAX_VIEW_ROUNDS = 4  # how often one request may answer "verifier first" before sampling again
+
+
 class StopSettings(_Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1.0)  # vote posterior needed to stop (§4.1)
     min_gain: float = Field(0.01, ge=0.0)  # epsilon for the predicted gain of a doubling (§4.2)
@@ -40,9 +43,17 @@ class VariantTemplate(_Strict):
 
 class PassthroughSettings(_Strict):
     name: Literal["passthrough"] = "passthrough"
+    max_upstream_calls: int | None = Field(None, ge=1)  # retries included; None: derived
 
     def upstream_references(self) -> list[tuple[str, str]]:
         return []
+
+    def token_budget(self) -> int | None:
+        return None
+
+    def upstream_calls(self, choices: int) -> int:
+        """Calls one request needs at most, before retries: one per choice where `n` is ignored."""
+        return choices
 
     def secrets(self) -> tuple[str, ...]:
         return ()
@@ -63,6 +74,9 @@ class BestOfNSettings(_Strict):
     bootstrap: int = Field(200, ge=10, le=5000)
     audit_rate: float = Field(0.0, ge=0.0, le=1.0)
     audit_max_n: int = Field(16, ge=2, le=512)  # budget of one audit request
+    # Upstream calls per request, retries included; None derives it from this config (see
+    # `upstream_calls`), and `rvr-proxy check-config` prints the number.
+    max_upstream_calls: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _batch_fits(self) -> BestOfNSettings:
@@ -90,6 +104,21 @@ class BestOfNSettings(_Strict):
 
     def secrets(self) -> tuple[str, ...]:
         return tuple(secret for verifier in self.verifiers for secret in verifier.secrets())
+
+    def token_budget(self) -> int | None:
+        return self.max_tokens_budget
+
+    def upstream_calls(self, choices: int) -> int:
+        """Calls one request needs at most, before retries, if every candidate is its own call.
+
+        Batches double, so a request verifies at most log2(candidates) + 1 times, plus the
+        verifier-first rounds; each verifier says what one request costs it.
+        """
+        candidates = max(self.max_n, self.audit_max_n)
+        rounds = candidates.bit_length() + 1 + MAX_VIEW_ROUNDS
+        paraphrases = sum(1 for variant in self.variants if variant == "paraphrase")
+        verifying = sum(verifier.upstream_calls(candidates, rounds) for verifier in self.verifiers)
+        return candidates + paraphrases + verifying
 
 
 StrategySettings = Annotated[PassthroughSettings | BestOfNSettings, Field(discriminator="name")]

@@ -335,3 +335,115 @@ def test_client_disconnect_cancels_best_of_n_calls(proxy: ProxyProcess, stub: St
     assert "Traceback" not in proxy.log()  # a hang-up is a logged 499, not a server error
     lines = [json.loads(line) for line in proxy.log().splitlines() if line.startswith("{")]
     assert any(line.get("route") == "slow-best" and line["status"] == 499 for line in lines)
+
+
+# --- 5: one request's upstream cost has a ceiling nothing a client sends can lift -------------
+
+
+@pytest.fixture(scope="module")
+def budgeted(stub: StubServer) -> Iterator[ProxyProcess]:
+    base = stub.api_base
+    config = {
+        "upstreams": [
+            upstream("math", base, retries=0),
+            upstream("one", base, retries=0),
+            upstream("fail", base, retries=3, retry_backoff_s=0),
+        ],
+        "routes": [
+            {"model": "budget", "upstream": "math", "strategy": {
+                "name": "best_of_n", "max_n": 16, "max_tokens_budget": 20_000, "stop": {"min_gain": 0.0}}},
+            {"model": "tight", "upstream": "math", "strategy": {
+                "name": "best_of_n", "max_n": 16, "adaptive": False, "max_tokens_budget": 150}},
+            {"model": "failing-judge", "upstream": "math", "strategy": {
+                "name": "best_of_n", "max_n": 8, "adaptive": False,
+                "verifiers": [{"type": "llm_judge", "upstream": "fail", "templates": ["rubric_10", "likert_5"]}]}},
+            {"model": "three-calls", "upstream": "one", "strategy": {
+                "name": "best_of_n", "max_n": 8, "adaptive": False, "max_upstream_calls": 3}},
+        ],
+    }
+    with ProxyProcess(config, env={"UPSTREAM_KEY": "sk-x-000000"}) as process:
+        yield process
+
+
+def upstream_calls(stub: StubServer) -> int:
+    with stub.state.lock:
+        return len(stub.state.requests)
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_a_prompt_larger_than_the_budget_spends_nothing(budgeted: ProxyProcess, stub: StubServer, adaptive: bool) -> None:
+    before = upstream_calls(stub)
+    big = "What is 2 + 2? " + "x" * 250_000
+    response = httpx.post(
+        f"{budgeted.base_url}/v1/chat/completions",
+        json={"model": "budget", "messages": [{"role": "user", "content": big}], "rvr": {"adaptive": adaptive}},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "token_budget_exceeded"
+    assert upstream_calls(stub) == before
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_the_budget_bounds_every_upstream_token(budgeted: ProxyProcess, adaptive: bool) -> None:
+    response = httpx.post(
+        f"{budgeted.base_url}/v1/chat/completions",
+        json={"model": "tight", "messages": [{"role": "user", "content": "p=0.5 What is 6 x 7?"}],
+              "max_tokens": 20, "rvr": {"adaptive": adaptive}},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["usage"]["total_tokens"] <= 150  # usage counts every upstream token of the request
+    assert 1 <= body["rvr"]["candidates"] < 16 and body["rvr"]["stop_reason"] == "token_budget"
+
+
+def test_failing_judge_calls_do_not_multiply(budgeted: ProxyProcess, stub: StubServer) -> None:
+    before, fails = upstream_calls(stub), len(stub.state.bodies("fail"))
+    response = httpx.post(
+        f"{budgeted.base_url}/v1/chat/completions",
+        json={"model": "failing-judge", "messages": [{"role": "user", "content": "What is 6 x 7?"}]},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    judge_calls = len(stub.state.bodies("fail")) - fails
+    # After 3 failures no judge call starts; up to 8 (its concurrency) were already in flight,
+    # each tried 1 + 3 times. It was 353 calls when every round redid every failed call.
+    assert judge_calls <= (3 + 8 - 1) * 4
+    assert upstream_calls(stub) - before <= 8 + judge_calls
+
+
+def test_an_explicit_call_ceiling_holds(budgeted: ProxyProcess, stub: StubServer) -> None:
+    before = upstream_calls(stub)
+    response = httpx.post(
+        f"{budgeted.base_url}/v1/chat/completions",
+        json={"model": "three-calls", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert response.status_code == 200  # the upstream ignores n: 8 candidates would be 8 calls
+    assert upstream_calls(stub) - before == 3
+    assert response.json()["rvr"]["candidates"] == 3
+
+
+def test_check_config_prints_each_routes_ceiling(tmp_path: Path) -> None:
+    config = {
+        "upstreams": [
+            upstream_settings(),
+            {"name": "judge", "retries": 1, "litellm_params": {"model": "openai/j", "api_base": "http://127.0.0.1:9"}},
+        ],
+        "routes": [
+            {"model": "plain", "upstream": "up", "limits": {"max_n": 4}},
+            {"model": "best", "upstream": "up", "strategy": {
+                "name": "best_of_n", "max_n": 8, "audit_max_n": 8, "max_tokens_budget": 5000,
+                "verifiers": [{"type": "llm_judge", "upstream": "judge", "templates": ["rubric_10"]}]}},
+        ],
+    }
+    file = tmp_path / "config.yaml"
+    file.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "check-config", str(file)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    # plain: 4 choices x (1 + 2 default retries); best: (8 candidates + 8 judge calls) x (1 + 2)
+    assert "route plain: at most 12 upstream calls per request" in result.stdout
+    assert "route best: at most 48 upstream calls per request, at most 5000 upstream tokens" in result.stdout

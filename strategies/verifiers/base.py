@@ -39,6 +39,10 @@ class VerifierSpec(BaseModel):
         """Secret values in these settings, so the proxy can scrub them from its output."""
         return ()
 
+    def upstream_calls(self, candidates: int, rounds: int) -> int:
+        """Calls this verifier makes in one request at most, for the route's call ceiling."""
+        return 0
+
 
 class BaseVerifier(Verifier):
     """A config-built verifier: its kind's `Settings`, parsed once, and the capabilities of

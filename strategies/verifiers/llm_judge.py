@@ -173,6 +173,11 @@ class LlmJudgeSettings(VerifierSpec):
     def upstreams(self) -> tuple[str, ...]:
         return (self.upstream,)
 
+    def upstream_calls(self, candidates: int, rounds: int) -> int:
+        if self.mode == "pointwise":  # each candidate once per template, remembered across rounds
+            return candidates * len(self.templates)
+        return 2 * candidates * rounds  # both orders against an anchor that may change each round
+
 
 @dataclass
 class _Call:

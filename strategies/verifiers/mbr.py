@@ -37,6 +37,9 @@ class MbrSettings(VerifierSpec):
     def upstreams(self) -> tuple[str, ...]:
         return (self.upstream,) if self.upstream else ()
 
+    def upstream_calls(self, candidates: int, rounds: int) -> int:
+        return rounds if self.similarity == "embedding" else 0  # one batched call for the new texts
+
 
 def cosine_consensus(vectors: np.ndarray) -> np.ndarray:
     """Mean cosine similarity of each vector to the others, mapped from [-1, 1] to [0, 1]."""

@@ -61,6 +61,9 @@ class RewardModelSettings(VerifierSpec):
     def secrets(self) -> tuple[str, ...]:
         return (self.endpoint.api_key,) if self.endpoint.api_key else ()
 
+    def upstream_calls(self, candidates: int, rounds: int) -> int:
+        return rounds  # one scoring call per round for the candidates not yet scored
+
 
 def sigmoid(x: float) -> float:
     # Split by sign so that large |x| neither overflows nor loses precision.

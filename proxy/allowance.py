@@ -1,0 +1,90 @@
+"""What one request may still spend upstream: calls (retries included) and tokens.
+
+Best-of-N multiplies cost, so every upstream call a request makes (candidates, judges,
+paraphrases, embeddings, reward scores, and each retry or fallback attempt of any of them)
+draws from one allowance, and nothing a client sends can enlarge it:
+
+- calls: the route's ceiling (`Route.call_ceiling`), taken one per attempt in
+  `UpstreamClient`, which finds the request's allowance in a context variable because retries
+  happen deep below the strategy;
+- tokens: the strategy's `max_tokens_budget`. A call reserves its estimated cost before it
+  starts and settles at the cost the upstream reports, so concurrent calls cannot together
+  overspend: a call whose estimate does not fit is refused, never sent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.errors import CallCeilingReached, TokenBudgetExceeded
+from strategies.contract import Usage
+
+BYTES_PER_TOKEN = 3  # below the usual 4 for English: an estimate that must not undershoot much
+COMPLETION_GUESS = 256  # tokens a completion is assumed to cost when nothing caps it
+
+
+def estimate_tokens(content: Any) -> int:
+    """Prompt tokens of messages, a prompt, or a prompt array, from their UTF-8 size."""
+    text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False, default=str)
+    return math.ceil(len(text.encode("utf-8", "replace")) / BYTES_PER_TOKEN)
+
+
+def completion_cap(params: dict[str, Any]) -> int:
+    for key in ("max_completion_tokens", "max_tokens"):
+        if isinstance(params.get(key), int):
+            return int(params[key])
+    return COMPLETION_GUESS
+
+
+@dataclass
+class RequestAllowance:
+    calls_left: int | None = None  # None: no ceiling
+    token_budget: int | None = None  # None: no budget
+    spent: int = 0
+    reserved: int = 0
+    calls: int = 0  # attempts made, for the log and tests
+
+    def take_call(self, upstream: str) -> None:
+        if self.calls_left is not None:
+            if self.calls_left <= 0:
+                raise CallCeilingReached(
+                    f"not calling upstream {upstream!r}: the request used all {self.calls} upstream calls "
+                    "its route allows"
+                )
+            self.calls_left -= 1
+        self.calls += 1
+
+    def affordable(self, each: int, wanted: int) -> int:
+        """How many of `wanted` calls costing `each` the budget can still hold (at least 1 is tried)."""
+        if self.token_budget is None or each <= 0:
+            return wanted
+        left = self.token_budget - self.spent - self.reserved
+        return max(1, min(wanted, left // each))
+
+    def reserve(self, estimate: int) -> int:
+        """Hold `estimate` tokens for a call about to start; raises when they do not fit."""
+        if self.token_budget is not None and self.spent + self.reserved + estimate > self.token_budget:
+            raise TokenBudgetExceeded(
+                f"this request needs about {self.spent + self.reserved + estimate} upstream tokens, "
+                f"more than its route's budget of {self.token_budget}",
+                param="messages",
+            )
+        self.reserved += estimate
+        return estimate
+
+    def settle(self, estimate: int, usage: Usage | None) -> None:
+        """The call ended: release its hold and charge what it cost.
+
+        A failed call (`usage` None) charges nothing we know of; an answer that reports no usage
+        is charged its estimate, so an upstream that omits usage cannot slip past the budget.
+        """
+        self.reserved -= estimate
+        if usage is not None:
+            self.spent += usage.total_tokens or estimate
+
+
+CURRENT: ContextVar[RequestAllowance | None] = ContextVar("rvr_request_allowance", default=None)
