@@ -503,7 +503,7 @@ class EmbeddedModel:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(asyncio.shield(self._reader), 2.0)
                 self._proc = None
-            tail = "\n".join(self.output_tail(10))
+            tail = "\n".join(self.output_tail(10)) + _exit_hint(code)
             now = time.monotonic()
             while self._restart_times and now - self._restart_times[0] > self.restart_window:
                 self._restart_times.popleft()
@@ -556,6 +556,20 @@ class EmbeddedModel:
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError, OSError):
                 os.kill(proc.pid, signal.SIGKILL)
+
+
+REBUILD_PORTABLE = (
+    "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python[server]'"
+)
+
+
+def _exit_hint(code: int | None) -> str:
+    """What to do about an exit that restarting cannot fix."""
+    if code == -signal.SIGILL:
+        # A native build uses every instruction the CPU advertises; some VMs advertise AMX or
+        # AVX-512 without allowing it, and the first generation dies.
+        return f"\n(illegal instruction: rebuild llama.cpp for this CPU with `{REBUILD_PORTABLE}`)"
+    return ""
 
 
 def _port_in_use(lines: list[str]) -> bool:

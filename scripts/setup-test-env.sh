@@ -14,4 +14,12 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # [local] builds llama-cpp-python from source the first time (~6 min on 2 cores); pip caches it.
+# Portable, not native: some VMs advertise CPU instructions (AMX) they do not allow.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 .venv/bin/python -m pip install -q -e '.[test,local,bench]'
+# pip reuses a cached wheel whatever CMAKE_ARGS say; if that one cannot run here, rebuild it.
+if ! .venv/bin/python scripts/check-local-model.py 2>/dev/null; then
+  echo "llama.cpp cannot generate on this CPU; rebuilding it portably (~6 min)" >&2
+  .venv/bin/python -m pip install -q --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python[server]>=0.3.8,<0.4'
+  .venv/bin/python scripts/check-local-model.py
+fi
