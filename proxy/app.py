@@ -32,6 +32,7 @@ from proxy.errors import (
     internal_error,
 )
 from proxy.endpoints import ENDPOINTS, Endpoint
+from proxy.header_limit import HeaderLimitMiddleware
 from proxy.recording import RequestRecord, finish
 from proxy.request_id import RequestIdMiddleware, request_id
 from proxy.requests import RequestBody, parse_body
@@ -60,7 +61,8 @@ class Proxy:
         streaming = False
         try:
             self.check_key(request.headers.get("authorization"))
-            data = await read_json(request, self.config.server.max_body_bytes)
+            server = self.config.server
+            data = await read_json(request, server.max_body_bytes, server.read_timeout_s)
             self._check_size(data)
             body = parse_body(endpoint.request_model, data)
             route = self.router.resolve(body.model)
@@ -298,6 +300,7 @@ def create_app(config: Config) -> FastAPI:
     )
     app.state.proxy = proxy
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(HeaderLimitMiddleware, max_bytes=config.server.max_header_bytes)  # outermost: first
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

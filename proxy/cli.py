@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at import
 
 from proxy.config import ConfigError, load_config  # noqa: E402
+from proxy.connections import HEADER_TIMEOUT_ENV  # noqa: E402
 from proxy.settings_source import EMBEDDED_API_BASE_ENV, config_from_env, configured_source  # noqa: E402
 
 if TYPE_CHECKING:
@@ -81,7 +82,8 @@ def serve_command(args: argparse.Namespace) -> int:
             host = start_embedded()
         from proxy.routing import Router
 
-        Router(config_from_env(os.environ))  # fail fast, before any worker starts
+        config = config_from_env(os.environ)
+        Router(config)  # fail fast, before any worker starts
     except ConfigError as exc:
         print(f"rvr-proxy: {exc}", file=sys.stderr)
         _stop(host)
@@ -90,6 +92,7 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"rvr-proxy: {exc}", file=sys.stderr)
         return 2
     metrics_dir = _private_metrics_dir(args.workers)
+    os.environ[HEADER_TIMEOUT_ENV] = str(config.server.read_timeout_s)  # workers read it
     try:
         import uvicorn
 
@@ -102,6 +105,9 @@ def serve_command(args: argparse.Namespace) -> int:
             access_log=False,
             log_level=args.log_level,
             timeout_graceful_shutdown=10,
+            # h11, not httptools: its header buffer has a cap, and BoundedH11Protocol a deadline
+            http="proxy.connections:BoundedH11Protocol",
+            h11_max_incomplete_event_size=config.server.max_header_bytes,
         )
     finally:
         _stop(host)

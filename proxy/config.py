@@ -41,6 +41,8 @@ class ServerSettings(_Strict):
     request_timeout_s: float = Field(600.0, gt=0)
     metrics_auth: bool = False  # True: /metrics asks for an API key like /v1/* does
     max_messages: int = Field(1024, ge=1)  # per request; each one costs validation and upstream work
+    max_header_bytes: int = Field(64 * 1024, ge=1024)  # request line and headers; beyond: 400, closed
+    read_timeout_s: float = Field(30.0, gt=0)  # for a request's headers, and again for its body
 
     @field_validator("api_keys")
     @classmethod

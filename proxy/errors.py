@@ -7,7 +7,9 @@ The whole tree; the status is the one the client gets:
     - TokenBudgetExceeded  400  the request cannot fit its route's token budget (a prompt too long)
   + AuthenticationFailed . 401  the proxy's own API key is missing or wrong
   + ModelNotFound ........ 404  no route serves the requested model
+  + RequestTimedOut ...... 408  the request body did not arrive within the read timeout
   + PayloadTooLarge ...... 413  the request body exceeds the server's size limit
+  + HeadersTooLarge ...... 431  the request line and headers exceed the server's size limit
   + ClientDisconnected ... 499  the client hung up; its work was cancelled (only the log sees it)
   + UpstreamError ........ (base, never raised itself) an upstream gave no usable answer
     - UpstreamFailed ..... 502  a model upstream errored, was unreachable, rate-limited us past
@@ -63,6 +65,12 @@ class ModelNotFound(ProxyError):
     code = "model_not_found"
 
 
+class RequestTimedOut(ProxyError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLarge(ProxyError):
     status = 413
     type = "invalid_request_error"
@@ -82,6 +90,12 @@ class ClientDisconnected(ProxyError):
     status = 499
     type = "client_closed_request"
     code = "client_disconnected"
+
+
+class HeadersTooLarge(ProxyError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
 
 
 class UpstreamError(ProxyError):

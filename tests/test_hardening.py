@@ -266,7 +266,7 @@ def test_check_config_names_the_plain_text_secret(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def impatient(stub: StubServer) -> Iterator[ProxyProcess]:
     config = {
-        "server": {"request_timeout_s": 1.5, "max_messages": 50},
+        "server": {"request_timeout_s": 1.5, "max_messages": 50, "read_timeout_s": 1.0, "max_header_bytes": 8192},
         "upstreams": [upstream("slow", stub.api_base, retries=0), upstream("echo", stub.api_base, retries=0)],
         "routes": [
             {"model": "slow", "upstream": "slow"},
@@ -447,3 +447,55 @@ def test_check_config_prints_each_routes_ceiling(tmp_path: Path) -> None:
     # plain: 4 choices x (1 + 2 default retries); best: (8 candidates + 8 judge calls) x (1 + 2)
     assert "route plain: at most 12 upstream calls per request" in result.stdout
     assert "route best: at most 48 upstream calls per request, at most 5000 upstream tokens" in result.stdout
+
+
+# --- 10: header size and read time are bounded before authentication --------------------------
+
+
+def closed_within(conn: socket.socket, seconds: float) -> bytes | None:
+    """What the server sent before closing the connection, or None if it stayed open."""
+    conn.settimeout(seconds)
+    received = b""
+    try:
+        while chunk := conn.recv(65536):
+            received += chunk
+    except TimeoutError:
+        return None
+    return received
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nx-slow: "])
+def test_a_connection_slow_to_send_its_headers_is_closed(impatient: ProxyProcess, sent: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", impatient.port)) as conn:
+        conn.sendall(sent)
+        assert closed_within(conn, 5) is not None  # read_timeout_s is 1 s
+
+
+def test_a_kept_alive_connection_gets_the_same_deadline(impatient: ProxyProcess) -> None:
+    with socket.create_connection(("127.0.0.1", impatient.port)) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        time.sleep(0.2)
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")  # the next request never finishes
+        received = closed_within(conn, 5)
+        assert received is not None and received.startswith(b"HTTP/1.1 200")
+
+
+def test_a_body_trickling_in_gets_408(impatient: ProxyProcess, stub: StubServer) -> None:
+    before = len(stub.state.bodies("echo"))
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    with socket.create_connection(("127.0.0.1", impatient.port)) as conn:
+        conn.sendall(head + b"content-length: 200\r\n\r\n" + b'{"model": "echo", ')
+        received = closed_within(conn, 5) or b""
+    assert received.startswith(b"HTTP/1.1 408")
+    assert b'"code":"request_timeout"' in received.replace(b" ", b"")
+    assert len(stub.state.bodies("echo")) == before
+
+
+def test_oversized_headers_are_refused_and_the_server_lives_on(impatient: ProxyProcess) -> None:
+    response = httpx.get(f"{impatient.base_url}/healthz", headers={"x-big": "a" * 20_000}, timeout=5)
+    assert response.status_code == 431 and response.json()["error"]["code"] == "headers_too_large"
+    with socket.create_connection(("127.0.0.1", impatient.port)) as conn:  # and headers that never end
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 20_000)
+        received = closed_within(conn, 5)
+    assert received is not None and received.startswith(b"HTTP/1.1 400")  # closed at the 8 KiB cap
+    assert httpx.get(f"{impatient.base_url}/healthz", timeout=5).status_code == 200
