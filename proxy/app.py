@@ -33,6 +33,7 @@ from proxy.errors import (
 )
 from proxy.endpoints import ENDPOINTS, Endpoint
 from proxy.header_limit import HeaderLimitMiddleware
+from proxy.logs import install_redaction
 from proxy.recording import RequestRecord, finish
 from proxy.request_id import RequestIdMiddleware, request_id
 from proxy.requests import RequestBody, parse_body
@@ -287,6 +288,7 @@ def error_response(exc: ProxyError, headers: Mapping[str, str] | None = None) ->
 
 def create_app(config: Config) -> FastAPI:
     proxy = Proxy(config)
+    install_redaction(proxy.router.redact)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

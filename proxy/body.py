@@ -6,9 +6,9 @@ import asyncio
 import json
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from proxy.errors import InvalidRequest, PayloadTooLarge, RequestTimedOut
+from proxy.errors import ClientDisconnected, InvalidRequest, PayloadTooLarge, RequestTimedOut
 
 OFF_LOOP_BYTES = 64 * 1024  # bodies larger than this are parsed in a worker thread
 
@@ -29,11 +29,14 @@ async def read_json(request: Request, limit: int, timeout_s: float) -> Any:
 async def _read(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # a chunked body declares no length: count as it arrives
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:  # a chunked body declares no length: count as it arrives
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client left mid-body: a 499 in the log, not a server error
+        raise ClientDisconnected("client disconnected while sending the body") from None
     return b"".join(chunks)
 
 

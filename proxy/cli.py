@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import logging.config
 import os
 import shutil
 import sys
@@ -16,6 +17,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the
 
 from proxy.config import ConfigError, load_config  # noqa: E402
 from proxy.connections import HEADER_TIMEOUT_ENV  # noqa: E402
+from proxy.logs import log_config  # noqa: E402
 from proxy.settings_source import EMBEDDED_API_BASE_ENV, config_from_env, configured_source  # noqa: E402
 
 if TYPE_CHECKING:
@@ -71,9 +73,7 @@ def validate(path: str) -> Router:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "LiteLLM", "litellm"):  # per-call lines would drown the one line per request
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.config.dictConfig(log_config(args.log_level))
     if args.config:
         os.environ["RVR_CONFIG"] = args.config
     host = None
@@ -104,6 +104,7 @@ def serve_command(args: argparse.Namespace) -> int:
             workers=args.workers,
             access_log=False,
             log_level=args.log_level,
+            log_config=log_config(args.log_level),
             timeout_graceful_shutdown=10,
             # h11, not httptools: its header buffer has a cap, and BoundedH11Protocol a deadline
             http="proxy.connections:BoundedH11Protocol",

@@ -29,6 +29,8 @@ from proxy.secrets import Redactor
 from proxy.upstream_errors import translate
 from strategies.contract import Message, Usage
 
+litellm.suppress_debug_info = True  # else it prints a multi-line banner to stdout on every error
+
 # Set by the operator in `litellm_params`; a request never overrides these.
 OPERATOR_KEYS = frozenset({"model", "api_base", "base_url", "api_key", "api_version", "custom_llm_provider"})
 MESSAGE_KEYS = ("role", "content", "tool_calls", "function_call", "refusal", "audio")

@@ -499,3 +499,27 @@ def test_oversized_headers_are_refused_and_the_server_lives_on(impatient: ProxyP
         received = closed_within(conn, 5)
     assert received is not None and received.startswith(b"HTTP/1.1 400")  # closed at the 8 KiB cap
     assert httpx.get(f"{impatient.base_url}/healthz", timeout=5).status_code == 200
+
+
+# --- 13: the log is one JSON object per line, and nothing else ---------------------------------
+
+
+def test_a_body_cut_short_is_a_499_not_a_500(impatient: ProxyProcess) -> None:
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    with socket.create_connection(("127.0.0.1", impatient.port)) as conn:
+        conn.sendall(head + b"content-length: 200\r\n\r\n" + b'{"model": "echo", ')
+        time.sleep(0.2)
+    time.sleep(0.3)
+    lines = [json.loads(line) for line in impatient.log().splitlines() if line.strip()]
+    assert any(line.get("status") == 499 for line in lines)
+    assert not any(line.get("status") == 500 for line in lines)
+
+
+@pytest.mark.parametrize("name", ["hardened", "impatient", "budgeted"])
+def test_every_log_line_is_one_json_object(name: str, request: pytest.FixtureRequest) -> None:
+    process: ProxyProcess = request.getfixturevalue(name)  # after the tests above used it hard
+    lines = [line for line in process.log().splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+    assert "Traceback" not in process.log()
