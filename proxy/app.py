@@ -40,7 +40,7 @@ from proxy.requests import RequestBody, parse_body
 from proxy.responses import completion, new_id, rvr_body
 from proxy.routing import Route, Router
 from proxy.services import RequestServices
-from proxy.streaming import error_event, relay, replay
+from proxy.streaming import END, error_event, relay, replay, resumed
 from strategies.contract import NoCandidatesError, Outcome, RequestNotServed, StrategyRequest
 
 log = logging.getLogger("rvr_proxy")
@@ -79,7 +79,7 @@ class Proxy:
             work = StrategyRequest(endpoint.messages(body), body.n, body.rvr, params.get("response_format"))
             headers = {"x-rvr-route": route.name}
             if body.stream:
-                response = self._stream(work, services, body, route, endpoint, record, headers)
+                response = await self._stream(request, work, services, body, route, endpoint, record, headers)
                 streaming = True  # from here the stream's own end writes the record
                 return response
             outcome = await self._guarded(request, self._run(route, work, services))
@@ -191,8 +191,9 @@ class Proxy:
         finally:
             watcher.cancel()
 
-    def _stream(
+    async def _stream(
         self,
+        request: Request,
         work: StrategyRequest,
         services: RequestServices,
         body: RequestBody,
@@ -212,8 +213,11 @@ class Proxy:
                 chunks = route.strategy.stream(work, services)
             except RequestNotServed as exc:
                 raise InvalidRequest(str(exc), param=exc.param) from None
+            # Until the first chunk arrives nothing is sent, so a failure still gets its own
+            # HTTP status (502, 504) instead of a 200 that carries an error event.
+            first = await self._guarded(request, anext(chunks, END))
             events = relay(
-                chunks,
+                resumed(first, chunks),
                 route=route.name,
                 stream_id=stream_id,
                 include_usage=body.include_usage,

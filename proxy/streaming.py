@@ -23,6 +23,18 @@ KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
 
 
+END: Any = object()  # what `anext(chunks, END)` returns for a stream that is already over
+
+
+async def resumed(first: Any, rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """A stream whose first chunk was read ahead, whole again."""
+    if first is END:
+        return
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
 def event(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 

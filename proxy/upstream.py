@@ -170,24 +170,27 @@ class UpstreamClient:
                 yield _text_chunk_to_chat(chunk)
             return
         kwargs = self._kwargs({**params, "stream": True, "stream_options": {"include_usage": True}}, None)
-        stream = await self._call(lambda t, kw: t.acompletion(messages=list(messages), **kw), kwargs)
-        async for chunk in self._guard_stream(stream):
+        opened = await self._call(lambda t, kw: _open(t.acompletion(messages=list(messages), **kw)), kwargs)
+        async for chunk in self._guard_stream(opened):
             yield chunk
 
     async def stream_text(self, prompt: str | list[Any], params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         kwargs = self._kwargs({**params, "stream": True, "stream_options": {"include_usage": True}}, None)
-        stream = await self._call(lambda t, kw: t.atext_completion(prompt=prompt, **kw), kwargs)
-        async for chunk in self._guard_stream(stream):
+        opened = await self._call(lambda t, kw: _open(t.atext_completion(prompt=prompt, **kw)), kwargs)
+        async for chunk in self._guard_stream(opened):
             yield chunk
 
-    async def _guard_stream(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
+    async def _guard_stream(self, opened: _OpenStream) -> AsyncIterator[dict[str, Any]]:
+        stream = opened.stream
         try:
-            async for chunk in stream:
+            chunk = opened.first
+            while chunk is not _END:
                 data = _plain(chunk, exclude_none=True)
                 if _invented_finish(stream, data):
                     metrics.UPSTREAM_REQUESTS.labels(self.name, "error").inc()
                     raise UpstreamFailed(f"upstream {self.name!r} ended its stream before the answer finished")
                 yield data
+                chunk = await anext(opened.chunks, _END)
         except ProxyError:
             raise
         except asyncio.CancelledError:
@@ -253,6 +256,30 @@ class UpstreamClient:
             metrics.UPSTREAM_REQUESTS.labels(self.name, "success").inc()
             metrics.UPSTREAM_LATENCY.labels(self.name).observe(time.perf_counter() - started)
             return result
+
+
+_END: Any = object()  # a stream's end, told apart from any chunk
+
+
+@dataclass
+class _OpenStream:
+    """A stream whose first chunk has arrived: the request is really sent and answered."""
+
+    stream: Any
+    chunks: AsyncIterator[Any]
+    first: Any  # a chunk, or _END for a stream that ended at once
+
+
+async def _open(pending: Awaitable[Any]) -> _OpenStream:
+    """Start a stream and wait for its first chunk, inside the attempt that retries it.
+
+    litellm returns some streams (text completions) before it has sent anything, so a failure
+    to connect would surface only at the first read, past the retries, the fallback, the
+    concurrency limit and the latency metric that every upstream call goes through.
+    """
+    stream = await pending
+    chunks = aiter(stream)
+    return _OpenStream(stream, chunks, await anext(chunks, _END))
 
 
 def _plain(obj: Any, exclude_none: bool = False) -> dict[str, Any]:

@@ -278,14 +278,30 @@ def impatient(stub: StubServer) -> Iterator[ProxyProcess]:
         yield process
 
 
-@pytest.mark.parametrize("route", ["slow", "slow-best"])
-def test_a_stream_past_the_request_timeout_ends_with_an_error(impatient: ProxyProcess, route: str) -> None:
-    body = {"model": route, "messages": HELLO, "stream": True}
+def test_a_stream_past_the_request_timeout_ends_with_an_error(impatient: ProxyProcess) -> None:
+    # A strategy route has sent its headers and keep-alives: the timeout ends the stream.
+    body = {"model": "slow-best", "messages": HELLO, "stream": True}
     with httpx.stream("POST", f"{impatient.base_url}/v1/chat/completions", json=body, timeout=30) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert lines and lines[-1] != "data: [DONE]"
     error = json.loads(lines[-1].removeprefix("data: "))["error"]
     assert error["code"] == "upstream_timeout"
+
+
+def test_a_stream_that_times_out_before_its_first_byte_gets_504(impatient: ProxyProcess) -> None:
+    body = {"model": "slow", "messages": HELLO, "stream": True}
+    response = httpx.post(f"{impatient.base_url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "upstream_timeout"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_a_stream_whose_upstream_fails_at_once_gets_502(proxy: ProxyProcess, path: str) -> None:
+    body: dict[str, Any] = {"model": "fail", "stream": True}
+    body.update({"messages": HELLO} if "chat" in path else {"prompt": "hello"})
+    response = httpx.post(f"{proxy.base_url}{path}", json=body, timeout=30)
+    assert response.status_code == 502
+    assert response.json()["error"]["type"] == "upstream_error"
 
 
 def test_too_many_messages_are_refused_before_any_work(impatient: ProxyProcess, stub: StubServer) -> None:
@@ -523,3 +539,16 @@ def test_every_log_line_is_one_json_object(name: str, request: pytest.FixtureReq
     for line in lines:
         assert isinstance(json.loads(line), dict), line
     assert "Traceback" not in process.log()
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_streams_are_retried_like_every_other_call(proxy: ProxyProcess, stub: StubServer, path: str) -> None:
+    # litellm sends a text stream only at its first read: that read must be inside the retries
+    prompt = f"flaky stream {path} {time.monotonic()}"
+    body: dict[str, Any] = {"model": "flaky", "stream": True}
+    body.update({"messages": [{"role": "user", "content": prompt}]} if "chat" in path else {"prompt": prompt})
+    with httpx.stream("POST", f"{proxy.base_url}{path}", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    assert sum(1 for r in stub.state.bodies("flaky") if prompt in json.dumps(r)) == 2  # failed once, retried
