@@ -45,6 +45,10 @@ def hardened(stub: StubServer) -> Iterator[ProxyProcess]:
             },
         },
     ]
+    # an upstream whose URL carries a password: unreachable that way, but a secret wherever it goes
+    ups.append({"name": "pw", "retries": 0, "litellm_params": {
+        "model": "openai/echo", "api_base": base.replace("http://", f"http://user:{URL_PASSWORD}@"),
+        "api_key": "os.environ/UPSTREAM_KEY"}})
     config = {
         "server": {"api_keys": ["os.environ/RVR_KEY"], "metrics_auth": True},
         "upstreams": ups,
@@ -53,6 +57,8 @@ def hardened(stub: StubServer) -> Iterator[ProxyProcess]:
             {"model": "capped", "upstream": "echo", "limits": {"max_n": 2, "max_tokens": 256}},
             {"model": "ends-early", "upstream": "ends-early"},
             {"model": "echo-fail", "upstream": "echo-fail"},
+            {"model": "pw", "upstream": "pw"},
+            {"model": "echo-fail-best", "upstream": "echo-fail", "strategy": {"name": "best_of_n", "max_n": 2}},
         ],
     }
     env = {"UPSTREAM_KEY": "sk-upstream-canary-4410", "HEADER_SECRET": HEADER_SECRET, "RVR_KEY": KEY}
@@ -552,3 +558,24 @@ def test_streams_are_retried_like_every_other_call(proxy: ProxyProcess, stub: St
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     assert sum(1 for r in stub.state.bodies("flaky") if prompt in json.dumps(r)) == 2  # failed once, retried
+
+
+
+def test_no_canary_leaks_into_bodies_logs_or_metrics(hardened: ProxyProcess) -> None:
+    secrets = (KEY, HEADER_SECRET, URL_PASSWORD, "sk-upstream-canary-4410")
+    prompt = [{"role": "user", "content": PROMPT_CANARY}]
+    bodies: list[str] = []
+    for model in ("open", "echo-fail", "echo-fail-best", "pw", "nope"):
+        for stream in (False, True):
+            bodies.append(call(hardened, "/v1/chat/completions", {"model": model, "messages": prompt, "stream": stream}).text)
+    bodies.append(call(hardened, "/v1/completions", {"model": "echo-fail", "prompt": PROMPT_CANARY}).text)
+    bodies.append(call(hardened, "/v1/chat/completions", {"model": "open", "messages": prompt, "n": 99}).text)
+    bodies.append(httpx.post(f"{hardened.base_url}/v1/chat/completions", json={}, timeout=10).text)  # no key
+    bodies.append(httpx.get(f"{hardened.base_url}/v1/models", headers=AUTH, timeout=10).text)
+    metrics = httpx.get(f"{hardened.base_url}/metrics", headers=AUTH, timeout=10).text
+    time.sleep(0.3)
+    log = hardened.log()
+    for secret in secrets:
+        assert not any(secret in body for body in bodies), secret
+        assert secret not in log and secret not in metrics, secret
+    assert PROMPT_CANARY not in log and PROMPT_CANARY not in metrics  # prompts are not logged by default
