@@ -393,7 +393,9 @@ def upstream_calls(stub: StubServer) -> int:
 
 
 @pytest.mark.parametrize("adaptive", [True, False])
-def test_a_prompt_larger_than_the_budget_spends_nothing(budgeted: ProxyProcess, stub: StubServer, adaptive: bool) -> None:
+def test_a_prompt_larger_than_the_budget_spends_nothing(
+    budgeted: ProxyProcess, stub: StubServer, adaptive: bool
+) -> None:
     before = upstream_calls(stub)
     big = "What is 2 + 2? " + "x" * 250_000
     response = httpx.post(
@@ -567,7 +569,8 @@ def test_no_canary_leaks_into_bodies_logs_or_metrics(hardened: ProxyProcess) -> 
     bodies: list[str] = []
     for model in ("open", "echo-fail", "echo-fail-best", "pw", "nope"):
         for stream in (False, True):
-            bodies.append(call(hardened, "/v1/chat/completions", {"model": model, "messages": prompt, "stream": stream}).text)
+            body = {"model": model, "messages": prompt, "stream": stream}
+            bodies.append(call(hardened, "/v1/chat/completions", body).text)
     bodies.append(call(hardened, "/v1/completions", {"model": "echo-fail", "prompt": PROMPT_CANARY}).text)
     bodies.append(call(hardened, "/v1/chat/completions", {"model": "open", "messages": prompt, "n": 99}).text)
     bodies.append(httpx.post(f"{hardened.base_url}/v1/chat/completions", json={}, timeout=10).text)  # no key
