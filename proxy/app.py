@@ -41,6 +41,7 @@ from proxy.responses import completion, new_id, rvr_body
 from proxy.routing import Route, Router
 from proxy.services import RequestServices
 from proxy.streaming import END, error_event, relay, replay, resumed
+from proxy.upstream import use_connection_pool
 from strategies.contract import NoCandidatesError, Outcome, RequestNotServed, StrategyRequest
 
 log = logging.getLogger("rvr_proxy")
@@ -296,9 +297,17 @@ def create_app(config: Config) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with httpx.AsyncClient() as http:  # one pool for reward-model calls, never per request
+        # One connection pool per worker for every upstream call, never one per call: litellm
+        # builds a fresh client for each text completion unless given one, and leaks its
+        # session (10,856 unclosed-session warnings in a 10-minute soak).
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+        async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
             proxy.http = http
-            yield
+            use_connection_pool(http)
+            try:
+                yield
+            finally:
+                use_connection_pool(None)
 
     # No slash redirects: a redirect is built from the client's Host header, before auth.
     app = FastAPI(

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
 import litellm
 
 from proxy import metrics
@@ -34,6 +35,11 @@ litellm.suppress_debug_info = True  # else it prints a multi-line banner to stdo
 # Set by the operator in `litellm_params`; a request never overrides these.
 OPERATOR_KEYS = frozenset({"model", "api_base", "base_url", "api_key", "api_version", "custom_llm_provider"})
 MESSAGE_KEYS = ("role", "content", "tool_calls", "function_call", "refusal", "audio")
+
+
+def use_connection_pool(client: httpx.AsyncClient | None) -> None:
+    """Make litellm send through `client` (it reads the module-level `aclient_session`)."""
+    litellm.aclient_session = client
 
 
 class Transport(Protocol):

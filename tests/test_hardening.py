@@ -582,3 +582,10 @@ def test_no_canary_leaks_into_bodies_logs_or_metrics(hardened: ProxyProcess) -> 
         assert not any(secret in body for body in bodies), secret
         assert secret not in log and secret not in metrics, secret
     assert PROMPT_CANARY not in log and PROMPT_CANARY not in metrics  # prompts are not logged by default
+
+
+def test_text_completions_reuse_one_connection_pool(hardened: ProxyProcess) -> None:
+    for _ in range(10):  # litellm made (and leaked) a client session per text completion
+        assert call(hardened, "/v1/completions", {"model": "open", "prompt": "hi"}).status_code == 200
+    time.sleep(0.5)
+    assert "nclosed" not in hardened.log()  # asyncio's "Unclosed client session / connector"
