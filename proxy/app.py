@@ -209,7 +209,18 @@ class Proxy:
             record.status = exc.status if isinstance(exc, ProxyError) else 500
             record.error = self._loggable(exc)
 
-        if route.strategy.relays_stream:
+        if not route.strategy.relays_stream:  # the strategy decides first, then the answer streams
+
+            async def work_done() -> Outcome:
+                record.outcome = await self._run(route, work, services)
+                return record.outcome
+
+            events = replay(
+                work_done(), route=route.name, stream_id=stream_id, endpoint=endpoint, n=body.n,
+                include_usage=body.include_usage, rvr=lambda o: self._rvr(o, route, body),
+                keepalive_s=KEEPALIVE_S, on_error=failed,
+            )
+        else:
             try:
                 chunks = route.strategy.stream(work, services)
             except RequestNotServed as exc:
@@ -218,29 +229,8 @@ class Proxy:
             # HTTP status (502, 504) instead of a 200 that carries an error event.
             first = await self._guarded(request, anext(chunks, END))
             events = relay(
-                resumed(first, chunks),
-                route=route.name,
-                stream_id=stream_id,
-                include_usage=body.include_usage,
-                record=record,
-                on_error=failed,
-            )
-        else:
-
-            async def work_done() -> Outcome:
-                record.outcome = await self._run(route, work, services)
-                return record.outcome
-
-            events = replay(
-                work_done(),
-                route=route.name,
-                stream_id=stream_id,
-                endpoint=endpoint,
-                n=body.n,
-                include_usage=body.include_usage,
-                rvr=lambda o: self._rvr(o, route, body),
-                keepalive_s=KEEPALIVE_S,
-                on_error=failed,
+                resumed(first, chunks), route=route.name, stream_id=stream_id,
+                include_usage=body.include_usage, record=record, on_error=failed,
             )
         return StreamingResponse(
             self._finishing(events, record),
@@ -316,6 +306,13 @@ def create_app(config: Config) -> FastAPI:
     app.state.proxy = proxy
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(HeaderLimitMiddleware, max_bytes=config.server.max_header_bytes)  # outermost: first
+    _add_error_handlers(app)
+    _add_routes(app, proxy)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Whatever goes wrong outside `Proxy.handle` still answers with an OpenAI-shaped body."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -334,6 +331,8 @@ def create_app(config: Config) -> FastAPI:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         return error_response(internal_error())
 
+
+def _add_routes(app: FastAPI, proxy: Proxy) -> None:
     for endpoint in ENDPOINTS:
         app.add_api_route(endpoint.path, _handler(proxy, endpoint), methods=["POST"])
 
@@ -357,15 +356,13 @@ def create_app(config: Config) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics_endpoint(request: Request) -> Response:
-        if config.server.metrics_auth:
+        if proxy.config.server.metrics_auth:
             try:
                 proxy.check_key(request.headers.get("authorization"))
             except ProxyError as exc:
                 return error_response(exc)
         payload, content_type = metrics.render()
         return Response(payload, media_type=content_type)
-
-    return app
 
 
 def _handler(proxy: Proxy, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
