@@ -34,6 +34,7 @@ from proxy.errors import (
 from proxy.endpoints import ENDPOINTS, Endpoint
 from proxy.header_limit import HeaderLimitMiddleware
 from proxy.logs import install_redaction
+from proxy.openapi import serve_openapi
 from proxy.recording import RequestRecord, finish
 from proxy.request_id import RequestIdMiddleware, request_id
 from proxy.requests import RequestBody, parse_body
@@ -308,6 +309,7 @@ def create_app(config: Config) -> FastAPI:
     app.add_middleware(HeaderLimitMiddleware, max_bytes=config.server.max_header_bytes)  # outermost: first
     _add_error_handlers(app)
     _add_routes(app, proxy)
+    serve_openapi(app, proxy)
     return app
 
 

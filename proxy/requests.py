@@ -135,18 +135,58 @@ def _stop(value: Any) -> str | list[str] | None:
     raise _ShapeError("must be a string, an array of strings, or null")
 
 
+# Each content part type OpenAI defines, and the field that carries it with that field's JSON
+# type. litellm refuses any other part before sending, which surfaced as a 502.
+PART_FIELDS: dict[str, tuple[str, type]] = {
+    "text": ("text", str),
+    "image_url": ("image_url", dict),
+    "input_audio": ("input_audio", dict),
+    "file": ("file", dict),
+    "refusal": ("refusal", str),
+}
+
+
 def _content(value: Any) -> str | list[dict[str, Any]] | None:
-    """A message's content: a string, null, or content parts (objects that say their `type`)."""
+    """A message's content: a string, null, or content parts of the types OpenAI defines."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, list):
         for i, part in enumerate(value):
             if not isinstance(part, dict):
                 raise _ShapeError("a content part must be an object", (i,))
-            if not isinstance(part.get("type"), str):
+            kind = part.get("type")
+            if not isinstance(kind, str):
                 raise _ShapeError("a content part needs a string `type`", (i, "type"))
+            if kind not in PART_FIELDS:
+                raise _ShapeError(f"must be one of {sorted(PART_FIELDS)}", (i, "type"))
+            field, expected = PART_FIELDS[kind]
+            if not isinstance(part.get(field), expected):
+                json_type = "a string" if expected is str else "an object"
+                raise _ShapeError(f"a `{kind}` part needs `{field}` as {json_type}", (i, field))
         return value
     raise _ShapeError("must be a string, an array of content parts, or null")
+
+
+# The part types each role may send (OpenAI's message types); litellm refuses the rest.
+ROLE_PARTS: dict[str, frozenset[str]] = {
+    "user": frozenset({"text", "image_url", "input_audio", "file"}),
+    "assistant": frozenset({"text", "refusal"}),
+}
+TEXT_ONLY = frozenset({"text"})
+
+
+def _message(message: ChatMessage) -> ChatMessage:
+    """Content each role may send; only an assistant turn may leave it out (to call tools)."""
+    allowed = ROLE_PARTS.get(message["role"], TEXT_ONLY)
+    for i, part in enumerate(message.get("content") if isinstance(message.get("content"), list) else []):
+        if part["type"] not in allowed:
+            raise _ShapeError(f"a `{message['role']}` message takes parts of {sorted(allowed)}", ("content", i, "type"))
+    if message["role"] == "assistant":
+        if message.get("content") is None and not message.get("tool_calls") and not message.get("function_call"):
+            raise _ShapeError("an assistant message needs `content` or `tool_calls`", ("content",))
+    elif message.get("content") is None:
+        raise _ShapeError(f"a `{message['role']}` message needs `content`", ("content",))
+    return message
 
 
 def _tool_choice(value: Any) -> str | dict[str, Any] | None:
@@ -299,7 +339,7 @@ class RequestBody(BaseModel):
 
 
 class ChatRequest(RequestBody):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[Annotated[ChatMessage, AfterValidator(_message)]] = Field(min_length=1)
     tools: list[Tool] | None = None
     tool_choice: ToolChoice = None
     parallel_tool_calls: StrictBool | None = None

@@ -589,3 +589,25 @@ def test_text_completions_reuse_one_connection_pool(hardened: ProxyProcess) -> N
         assert call(hardened, "/v1/completions", {"model": "open", "prompt": "hi"}).status_code == 200
     time.sleep(0.5)
     assert "nclosed" not in hardened.log()  # asyncio's "Unclosed client session / connector"
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([{"role": "developer"}], "messages[0].content"),
+        ([{"role": "user", "content": None}], "messages[0].content"),
+        ([{"role": "assistant"}], "messages[0].content"),
+        ([{"role": "user", "content": [{"type": "foo"}]}], "messages[0].content[0].type"),
+        ([{"role": "user", "content": [{"type": "image_url"}]}], "messages[0].content[0].image_url"),
+        ([{"role": "user", "content": [{"type": "refusal", "refusal": ""}]}], "messages[0].content[0].type"),
+        ([{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+         "messages[0].content[0].type"),
+    ],
+)
+def test_messages_litellm_would_refuse_are_400s_found_by_fuzzing(
+    hardened: ProxyProcess, stub: StubServer, messages: list[dict[str, Any]], param: str
+) -> None:
+    before = len(stub.state.bodies("echo"))
+    response = call(hardened, "/v1/chat/completions", {"model": "open", "messages": messages})
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
+    assert len(stub.state.bodies("echo")) == before
