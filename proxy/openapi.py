@@ -574,6 +574,41 @@ def _get(operation_id: str, responses: dict[str, Any], secured: bool) -> dict[st
     return {"get": operation}
 
 
+def _capped_request_schemas(
+    endpoints: Sequence[Endpoint], routes: Sequence[str], any_model: bool, max_n: int | None, max_tokens: int | None
+) -> dict[str, Any]:
+    """Request schemas narrowed to this proxy: its route names, its largest caps."""
+    schemas: dict[str, Any] = request_schemas(endpoints)
+    for endpoint in endpoints:
+        properties = schemas[endpoint.request_model.__name__]["properties"]
+        if routes:
+            properties["model"]["examples"] = list(routes)
+            if not any_model:
+                properties["model"]["enum"] = list(routes)
+        caps = {"n": max_n, "max_tokens": max_tokens, "max_completion_tokens": max_tokens}
+        for field, cap in caps.items():
+            if cap is not None and field in properties:
+                _integer_branch(properties[field])["maximum"] = cap
+    return schemas
+
+
+def _service_paths(auth: bool, metrics_auth: bool) -> dict[str, Any]:
+    """The paths beside generation: models, health, readiness, metrics, this document."""
+    models = _json({"$ref": _REF.format(model="ModelList")}, "The routes this proxy serves, as models.")
+    ready = {"200": _json(_status("ready"), "Ready to serve."), "503": _json(_status("starting"), "Still starting.")}
+    metrics = {
+        "description": "Prometheus metrics in the text exposition format.",
+        "content": {"text/plain": {"schema": _STRING}},
+    }
+    return {
+        "/v1/models": _get("list_models", {"200": models}, auth),
+        "/healthz": _get("healthz", {"200": _json(_status("ok"), "Up.")}, False),
+        "/readyz": _get("readyz", ready, False),
+        "/metrics": _get("metrics", {"200": metrics}, metrics_auth),
+        PATH: _get("openapi", {"200": _json({"type": "object"}, "This document.")}, auth),
+    }
+
+
 def openapi_schema(
     endpoints: Sequence[Endpoint] = ENDPOINTS,
     *,
@@ -592,17 +627,7 @@ def openapi_schema(
     the proxy has `api_keys`, so the generation endpoints and `/v1/models` need a bearer key.
     `max_n` and `max_tokens` are the largest caps of any route: no request above them is served.
     """
-    schemas: dict[str, Any] = request_schemas(endpoints)
-    for endpoint in endpoints:
-        properties = schemas[endpoint.request_model.__name__]["properties"]
-        if routes:
-            properties["model"]["examples"] = list(routes)
-            if not any_model:
-                properties["model"]["enum"] = list(routes)
-        caps = {"n": max_n, "max_tokens": max_tokens, "max_completion_tokens": max_tokens}
-        for field, cap in caps.items():
-            if cap is not None and field in properties:
-                _integer_branch(properties[field])["maximum"] = cap
+    schemas = _capped_request_schemas(endpoints, routes, any_model, max_n, max_tokens)
     schemas.update(
         {
             "Error": ERROR,
@@ -617,17 +642,7 @@ def openapi_schema(
         schemas.update(response_schemas(endpoint))
         model = routes[0] if routes else "gpt-4o-mini"
         paths[endpoint.path] = {"post": _generation(endpoint, auth, max_body_bytes, model)}
-    models = _json({"$ref": _REF.format(model="ModelList")}, "The routes this proxy serves, as models.")
-    paths["/v1/models"] = _get("list_models", {"200": models}, auth)
-    paths["/healthz"] = _get("healthz", {"200": _json(_status("ok"), "Up.")}, False)
-    ready = {"200": _json(_status("ready"), "Ready to serve."), "503": _json(_status("starting"), "Still starting.")}
-    paths["/readyz"] = _get("readyz", ready, False)
-    metrics = {
-        "description": "Prometheus metrics in the text exposition format.",
-        "content": {"text/plain": {"schema": _STRING}},
-    }
-    paths["/metrics"] = _get("metrics", {"200": metrics}, metrics_auth)
-    paths[PATH] = _get("openapi", {"200": _json({"type": "object"}, "This document.")}, auth)
+    paths.update(_service_paths(auth, metrics_auth))
     components: dict[str, Any] = {
         "schemas": schemas,
         "parameters": {
