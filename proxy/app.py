@@ -344,8 +344,17 @@ def _add_routes(app: FastAPI, proxy: Proxy) -> None:
             proxy.check_key(request.headers.get("authorization"))
         except ProxyError as exc:
             return error_response(exc)
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "rvr-proxy"} for name in proxy.router.routes]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": [_model(name) for name in proxy.router.routes]})
+
+    @app.get("/v1/models/{model:path}")  # model names may hold `/` (`org/model`)
+    async def model(request: Request, model: str) -> Response:
+        try:
+            proxy.check_key(request.headers.get("authorization"))
+            if model not in proxy.router.routes:
+                raise ModelNotFound(f"The model `{model[:200]}` does not exist on this proxy.", param="model")
+        except ProxyError as exc:
+            return error_response(exc)
+        return JSONResponse(_model(model))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -365,6 +374,10 @@ def _add_routes(app: FastAPI, proxy: Proxy) -> None:
                 return error_response(exc)
         payload, content_type = metrics.render()
         return Response(payload, media_type=content_type)
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "rvr-proxy"}
 
 
 def _handler(proxy: Proxy, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:

@@ -48,7 +48,9 @@ class Endpoint:
     async def call(self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int) -> Choices:
         raise NotImplementedError
 
-    def stream(self, upstream: UpstreamClient, input: Any, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def stream(
+        self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int
+    ) -> AsyncIterator[dict[str, Any]]:
         raise NotImplementedError
 
     def upstream_input(self, messages: Sequence[Message]) -> Any:
@@ -83,8 +85,10 @@ class ChatEndpoint(Endpoint):
     async def call(self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int) -> Choices:
         return await upstream.chat(input, params, n)
 
-    def stream(self, upstream: UpstreamClient, input: Any, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        return upstream.stream_chat(input, params)
+    def stream(
+        self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int
+    ) -> AsyncIterator[dict[str, Any]]:
+        return upstream.stream_chat(input, params, n)
 
     def upstream_input(self, messages: Sequence[Message]) -> Any:
         return messages
@@ -126,8 +130,10 @@ class TextEndpoint(Endpoint):
     async def call(self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int) -> Choices:
         return await upstream.complete(input, params, n)
 
-    def stream(self, upstream: UpstreamClient, input: Any, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        return upstream.stream_text(input, params)
+    def stream(
+        self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int
+    ) -> AsyncIterator[dict[str, Any]]:
+        return upstream.stream_text(input, params, n)
 
     def upstream_input(self, messages: Sequence[Message]) -> Any:
         # A variant may add a system message or rewrite the prompt: the text model reads them

@@ -188,7 +188,14 @@ _STRINGS = {"type": "array", "items": _STRING}
 USAGE = {
     "type": "object",
     "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
-    "properties": {"prompt_tokens": _COUNT, "completion_tokens": _COUNT, "total_tokens": _COUNT},
+    "properties": {
+        "prompt_tokens": _COUNT,
+        "completion_tokens": _COUNT,
+        "total_tokens": _COUNT,
+        # the upstream's breakdowns, summed over every call of the request
+        "prompt_tokens_details": {"type": "object", "additionalProperties": _COUNT},
+        "completion_tokens_details": {"type": "object", "additionalProperties": _COUNT},
+    },
     "additionalProperties": False,
 }
 TOOL_CALL = {
@@ -197,19 +204,25 @@ TOOL_CALL = {
     "(`name`, `arguments` as a JSON string).",
     "additionalProperties": True,
 }
+RESPONSE_FIELD_SCHEMAS = {  # passed on from the upstream response the answer came from
+    "system_fingerprint": _STRING,
+    "service_tier": _STRING,
+}
 MESSAGE = {
     "type": "object",
-    "description": "The upstream's assistant message, reduced to the fields OpenAI defines.",
-    "required": ["role", "content"],
+    "description": "The upstream's assistant message as it sent it (vendor fields included), with "
+    "`content` and `refusal` null where it sent none.",
+    "required": ["role", "content", "refusal"],
     "properties": {
         "role": {"type": "string", "examples": ["assistant"]},
         "content": {"anyOf": [_STRING, _NULL]},
+        "refusal": {"anyOf": [_STRING, _NULL]},
         "tool_calls": {"type": "array", "items": TOOL_CALL},
         "function_call": {"type": "object", "additionalProperties": True},
-        "refusal": _STRING,
+        "annotations": {"type": "array", "items": {"type": "object", "additionalProperties": True}},
         "audio": {"type": "object", "additionalProperties": True},
     },
-    "additionalProperties": False,
+    "additionalProperties": True,
 }
 DELTA = {
     "type": "object",
@@ -382,12 +395,13 @@ def response_schemas(endpoint: Endpoint) -> dict[str, dict[str, Any]]:
             "choices": {"type": "array", "items": choice},
             "usage": {"$ref": _REF.format(model="Usage")},
             "rvr": {"$ref": _REF.format(model="RvrReport")},
+            **RESPONSE_FIELD_SCHEMAS,
         },
         "additionalProperties": False,
     }
     chunk_choice = {
         "type": "object",
-        "required": ["index", *piece, "finish_reason"],
+        "required": ["index", *piece, "finish_reason", "logprobs"],
         "properties": {
             "index": _COUNT,
             **piece,

@@ -36,6 +36,8 @@ from strategies.verifiers.json_schema import SchemaRejected, check_schema, reque
 
 # OpenAI parameters litellm takes by name; anything else a client sends rides in `extra_body`,
 # so vendor extensions (top_k, repetition_penalty, ...) still reach the upstream untouched.
+# Chat's `user` and `metadata` ride there too: litellm takes them by name but drops them (it
+# keeps `metadata` for its own logging), so the upstream never saw them.
 CHAT_PARAMS = frozenset(
     {
         "temperature",
@@ -46,7 +48,6 @@ CHAT_PARAMS = frozenset(
         "presence_penalty",
         "frequency_penalty",
         "logit_bias",
-        "user",
         "response_format",
         "seed",
         "tools",
@@ -62,7 +63,6 @@ CHAT_PARAMS = frozenset(
         "reasoning_effort",
         "service_tier",
         "store",
-        "metadata",
     }
 )
 TEXT_PARAMS = frozenset(

@@ -14,11 +14,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage_body(usage: Usage) -> dict[str, int]:
+def usage_body(usage: Usage) -> dict[str, Any]:
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
+        **{name: dict(counts) for name, counts in usage.details.items()},
     }
 
 
@@ -43,6 +44,7 @@ def completion(
     outcome: Outcome, route: str, n: int, rvr: dict[str, Any] | None, endpoint: Endpoint
 ) -> dict[str, Any]:
     """The endpoint's response object (`chat.completion` or `text_completion`)."""
+    chosen = returned(outcome, n)
     choices = [
         {
             "index": i,
@@ -50,7 +52,7 @@ def completion(
             "finish_reason": candidate.finish_reason or "stop",
             "logprobs": candidate.logprobs,
         }
-        for i, candidate in enumerate(returned(outcome, n))
+        for i, candidate in enumerate(chosen)
     ]
     body: dict[str, Any] = {
         "id": new_id(endpoint.id_prefix),
@@ -59,6 +61,7 @@ def completion(
         "model": route,
         "choices": choices,
         "usage": usage_body(outcome.usage),
+        **(chosen[0].response_fields if chosen else {}),  # what the upstream said of the answer
     }
     if rvr is not None:
         body["rvr"] = rvr

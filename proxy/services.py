@@ -76,8 +76,8 @@ class RequestServices:
         )
         return _batch(result)
 
-    def forward_stream(self) -> AsyncIterator[dict[str, Any]]:
-        return self._endpoint.stream(self._upstream, self._input, self._params)
+    def forward_stream(self, n: int) -> AsyncIterator[dict[str, Any]]:
+        return self._endpoint.stream(self._upstream, self._input, self._params, n)
 
     async def chat(self, upstream: str, messages: Sequence[Message], **params: Any) -> Reply:
         result = await self._metered(
@@ -120,7 +120,13 @@ def _batch(result: Choices) -> Batch:
     for choice in result.choices:
         message = choice.get("message") or {"role": "assistant", "content": choice.get("text", "")}
         samples.append(
-            Sample(message, choice.get("finish_reason"), token_logprobs(choice.get("logprobs")), choice.get("logprobs"))
+            Sample(
+                message,
+                choice.get("finish_reason"),
+                token_logprobs(choice.get("logprobs")),
+                choice.get("logprobs"),
+                choice.get("response") or {},
+            )
         )
     return Batch(samples, result.usage, result.errors)
 

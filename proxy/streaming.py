@@ -17,7 +17,7 @@ from proxy.endpoints import Endpoint
 from proxy.errors import ProxyError, internal_error
 from proxy.recording import RequestRecord
 from proxy.responses import returned, usage_body
-from strategies.contract import Outcome, Usage
+from strategies.contract import Candidate, Outcome, Usage
 
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -55,18 +55,24 @@ async def relay(
 ) -> AsyncIterator[bytes]:
     """Re-emit upstream chunks under the route's name, keeping the usage for accounting."""
     created = int(time.time())
+    tail: dict[str, Any] | None = None  # the usage chunk, sent once at the end
     try:
         async for chunk in chunks:
             usage = chunk.pop("usage", None)
             if usage:
-                record.usage = Usage.from_openai(usage)
+                # Several streams (n > 1 where the upstream ignores n) each report usage: sum
+                # them. Token breakdowns are litellm's estimates in a stream, so they stay out.
+                counted = Usage.from_openai(usage)
+                record.usage += Usage(counted.prompt_tokens, counted.completion_tokens)
             chunk.update(id=stream_id, model=route, created=created)
             # litellm hangs an empty choice on the usage chunk; OpenAI's has `choices: []`.
             chunk["choices"] = [_complete_choice(c) for c in chunk.get("choices") or [] if not _empty(c)]
             if chunk["choices"]:
                 yield event(chunk)
-            elif usage and include_usage:
-                yield event({**chunk, "choices": [], "usage": usage_body(record.usage)})
+            elif usage:
+                tail = chunk
+        if include_usage and tail is not None:
+            yield event({**tail, "choices": [], "usage": usage_body(record.usage)})
         yield DONE
     except asyncio.CancelledError:
         raise
@@ -104,11 +110,13 @@ async def replay(
         yield error_event(exc)
         return
     created = int(time.time())
+    chosen = returned(outcome, n)
     base = {"id": stream_id, "object": endpoint.chunk_object, "created": created, "model": route}
-    for index, candidate in enumerate(returned(outcome, n)):
-        for piece in endpoint.pieces(candidate, index):
-            yield event({**base, "choices": [piece]})
-        yield event({**base, "choices": [endpoint.final_piece(candidate, index)]})
+    base.update(chosen[0].response_fields if chosen else {})  # system_fingerprint, ... as the upstream sent
+    for index, candidate in enumerate(chosen):
+        pieces, final = endpoint.pieces(candidate, index), endpoint.final_piece(candidate, index)
+        for choice in _with_logprobs(candidate, pieces, final):
+            yield event({**base, "choices": [choice]})
     extension = rvr(outcome)
     if include_usage or extension is not None:
         tail: dict[str, Any] = {**base, "choices": []}
@@ -120,12 +128,27 @@ async def replay(
     yield DONE
 
 
+def _with_logprobs(
+    candidate: Candidate, pieces: list[dict[str, Any]], final: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The pieces of a replayed answer with `logprobs` on each, as OpenAI sends them: the
+    candidate's whole logprobs object on the first piece (clients concatenate the token lists
+    across chunks), null on the rest."""
+    choices = [*pieces, final]
+    for choice in choices:
+        choice["logprobs"] = None
+    choices[0]["logprobs"] = candidate.logprobs
+    return choices
+
+
 def _empty(choice: dict[str, Any]) -> bool:
     return not choice.get("delta") and not choice.get("text") and choice.get("finish_reason") is None
 
 
 def _complete_choice(choice: dict[str, Any]) -> dict[str, Any]:
+    """A chunk's choice with the fields OpenAI always sends, null where the upstream sent none."""
     choice.setdefault("finish_reason", None)
+    choice.setdefault("logprobs", None)
     if "delta" not in choice:
         choice.setdefault("text", "")
     return choice

@@ -34,7 +34,8 @@ litellm.suppress_debug_info = True  # else it prints a multi-line banner to stdo
 
 # Set by the operator in `litellm_params`; a request never overrides these.
 OPERATOR_KEYS = frozenset({"model", "api_base", "base_url", "api_key", "api_version", "custom_llm_provider"})
-MESSAGE_KEYS = ("role", "content", "tool_calls", "function_call", "refusal", "audio")
+# Response-level fields an upstream may send that belong to the answer, passed on as sent.
+RESPONSE_FIELDS = ("system_fingerprint", "service_tier")
 
 
 def use_connection_pool(client: httpx.AsyncClient | None) -> None:
@@ -156,34 +157,50 @@ class UpstreamClient:
         kwargs = self._kwargs(params, n)
         response = await self._call(lambda t, kw: t.acompletion(messages=list(messages), **kw), kwargs)
         data = _plain(response)
-        choices = [_clean_chat_choice(c) for c in data.get("choices") or []]
+        fields = _response_fields(data)
+        choices = [{**_clean_chat_choice(c), "response": fields} for c in data.get("choices") or []]
         return Choices(choices, Usage.from_openai(data.get("usage")))
 
     async def _text_once(self, prompt: str | list[Any], params: dict[str, Any], n: int) -> Choices:
         kwargs = self._kwargs(params, n)
         response = await self._call(lambda t, kw: t.atext_completion(prompt=prompt, **kw), kwargs)
         data = _plain(response)
-        choices = [_clean_text_choice(c) for c in data.get("choices") or []]
+        fields = _response_fields(data)
+        choices = [{**_clean_text_choice(c), "response": fields} for c in data.get("choices") or []]
         return Choices(choices, Usage.from_openai(data.get("usage")))
 
     # ---- streaming (passthrough routes) ---------------------------------------------------
 
-    async def stream_chat(self, messages: Sequence[Message], params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream_chat(
+        self, messages: Sequence[Message], params: dict[str, Any], n: int = 1
+    ) -> AsyncIterator[dict[str, Any]]:
         """Upstream chunks as dicts; always asks for usage so accounting stays honest."""
         if self.renders_chat:
             rendered = render_chat(messages)
-            async for chunk in self.stream_text(rendered.prompt, _merge_stop(params, rendered.stop)):
+            async for chunk in self.stream_text(rendered.prompt, _merge_stop(params, rendered.stop), n):
                 yield _text_chunk_to_chat(chunk)
             return
-        kwargs = self._kwargs({**params, "stream": True, "stream_options": {"include_usage": True}}, None)
-        opened = await self._call(lambda t, kw: _open(t.acompletion(messages=list(messages), **kw)), kwargs)
-        async for chunk in self._guard_stream(opened):
+        async for chunk in self._stream(lambda t, kw: t.acompletion(messages=list(messages), **kw), params, n):
             yield chunk
 
-    async def stream_text(self, prompt: str | list[Any], params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        kwargs = self._kwargs({**params, "stream": True, "stream_options": {"include_usage": True}}, None)
-        opened = await self._call(lambda t, kw: _open(t.atext_completion(prompt=prompt, **kw)), kwargs)
-        async for chunk in self._guard_stream(opened):
+    async def stream_text(
+        self, prompt: str | list[Any], params: dict[str, Any], n: int = 1
+    ) -> AsyncIterator[dict[str, Any]]:
+        async for chunk in self._stream(lambda t, kw: t.atext_completion(prompt=prompt, **kw), params, n):
+            yield chunk
+
+    async def _stream(self, make: Call, params: dict[str, Any], n: int) -> AsyncIterator[dict[str, Any]]:
+        """`n` choices in one stream where the upstream is known to honour `n`; otherwise `n`
+        streams at once, their chunks merged as they come under choice indexes 0..n-1."""
+        streamed = {**params, "stream": True, "stream_options": {"include_usage": True}}
+        if n == 1 or self.n_works is True:
+            opened = await self._call(lambda t, kw: _open(make(t, kw)), self._kwargs(streamed, n))
+            async for chunk in self._guard_stream(opened):
+                yield chunk
+            return
+        kwargs = self._kwargs(streamed, None)
+        streams = await asyncio.gather(*(self._call(lambda t, kw: _open(make(t, kw)), kwargs) for _ in range(n)))
+        async for chunk in _merged([self._guard_stream(opened) for opened in streams]):
             yield chunk
 
     async def _guard_stream(self, opened: _OpenStream) -> AsyncIterator[dict[str, Any]]:
@@ -264,6 +281,40 @@ class UpstreamClient:
             return result
 
 
+async def _merged(streams: Sequence[AsyncIterator[dict[str, Any]]]) -> AsyncIterator[dict[str, Any]]:
+    """Chunks of several one-choice streams as one stream: stream i's choices get index i.
+
+    Each stream is read by a task of its own, so a slow one never holds up the others; the
+    first error ends the merged stream (the others are cancelled), as a cut would.
+    """
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[dict[str, Any]]) -> None:
+        try:
+            async for chunk in stream:
+                await queue.put((index, chunk))
+            await queue.put((index, _END))
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it
+            await queue.put((index, exc))
+
+    tasks = [asyncio.ensure_future(pump(i, stream)) for i, stream in enumerate(streams)]
+    running = len(tasks)
+    try:
+        while running:
+            index, item = await queue.get()
+            if item is _END:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                for choice in item.get("choices") or []:
+                    choice["index"] = index
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 _END: Any = object()  # a stream's end, told apart from any chunk
 
 
@@ -295,11 +346,24 @@ def _plain(obj: Any, exclude_none: bool = False) -> dict[str, Any]:
     return obj.model_dump(exclude_none=exclude_none)
 
 
+def _response_fields(data: dict[str, Any]) -> dict[str, Any]:
+    return {key: data[key] for key in RESPONSE_FIELDS if data.get(key) is not None}
+
+
 def _clean_chat_choice(choice: dict[str, Any]) -> dict[str, Any]:
-    raw = choice.get("message") or {}
-    message = {k: raw[k] for k in MESSAGE_KEYS if raw.get(k) is not None}
+    """The upstream's message as it sent it, less litellm's additions.
+
+    litellm moves fields it does not model (`refusal`, `annotations`, ...) into
+    `provider_specific_fields` and adds its own keys as null; the client gets them back in
+    place, with the fields OpenAI requires (`content`, `refusal`) as null where absent.
+    """
+    raw = dict(choice.get("message") or {})
+    moved = raw.pop("provider_specific_fields", None) or {}
+    message = {key: value for key, value in raw.items() if value is not None}
+    message.update({key: value for key, value in moved.items() if value is not None and key not in message})
     message.setdefault("role", "assistant")
     message.setdefault("content", None)
+    message.setdefault("refusal", None)
     return {"message": message, "finish_reason": choice.get("finish_reason"), "logprobs": choice.get("logprobs")}
 
 
@@ -313,9 +377,10 @@ def _clean_text_choice(choice: dict[str, Any]) -> dict[str, Any]:
 
 def _text_to_chat(choice: dict[str, Any]) -> dict[str, Any]:
     return {
-        "message": {"role": "assistant", "content": choice["text"].strip()},
+        "message": {"role": "assistant", "content": choice["text"].strip(), "refusal": None},
         "finish_reason": choice.get("finish_reason"),
         "logprobs": choice.get("logprobs"),
+        "response": choice.get("response") or {},
     }
 
 

@@ -60,15 +60,24 @@ def content_text(content: Any, *, mark_attachments: bool = False) -> str:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # The upstream's breakdowns (`prompt_tokens_details`, `completion_tokens_details`), summed
+    # key by key across calls and passed on to the client as sent.
+    details: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
     def __add__(self, other: Usage) -> Usage:
+        details = {name: dict(counts) for name, counts in self.details.items()}
+        for name, counts in other.details.items():
+            into = details.setdefault(name, {})
+            for key, value in counts.items():
+                into[key] = into.get(key, 0) + value
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
+            details,
         )
 
     @classmethod
@@ -80,7 +89,15 @@ class Usage:
         """
         if not isinstance(usage, Mapping):
             return cls()
-        return cls(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+        details = {
+            name: {key: _count(value) for key, value in usage[name].items() if isinstance(value, (int, float))}
+            for name in DETAIL_FIELDS
+            if isinstance(usage.get(name), Mapping)
+        }
+        return cls(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), details)
+
+
+DETAIL_FIELDS = ("prompt_tokens_details", "completion_tokens_details")
 
 
 def _count(value: Any) -> int:
@@ -99,6 +116,7 @@ class Candidate:
     finish_reason: str | None = None
     token_logprobs: list[float] | None = None
     logprobs: Any = None  # the upstream's logprobs object, returned to the client untouched
+    response_fields: dict[str, Any] = field(default_factory=dict)  # system_fingerprint, ... as sent
 
     @property
     def text(self) -> str:
@@ -117,6 +135,7 @@ class Sample:
     finish_reason: str | None = None
     token_logprobs: list[float] | None = None
     logprobs: Any = None
+    response_fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,8 +194,8 @@ class Services(Protocol):
         """The client's request exactly as sent (its own messages or prompt), with `n` choices."""
         ...
 
-    def forward_stream(self) -> AsyncIterator[dict[str, Any]]:
-        """The client's request as sent, streamed: the upstream's chunks as dicts."""
+    def forward_stream(self, n: int) -> AsyncIterator[dict[str, Any]]:
+        """The client's request as sent, streamed with `n` choices: the upstream's chunks as dicts."""
         ...
 
 

@@ -9,7 +9,6 @@ from strategies.contract import (
     ORIGINAL_VARIANT,
     Candidate,
     Outcome,
-    RequestNotServed,
     Services,
     StopReason,
     Strategy,
@@ -28,12 +27,10 @@ class Passthrough(Strategy):
     async def run(self, request: StrategyRequest, services: Services) -> Outcome:
         batch = await services.forward(request.n)
         candidates = [
-            Candidate(i, ORIGINAL_VARIANT, s.message, s.finish_reason, s.token_logprobs, s.logprobs)
+            Candidate(i, ORIGINAL_VARIANT, s.message, s.finish_reason, s.token_logprobs, s.logprobs, s.response_fields)
             for i, s in enumerate(batch.samples)
         ]
         return Outcome(candidates, 0, StopReason.PASSTHROUGH, batch.usage, STRATEGY, upstream_errors=batch.errors)
 
     def stream(self, request: StrategyRequest, services: Services) -> AsyncIterator[dict[str, Any]]:
-        if request.n != 1:
-            raise RequestNotServed("streaming with n > 1 is not supported; use n=1 or stream=false", param="n")
-        return services.forward_stream()
+        return services.forward_stream(request.n)

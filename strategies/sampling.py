@@ -172,7 +172,7 @@ async def _sample_batch(run: _Run, plan: Plan, size: int, timeout: float | None)
         for sample in batch.samples if batch else []:
             run.candidates.append(
                 Candidate(len(run.candidates), name, sample.message, sample.finish_reason,
-                          sample.token_logprobs, sample.logprobs)
+                          sample.token_logprobs, sample.logprobs, sample.response_fields)
             )
             added += 1
     run.time("generate", since)

@@ -14,7 +14,6 @@ from proxy.routing import Router
 from strategies.contract import (
     Batch,
     Candidate,
-    RequestNotServed,
     Sample,
     StopReason,
     Strategy,
@@ -189,10 +188,15 @@ def test_the_vote_rule_uses_the_first_verifier_that_extracts_answers() -> None:
 
 
 class ForwardOnly:
-    """Services whose only working call is `forward`: passthrough must need nothing else."""
+    """Services whose only working calls are `forward*`: passthrough must need nothing else."""
 
     def __init__(self) -> None:
         self.forwarded: list[int] = []
+        self.streamed: list[int] = []
+
+    def forward_stream(self, n: int) -> object:
+        self.streamed.append(n)
+        return iter(())
 
     async def forward(self, n: int) -> Batch:
         self.forwarded.append(n)
@@ -209,11 +213,10 @@ def test_passthrough_forwards_the_request_and_returns_every_choice() -> None:
     assert outcome.upstream_errors == 1 and outcome.risk is None
 
 
-def test_passthrough_refuses_streams_with_several_choices_before_any_call() -> None:
+def test_passthrough_streams_every_choice_the_client_asked_for() -> None:
     services = ForwardOnly()
-    with pytest.raises(RequestNotServed) as info:
-        Passthrough().stream(StrategyRequest([], n=2), services)  # type: ignore[arg-type]
-    assert info.value.param == "n" and services.forwarded == []
+    Passthrough().stream(StrategyRequest([], n=3), services)  # type: ignore[arg-type]
+    assert services.streamed == [3] and services.forwarded == []
 
 
 # --- endpoints as data -------------------------------------------------------------------------
