@@ -17,7 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from proxy.secrets import MissingSecret, plain_text_secrets, resolve, url_password
-from strategies.contract import MODEL_NAME_PATTERN
+from strategies.contract import MODEL_NAME_PATTERN, Strategy
+from strategies.registry import build_strategy
 from strategies.settings import PassthroughSettings, StrategySettings
 from strategies.verifiers import REGISTRY as VERIFIER_KINDS
 
@@ -142,6 +143,34 @@ class Config(_Strict):
         for route in self.routes:
             values.extend(route.strategy.secrets())
         return values
+
+
+def build_strategy_of(route: RouteSettings, path: str) -> Strategy:
+    """The route's strategy, built as serving builds it; a problem names the key path."""
+    try:
+        return build_strategy(route.strategy)
+    except ValueError as exc:
+        raise ConfigError(f"{path}.strategy: {exc}") from None
+
+
+def call_ceiling(config: Config, route: RouteSettings) -> int:
+    """The most upstream calls one request of `route` may make, unless its config says.
+
+    The strategy's own count (every candidate its own call, every judge call, every paraphrase)
+    times the most attempts any upstream it uses makes per call: its retries, then its
+    fallback's (a fallback does not fall back). Nothing a client sends changes it.
+    """
+    strategy = route.strategy
+    if strategy.max_upstream_calls is not None:
+        return strategy.max_upstream_calls
+
+    def attempts(name: str) -> int:
+        upstream = config.upstream(name)
+        fallback = config.upstream(upstream.fallback) if upstream.fallback is not None else None
+        return 1 + upstream.retries + (1 + fallback.retries if fallback is not None else 0)
+
+    names = [route.upstream, *(name for _, name in strategy.upstream_references())]
+    return strategy.upstream_calls(route.limits.max_n) * max(attempts(name) for name in names)
 
 
 def _unique(values: list[str], where: str, key: str) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proxy.config import Config, ConfigError, RouteSettings
+from proxy.config import Config, RouteSettings, build_strategy_of, call_ceiling
 from proxy.errors import ModelNotFound
 from proxy.secrets import Redactor
 from proxy.upstream import UpstreamClient
 from strategies.contract import Strategy
 from strategies.passthrough import Passthrough
-from strategies.registry import build_strategy
 
 DEFAULT_ROUTE = "default"  # the label for unknown models served by `server.default_upstream`
 
@@ -37,12 +36,14 @@ class Router:
         for upstream in config.upstreams:
             if upstream.fallback is not None:
                 self.clients[upstream.name].fallback = self.clients[upstream.fallback]
-        self.routes = {r.model: build_route(r, self.clients, f"routes.{i}") for i, r in enumerate(config.routes)}
+        self.routes = {
+            r.model: build_route(config, r, self.clients, f"routes.{i}") for i, r in enumerate(config.routes)
+        }
         self._default: Route | None = None
         if config.server.default_upstream is not None:
             settings = RouteSettings(model=DEFAULT_ROUTE, upstream=config.server.default_upstream)
             upstream = self.clients[settings.upstream]
-            self._default = Route(DEFAULT_ROUTE, settings, upstream, call_ceiling=call_ceiling(settings, self.clients))
+            self._default = Route(DEFAULT_ROUTE, settings, upstream, call_ceiling=call_ceiling(config, settings))
 
     def resolve(self, model: str) -> Route:
         route = self.routes.get(model)
@@ -55,29 +56,6 @@ class Router:
         )
 
 
-def build_route(settings: RouteSettings, clients: dict[str, UpstreamClient], path: str) -> Route:
-    try:
-        strategy = build_strategy(settings.strategy)
-    except ValueError as exc:
-        raise ConfigError(f"{path}.strategy: {exc}") from None
-    return Route(settings.model, settings, clients[settings.upstream], strategy, call_ceiling(settings, clients))
-
-
-def call_ceiling(settings: RouteSettings, clients: dict[str, UpstreamClient]) -> int:
-    """The most upstream calls one request of this route may make, unless the config says.
-
-    The strategy's own count (every candidate its own call, every judge call, every paraphrase)
-    times the most attempts any upstream it uses makes per call: its retries, then its
-    fallback's. Nothing a client sends changes it.
-    """
-    strategy = settings.strategy
-    if strategy.max_upstream_calls is not None:
-        return strategy.max_upstream_calls
-    names = [settings.upstream, *(name for _, name in strategy.upstream_references())]
-    return strategy.upstream_calls(settings.limits.max_n) * max(_attempts(clients[name]) for name in names)
-
-
-def _attempts(client: UpstreamClient) -> int:
-    """Attempts per call: its own tries, then its fallback's (a fallback does not fall back)."""
-    fallback = client.fallback
-    return 1 + client.settings.retries + (1 + fallback.settings.retries if fallback is not None else 0)
+def build_route(config: Config, settings: RouteSettings, clients: dict[str, UpstreamClient], path: str) -> Route:
+    strategy = build_strategy_of(settings, path)
+    return Route(settings.model, settings, clients[settings.upstream], strategy, call_ceiling(config, settings))
