@@ -80,6 +80,9 @@ class Proxy:
             )
             work = StrategyRequest(endpoint.messages(body), body.n, body.rvr, params.get("response_format"))
             headers = {"x-rvr-route": route.name}
+            if body.rvr is not None and not route.strategy.reports:
+                # One body for every route: options a strategy has no use for are ignored, openly.
+                headers["x-rvr-ignored"] = f"rvr options do not apply to {route.strategy.name} routes"
             if body.stream:
                 response = await self._stream(request, work, services, body, route, endpoint, record, headers)
                 streaming = True  # from here the stream's own end writes the record
@@ -134,10 +137,6 @@ class Proxy:
         strategy = route.strategy
         if not strategy.takes_prompt_batches and not endpoint.single_input(body):
             raise InvalidRequest(f"{strategy.name} routes take one prompt string", param="prompt")
-        if not strategy.reports and body.rvr is not None:
-            raise InvalidRequest(
-                f"route {route.name!r} is a {strategy.name} route: `rvr` options do not apply", param="rvr"
-            )
         if strategy.needs_logprobs and "logprobs" not in params:
             params["logprobs"] = endpoint.logprobs_on
         return params

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,3 +31,14 @@ def test_check_config_does_not_import_litellm(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "route best: at most" in result.stdout
+
+
+def test_rvr_options_on_a_passthrough_route_are_ignored_openly(client: Any) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="echo", messages=[{"role": "user", "content": "hi"}], extra_body={"rvr": {"max_n": 2}}
+    )
+    assert raw.http_response.status_code == 200
+    assert "rvr options do not apply to passthrough routes" in raw.headers["x-rvr-ignored"]
+    assert "rvr" not in raw.parse().model_extra  # nothing was chosen, so there is nothing to report
+    plain = client.chat.completions.with_raw_response.create(model="echo", messages=[{"role": "user", "content": "hi"}])
+    assert "x-rvr-ignored" not in plain.headers
