@@ -272,6 +272,7 @@ RVR_REPORT = {
     "type": "object",
     "description": "rvr-proxy extension, on strategy routes only: what the strategy did and why it stopped.",
     "required": [
+        "summary",
         "route",
         "strategy",
         "candidates",
@@ -283,11 +284,13 @@ RVR_REPORT = {
         "candidate_variants",
         "verifier_disagreement",
         "upstream_errors",
+        "verifier_errors",
         "audit",
         "timings_ms",
         "risk",
     ],
     "properties": {
+        "summary": {**_STRING, "description": "one line for a person to read"},
         "route": _STRING,
         "strategy": _STRING,
         "candidates": {**_COUNT, "description": "candidates sampled"},
@@ -299,6 +302,16 @@ RVR_REPORT = {
         "candidate_variants": _STRINGS,
         "verifier_disagreement": _SCORE,
         "upstream_errors": _COUNT,
+        "verifier_errors": {
+            "type": "object",
+            "description": "per verifier with any: runs that failed whole, scores left missing, the last cause",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["failed", "missing", "cause"],
+                "properties": {"failed": _COUNT, "missing": _COUNT, "cause": {"anyOf": [_STRING, _NULL]}},
+                "additionalProperties": False,
+            },
+        },
         "audit": {"type": "boolean"},
         "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
         "risk": {"anyOf": [{"$ref": _REF.format(model="RiskReport")}, _NULL]},

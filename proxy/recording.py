@@ -49,6 +49,8 @@ def finish(record: RequestRecord, log_prompts: bool) -> None:
         line["stop_reason"] = outcome.stop_reason.value
         if outcome.risk is not None:
             line["residual"] = outcome.risk.residual
+        if outcome.verifier_causes:  # judge and reward failures, named, so the log says why
+            line["verifier_errors"] = dict(outcome.verifier_causes)
     if record.error:
         line["error"] = record.error
     if log_prompts and record.prompt is not None:

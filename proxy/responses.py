@@ -71,6 +71,7 @@ def completion(
 def rvr_body(outcome: Outcome, route: str, details: bool) -> dict[str, Any]:
     """The `rvr` extension: what the strategy did and why it stopped."""
     body: dict[str, Any] = {
+        "summary": summary(outcome),
         "route": route,
         "strategy": outcome.strategy,
         "candidates": len(outcome.candidates),
@@ -82,6 +83,7 @@ def rvr_body(outcome: Outcome, route: str, details: bool) -> dict[str, Any]:
         "candidate_variants": [c.variant for c in outcome.candidates],
         "verifier_disagreement": outcome.verifier_disagreement,
         "upstream_errors": outcome.upstream_errors,
+        "verifier_errors": verifier_errors(outcome),
         "audit": outcome.audit,
         "timings_ms": {k: round(v * 1000, 2) for k, v in outcome.timings.items()},
         "risk": outcome.risk.as_dict() if outcome.risk is not None else None,
@@ -89,3 +91,39 @@ def rvr_body(outcome: Outcome, route: str, details: bool) -> dict[str, Any]:
     if details:
         body["candidate_texts"] = [c.text for c in outcome.candidates]
     return body
+
+
+def verifier_errors(outcome: Outcome) -> dict[str, dict[str, Any]]:
+    """Per verifier with any: runs that failed whole, scores left missing, and the last cause."""
+    errors: dict[str, dict[str, Any]] = {}
+    for name, tally in outcome.verifier_outcomes.items():
+        failed, missing = tally.get("failed", 0), tally.get("missing", 0)
+        if failed or missing:
+            errors[name] = {"failed": failed, "missing": missing, "cause": outcome.verifier_causes.get(name)}
+    return errors
+
+
+def summary(outcome: Outcome) -> str:
+    """One line a person can read: what was sampled, what was chosen, what the numbers rest on."""
+    n = len(outcome.candidates)
+    scored = [s for s in outcome.scores if s is not None]
+    parts = [f"{n} candidate{'s' if n != 1 else ''} from {len(outcome.variants)} prompt variant(s)"]
+    if not scored:
+        parts.append("no verifier scored any: the first was returned")
+    else:
+        parts.append(f"{len(scored)} scored, #{outcome.selected} chosen")
+        if len(set(scored)) == 1 and n > 1:
+            parts.append("all scored alike, so the verifiers saw no difference to act on")
+    parts.append(f"stopped: {outcome.stop_reason.value.replace('_', ' ')}")
+    missing = sum(e["missing"] + e["failed"] for e in verifier_errors(outcome).values())
+    if missing:
+        parts.append(f"{missing} verifier call(s) failed or unparsed")
+    if outcome.upstream_errors:
+        parts.append(f"{outcome.upstream_errors} upstream call(s) failed")
+    risk = outcome.risk
+    if risk is not None and risk.residual is not None and risk.baseline is not None:
+        parts.append(
+            f"risk {risk.residual:.2f} left of {risk.baseline:.2f} "
+            "(the verifiers' own estimate, not checked against gold answers)"
+        )
+    return "; ".join(parts)

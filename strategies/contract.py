@@ -258,6 +258,7 @@ class Outcome:
     verifier_disagreement: float | None = None
     upstream_errors: int = 0
     verifier_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> ok|failed|missing -> count
+    verifier_causes: dict[str, str] = field(default_factory=dict)  # name -> why its last failure happened
     plain_usage: Usage | None = None  # what one plain call cost (first batch per sample), for cost ratios
     audit: bool = False
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
@@ -290,6 +291,13 @@ class Scored:
     usage: Usage = field(default_factory=Usage)
     hard: bool = False
     errors: int = 0  # judge/reward calls or plugin runs that failed or did not parse (scored None)
+    cause: str | None = None  # why the last of them failed, in words safe to log (`failure_cause`)
+
+
+def failure_cause(exc: BaseException) -> str:
+    """A failure in words fit for a client and a log: the proxy's errors carry a `summary`
+    without upstream text (which may echo the prompt); anything else is named by its class."""
+    return str(getattr(exc, "summary", None) or type(exc).__name__)[:200]
 
 
 class Verifier:

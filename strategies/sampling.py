@@ -40,6 +40,7 @@ from strategies.contract import (
     Usage,
     Verifier,
     VerifyContext,
+    failure_cause,
 )
 from strategies.risk import RouteRiskState
 from strategies.selection import Selection, VerifierResult, select, view_key
@@ -121,6 +122,7 @@ class _Run:
     over_budget: BudgetExhausted | None = None  # a call the token budget could not pay for
     view_rounds: int = 0  # times the verifier-first rule added views
     verifier_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
+    verifier_causes: dict[str, str] = field(default_factory=dict)
 
     def time(self, step: str, since: float) -> None:
         self.timings[step] = self.timings.get(step, 0.0) + (self.clock() - since)
@@ -179,11 +181,12 @@ async def _sample_batch(run: _Run, plan: Plan, size: int, timeout: float | None)
     return added
 
 
-async def _score_one(verifier: Verifier, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored | None:
+async def _score_one(verifier: Verifier, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored | str:
+    """The verifier's verdict, or why it could not give one."""
     try:
         return await verifier.score(ctx, candidates)
-    except Exception:  # noqa: BLE001 - a broken verifier leaves its views missing, never 0
-        return None
+    except Exception as exc:  # noqa: BLE001 - a broken verifier leaves its views missing, never 0
+        return failure_cause(exc)
 
 
 async def _verify(run: _Run, plan: Plan, ctx: VerifyContext) -> list[VerifierResult]:
@@ -192,12 +195,15 @@ async def _verify(run: _Run, plan: Plan, ctx: VerifyContext) -> list[VerifierRes
     results = []
     for verifier, scored in zip(plan.verifiers, verdicts, strict=True):
         tally = run.verifier_outcomes.setdefault(verifier.name, {})
-        if scored is None:
+        if isinstance(scored, str):
             tally["failed"] = tally.get("failed", 0) + 1
+            run.verifier_causes[verifier.name] = scored
             continue
         tally["ok"] = tally.get("ok", 0) + 1
         if scored.errors:  # calls inside it that failed or did not parse: missing views
             tally["missing"] = tally.get("missing", 0) + scored.errors
+            if scored.cause is not None:
+                run.verifier_causes[verifier.name] = scored.cause
         run.usage += scored.usage
         results.append(VerifierResult(verifier.name, verifier.weight, scored))
     run.time("verify", since)
@@ -401,6 +407,7 @@ def _outcome(
         verifier_disagreement=report.verifier if report.sources.get("verifier") == "request" else None,
         upstream_errors=run.errors,
         verifier_outcomes=run.verifier_outcomes,
+        verifier_causes=run.verifier_causes,
         audit=audit,
         timings=dict(run.timings),
     )

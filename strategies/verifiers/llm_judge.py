@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from strategies.contract import Candidate, Scored, Usage, VerifyContext
+from strategies.contract import Candidate, Scored, Usage, VerifyContext, failure_cause
 from strategies.verifiers.base import BaseVerifier, VerifierSpec
 from strategies.verifiers.rendering import render_candidate, render_conversation
 
@@ -241,7 +241,7 @@ class LlmJudgeVerifier(BaseVerifier):
                 ctx, candidates, views, conversation, responses, memo, limit
             )
             usage, errors = usage + more_usage, errors + more_errors
-        return Scored(views=views, usage=usage, errors=errors)
+        return Scored(views=views, usage=usage, errors=errors, cause=memo.get("cause") if errors else None)
 
     async def _pairwise(
         self,
@@ -346,7 +346,8 @@ class LlmJudgeVerifier(BaseVerifier):
                     return Usage(), False
                 try:
                     reply = await ctx.services.chat(self.upstream, call.messages, **self.judge_params)
-                except Exception:  # noqa: BLE001 - a failed call is a missing view
+                except Exception as exc:  # noqa: BLE001 - a failed call is a missing view
+                    memo["cause"] = failure_cause(exc)
                     # Remembered as missing, so later rounds do not redo it: the upstream client
                     # has already retried, and every round repeating it multiplied the calls.
                     memo[call.key] = None

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from strategies.contract import Candidate, Scored, Usage, VerifyContext
+from strategies.contract import Candidate, Scored, Usage, VerifyContext, failure_cause
 from strategies.verifiers.base import BaseVerifier, VerifierSpec, clip01
 from strategies.verifiers.rendering import render_candidate
 
@@ -87,26 +87,26 @@ class RewardModelVerifier(BaseVerifier):
     async def score(self, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored:
         memo: dict[int, float | None] = ctx.cache.setdefault(("reward_model", self.name), {})
         new = [c for c in candidates if c.index not in memo]
-        usage, errors = Usage(), 0
+        usage, errors, cause = Usage(), 0, None
         if new:
-            usage, errors = await self._reward(ctx, new, memo)
+            usage, errors, cause = await self._reward(ctx, new, memo)
         raw = [memo.get(c.index) for c in candidates]
-        return Scored(views={self.view(): self._squash(raw)}, usage=usage, errors=errors)
+        return Scored(views={self.view(): self._squash(raw)}, usage=usage, errors=errors, cause=cause)
 
     async def _reward(
         self, ctx: VerifyContext, new: Sequence[Candidate], memo: dict[int, float | None]
-    ) -> tuple[Usage, int]:
+    ) -> tuple[Usage, int, str | None]:
         try:
             reply = await ctx.services.reward(
                 self.endpoint, ctx.messages, [render_candidate(c) for c in new]
             )
-        except Exception:  # noqa: BLE001 - an unreachable reward model is a missing view
-            return Usage(), 1
-        if len(reply.scores) != len(new):
-            return reply.usage, 1  # cannot tell which score is whose: trust none of them
+        except Exception as exc:  # noqa: BLE001 - an unreachable reward model is a missing view
+            return Usage(), 1, failure_cause(exc)
+        if len(reply.scores) != len(new):  # cannot tell which score is whose: trust none of them
+            return reply.usage, 1, f"{len(reply.scores)} scores for {len(new)} answers"
         for candidate, value in zip(new, reply.scores, strict=True):
             memo[candidate.index] = _finite(value)
-        return reply.usage, 0
+        return reply.usage, 0, None
 
     def _squash(self, raw: list[float | None]) -> list[float | None]:
         if self.squash == "none":
