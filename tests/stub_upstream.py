@@ -1,7 +1,19 @@
 """A small OpenAI-compatible upstream for tests: real HTTP on loopback, scripted behaviour.
 
-The model name picks the behaviour (see `Behaviour`). Every request body is logged so tests can
+The model name picks the behaviour (see `Handler.do_POST`). Every request body is logged so tests can
 check exactly what the proxy sent, and a slow request notices when its caller hangs up.
+
+Two behaviours answer as OpenAI itself does, for the conformance tests:
+
+* `rich`: every field OpenAI sends (`system_fingerprint`, `service_tier`, `message.refusal`,
+  `message.annotations`, the usage details, `logprobs` with `top_logprobs`, `delta.refusal` and
+  `choices[].logprobs: null` in chunks), deterministically: fixed `created`, no randomness, so a
+  direct answer and a proxied one can be compared field by field.
+* `tools-stream`: with `tools`, calls them; streamed, as OpenAI streams tool calls (a first delta
+  with the call's index, id, type, name and empty arguments, then argument fragments, then
+  `finish_reason: "tool_calls"`); not streamed, the same calls assembled.
+
+Any behaviour streams `n` choices (chunks with index 0..n-1, interleaved) when asked for `n > 1`.
 """
 
 from __future__ import annotations
@@ -18,6 +30,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 ANSWER = "42"
+RICH_CREATED = 1_700_000_000  # `rich` answers carry this `created`, streamed or not
+RICH_FINGERPRINT = "fp_stub_rich"
+RICH_SERVICE_TIER = "default"
+TOOL_ARGUMENTS = ({"city": "Paris", "unit": "celsius"}, {"city": "Tokyo", "unit": "celsius"})
 
 
 @dataclass
@@ -52,6 +68,68 @@ def _math_answer(rng: random.Random, body: dict[str, Any]) -> str:
     if rng.random() < p:
         return f"Let me think. The answer is {ANSWER}."
     return f"Let me think. The answer is {rng.choice(['41', '43', '24', '7'])}."
+
+
+def _rich_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def _token_logprob(token: str, lp: float, top: int) -> dict[str, Any]:
+    """One entry of a chat `logprobs.content`, with `top` alternatives as OpenAI gives them."""
+    alternatives = [token] + [f"{token}~{k}" for k in range(1, top)]
+    return {
+        "token": token,
+        "logprob": lp,
+        "bytes": list(token.encode()),
+        "top_logprobs": [
+            {"token": t, "logprob": lp - k, "bytes": list(t.encode())} for k, t in enumerate(alternatives[:top])
+        ],
+    }
+
+
+def _text_logprobs(tokens: list[str], lp: float, top: int, offset: int = 0) -> dict[str, Any]:
+    """A text completion's `logprobs` object for `tokens` (`top` alternatives per token)."""
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp] * len(tokens),
+        "top_logprobs": [{t: lp, **{f"{t}~{k}": lp - k for k in range(1, top)}} for t in tokens] if top else None,
+        "text_offset": offsets,
+    }
+
+
+def _tool_calls(body: dict[str, Any], choice: int) -> list[dict[str, Any]]:
+    """The calls `tools-stream` makes: the function `tool_choice` names, else each tool (up to two)."""
+    tools = [t["function"]["name"] for t in body.get("tools") or [] if t.get("type") == "function"]
+    forced = body.get("tool_choice")
+    if isinstance(forced, dict) and forced.get("type") == "function":
+        tools = [forced["function"]["name"]]
+    return [
+        {
+            "id": f"call_{choice}_{k}",
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps(TOOL_ARGUMENTS[k % len(TOOL_ARGUMENTS)])},
+        }
+        for k, name in enumerate(tools[:2])
+    ]
+
+
+def _fragments(text: str, size: int = 5) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def _judge_reply(body: dict[str, Any]) -> str:
@@ -127,8 +205,18 @@ class Handler(BaseHTTPRequestHandler):
             n = 1
         text_mode = self.path.endswith("/completions") and not self.path.endswith("/chat/completions")
         contents = [self._content(behaviour, body, i) for i in range(n)]
-        if body.get("stream"):
+        calls_tools = behaviour == "tools-stream" and not text_mode and bool(body.get("tools"))
+        calls_tools = calls_tools and body.get("tool_choice") != "none"
+        if body.get("stream") and calls_tools:
+            self._stream_tool_calls(body, n)
+        elif body.get("stream") and (behaviour == "rich" or n > 1) and behaviour not in ("cut", "ends-early"):
+            self._stream_choices(body, contents, text_mode, rich=behaviour == "rich")
+        elif body.get("stream"):
             self._stream(body, contents[0], text_mode, cut=behaviour == "cut", ends_early=behaviour == "ends-early")
+        elif behaviour == "rich":
+            self._json(200, self._rich_completion(body, contents, text_mode))
+        elif calls_tools:
+            self._json(200, self._tool_completion(body, n))
         else:
             self._json(200, self._completion(body, contents, text_mode, behaviour))
         with self.server.state.lock:
@@ -239,7 +327,7 @@ class Handler(BaseHTTPRequestHandler):
         self._event(
             {
                 "id": "stub-s",
-                "object": "chat.completion.chunk",
+                "object": "text_completion" if text_mode else "chat.completion.chunk",
                 "created": 0,
                 "model": body.get("model"),
                 "choices": [final],
@@ -264,6 +352,180 @@ class Handler(BaseHTTPRequestHandler):
         self._chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+    def _rich_completion(self, body: dict[str, Any], contents: list[str], text_mode: bool) -> dict[str, Any]:
+        """An answer with every field OpenAI sends, the same every time for the same request."""
+        top = int(body.get("top_logprobs") or 0)
+        choices = []
+        for i, content in enumerate(contents):
+            tokens = [t if k == 0 else " " + t for k, t in enumerate(content.split(" "))]
+            if text_mode:
+                asked = body.get("logprobs")  # an integer: how many alternatives per token
+                logprobs = _text_logprobs(tokens, -0.25, int(asked)) if asked is not None else None
+                choices.append({"text": content, "index": i, "logprobs": logprobs, "finish_reason": "stop"})
+                continue
+            logprobs = (
+                {"content": [_token_logprob(t, -0.25, top) for t in tokens], "refusal": None}
+                if body.get("logprobs")
+                else None
+            )
+            message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
+            choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": "stop"})
+        answer: dict[str, Any] = {
+            "id": "stub-rich",
+            "object": "text_completion" if text_mode else "chat.completion",
+            "created": RICH_CREATED,
+            "model": body.get("model"),
+            "system_fingerprint": RICH_FINGERPRINT,
+            "choices": choices,
+            "usage": _rich_usage(_words(_prompt_text(body)), sum(_words(c) for c in contents)),
+        }
+        if not text_mode:
+            answer["service_tier"] = RICH_SERVICE_TIER
+        return answer
+
+    def _tool_completion(self, body: dict[str, Any], n: int) -> dict[str, Any]:
+        """`tools-stream` not streamed: the calls its stream would make, assembled."""
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": None, "refusal": None, "tool_calls": _tool_calls(body, i)},
+                "logprobs": None,
+                "finish_reason": "tool_calls",
+            }
+            for i in range(n)
+        ]
+        completion_tokens = sum(len(c["function"]["arguments"]) for c in _tool_calls(body, 0)) * n
+        prompt_tokens = _words(_prompt_text(body))
+        return {
+            "id": "stub-tools",
+            "object": "chat.completion",
+            "created": RICH_CREATED,
+            "model": body.get("model"),
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    def _open_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+
+    def _end_stream(self, body: dict[str, Any], base: dict[str, Any], usage: dict[str, Any]) -> None:
+        if (body.get("stream_options") or {}).get("include_usage"):
+            self._event({**base, "choices": [], "usage": usage})
+        self._chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _stream_choices(self, body: dict[str, Any], contents: list[str], text_mode: bool, rich: bool) -> None:
+        """`n` choices streamed as OpenAI does, interleaved: each chunk carries one choice's delta.
+
+        `rich` adds what OpenAI's chunks carry besides: the fingerprint and service tier on every
+        chunk, `logprobs` on every choice (null unless asked for), `refusal: null` in the first
+        delta, and the usage details.
+        """
+        self._open_stream()
+        base: dict[str, Any] = {
+            "id": "stub-rich" if rich else "stub-s",
+            "object": "text_completion" if text_mode else "chat.completion.chunk",
+            "created": RICH_CREATED if rich else 0,
+            "model": body.get("model"),
+        }
+        if rich:
+            base["system_fingerprint"] = RICH_FINGERPRINT
+            if not text_mode:
+                base["service_tier"] = RICH_SERVICE_TIER
+        top = int(body.get("top_logprobs") or 0)
+        tokens = [[t if k == 0 else " " + t for k, t in enumerate(c.split(" "))] for c in contents]
+        offsets = [0] * len(contents)
+        for step in range(max(len(t) for t in tokens) + 1):  # step 0: the chat role delta
+            for index, pieces in enumerate(tokens):
+                if text_mode and step == 0:
+                    continue
+                if step > len(pieces):
+                    continue
+                token = pieces[step - 1] if step else ""
+                choice: dict[str, Any] = {"index": index}
+                if text_mode:
+                    choice["text"] = token
+                    if rich:
+                        asked = body.get("logprobs")
+                        lp = _text_logprobs([token], -0.25, int(asked), offsets[index]) if asked is not None else None
+                        choice["logprobs"] = lp
+                        offsets[index] += len(token)
+                else:
+                    if step == 0:
+                        choice["delta"] = {"role": "assistant", "content": ""}
+                        if rich:
+                            choice["delta"]["refusal"] = None
+                    else:
+                        choice["delta"] = {"content": token}
+                    if rich:
+                        choice["logprobs"] = (
+                            {"content": [_token_logprob(token, -0.25, top)], "refusal": None}
+                            if body.get("logprobs") and step
+                            else None
+                        )
+                choice["finish_reason"] = None
+                self._event({**base, "choices": [choice]})
+        for index in range(len(contents)):
+            final: dict[str, Any] = {"index": index}
+            if text_mode:
+                final["text"] = ""
+            else:
+                final["delta"] = {}
+            if rich:
+                final["logprobs"] = None
+            final["finish_reason"] = "stop"
+            self._event({**base, "choices": [final]})
+        prompt_tokens = _words(_prompt_text(body))
+        completion_tokens = sum(len(t) for t in tokens)
+        usage = (
+            _rich_usage(prompt_tokens, completion_tokens)
+            if rich
+            else {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+        )
+        self._end_stream(body, base, usage)
+
+    def _stream_tool_calls(self, body: dict[str, Any], n: int) -> None:
+        """Tool calls streamed as OpenAI streams them, for each of `n` choices in turn."""
+        self._open_stream()
+        base = {"id": "stub-tools", "object": "chat.completion.chunk", "created": RICH_CREATED}
+        base["model"] = body.get("model")
+
+        def send(index: int, delta: dict[str, Any], finish: str | None = None) -> None:
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            self._event({**base, "choices": [choice]})
+
+        fragments = 0
+        for index in range(n):
+            for k, call in enumerate(_tool_calls(body, index)):
+                head = {
+                    "index": k,
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""},
+                }
+                first: dict[str, Any] = {"role": "assistant", "content": None} if k == 0 else {}  # as OpenAI's
+                send(index, {**first, "tool_calls": [head]})
+                for piece in _fragments(call["function"]["arguments"]):
+                    send(index, {"tool_calls": [{"index": k, "function": {"arguments": piece}}]})
+                    fragments += 1
+            send(index, {}, "tool_calls")
+        prompt_tokens = _words(_prompt_text(body))
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": fragments}
+        usage["total_tokens"] = prompt_tokens + fragments
+        self._end_stream(body, base, usage)
 
     def _embeddings(self, body: dict[str, Any]) -> None:
         """Bag-of-words vectors over 32 hashed buckets: texts sharing words point the same way."""

@@ -419,7 +419,9 @@ def test_the_budget_bounds_every_upstream_token(budgeted: ProxyProcess, adaptive
     assert response.status_code == 200
     body = response.json()
     assert body["usage"]["total_tokens"] <= 150  # usage counts every upstream token of the request
-    assert 1 <= body["rvr"]["candidates"] < 16 and body["rvr"]["stop_reason"] == "token_budget"
+    assert 1 <= body["rvr"]["candidates"] < 16
+    if not adaptive:  # a fixed 16 cannot fit: the budget is what stops it (adaptive may stop sooner)
+        assert body["rvr"]["stop_reason"] == "token_budget"
 
 
 def test_failing_judge_calls_do_not_multiply(budgeted: ProxyProcess, stub: StubServer) -> None:
