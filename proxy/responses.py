@@ -109,7 +109,7 @@ def summary(outcome: Outcome) -> str:
     scored = [s for s in outcome.scores if s is not None]
     parts = [f"{n} candidate{'s' if n != 1 else ''} from {len(outcome.variants)} prompt variant(s)"]
     if not scored:
-        parts.append("no verifier scored any: the first was returned")
+        parts.append("no verifier scored any, so agreement among them chose")
     else:
         parts.append(f"{len(scored)} scored, #{outcome.selected} chosen")
         if len(set(scored)) == 1 and n > 1:

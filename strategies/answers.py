@@ -10,8 +10,10 @@ Extraction tries, in order, and takes the last occurrence of the first kind that
 2. ``#### x`` (GSM8K style);
 3. ``\\boxed{x}`` with nested braces (MATH style);
 4. "the answer is x" / "answer: x";
-5. an option letter: ``(B)``, ``B.`` / ``B)`` at the start of a line, "option B" / "choice B";
-6. the last number in the text.
+5. the right side of the last equation: "2 + 3 = 5" answers 5;
+6. an option letter: ``(B)``, ``B.`` / ``B)`` at the start of a line, "option B" / "choice B";
+7. the last number in the text, unless the answer only restates an unevaluated expression
+   ("2 + 3", "4 + 2 + 3"): its last number is an operand, not a result, so there is no answer.
 
 Tool-call candidates are keyed by what they would do: every call's function name and its
 arguments as canonical JSON.
@@ -42,6 +44,10 @@ _OPTION_FORMS = (
     re.compile(r"(?m)^\s*([A-J])[.)](?=\s|$)"),
     re.compile(r"\b(?:option|choice)\s+\(?([A-J])\b\)?", re.IGNORECASE),
 )
+# The right side of an equation, up to a line break or a full stop that is not a decimal point.
+_EQUATION = re.compile(r"(?<![=<>!])=(?!=)\s*([^=\n]*?)\s*(?:\.(?!\d)|\n|$)")
+# A line that is only arithmetic, with at least one operator: a question restated, not answered.
+_UNEVALUATED = re.compile(r"^\s*[-+]?\d[\d.,]*(?:\s*[-+*/x×÷^]\s*[-+]?\d[\d.,]*)+\s*[?.]?\s*$")
 _NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?(?![\w])")
 
 _OPTION_ALONE = re.compile(r"^(?:option\s+|choice\s+)?\(?([a-j])\)?[.):]?$")
@@ -129,11 +135,19 @@ def _extract_raw(text: str, custom: Sequence[re.Pattern[str]], defaults: bool) -
             return last.group(1) if pattern.groups else last.group(0)
     if not defaults:
         return None
-    for extractor in (_last_hash, _last_boxed, _last_answer_phrase, _last_option, _last_number):
+    for extractor in (_last_hash, _last_boxed, _last_answer_phrase, _last_equation, _last_option):
         found = extractor(text)
         if found is not None and found.strip():
             return found
-    return None
+    first_line = text.strip().split("\n", 1)[0]
+    if _UNEVALUATED.match(first_line):
+        return None
+    return _last_number(text)
+
+
+def _last_equation(text: str) -> str | None:
+    matches = [m.group(1) for m in _EQUATION.finditer(text) if m.group(1).strip()]
+    return matches[-1] if matches else None
 
 
 def _last_hash(text: str) -> str | None:

@@ -200,7 +200,11 @@ def select(candidates: Sequence[Candidate], results: Sequence[VerifierResult]) -
     if contenders:
         best = max(ranking[i] for i in contenders)
         tied = [i for i in contenders if ranking[i] >= best - _TIE_TOLERANCE]
-    else:  # nothing discriminates: fall back to consensus among admissible answers
-        tied = [i for i in range(n) if matrix.eligible[i]]
+    else:  # nothing discriminates: consensus among the admissible answers a verifier scored
+        admissible = [i for i in range(n) if matrix.eligible[i]]
+        scored = [i for i in admissible if not np.isnan(utility[i])]
+        # An empty or unextractable answer never beats a scored one; only when no answer was
+        # scored at all does consensus pick among every admissible one (rvr.summary says so).
+        tied = scored or admissible
     index = break_tie(candidates, tied)
     return Selection(index, utility, ranking, matrix, tie_broken=len(tied) > 1)

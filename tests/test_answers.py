@@ -244,3 +244,22 @@ def test_tool_call_key_keeps_invalid_json_verbatim_and_ignores_text() -> None:
 def test_answer_key_without_tool_calls_is_the_extracted_answer() -> None:
     assert answer_key(cand("so #### 3"), ()) == "3"
     assert answer_key(cand("no idea"), ()) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("2 + 3 = 5", "5"),  # "X = Y" answers Y, not the operand before it
+        ("2 + 3 = 7", "7"),
+        ("2 + 3 = 5. So 5.", "5"),
+        ("x = 3.5 m.", "3.5"),
+        ("4", "4"),
+        ("3 is the answer.", "3"),
+        ("2 + 3", None),  # the question's expression restated: no answer
+        ("4 + 2 + 3", None),
+        ("2+3\nExplanation:", None),
+        ("a == b then 3", "3"),  # a comparison is not an equation
+    ],
+)
+def test_equations_answer_and_restated_expressions_do_not(text: str, answer: str | None) -> None:
+    assert extract_answer(text) == answer

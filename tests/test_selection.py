@@ -150,3 +150,19 @@ def test_a_disqualified_candidate_is_never_chosen_while_another_passes(gate: lis
     sel = select(texts(*[f"t{i}" for i in range(n)]), [soft("rm", v=rm), hard("schema", gate)])
     if any(g == 1.0 for g in gate):
         assert gate[sel.index] == 1.0
+
+
+def test_an_unscored_candidate_never_beats_a_scored_one_when_scores_tie() -> None:
+    # Seen on the embedded model: two candidates with the same vote share, six unextractable;
+    # with no ordering among the scored, consensus over all eight picked an unscored one.
+    texts = ["4 + 2 + 3", "2 + 3 = 5", "2 + 3", "2 + 3", "2 + 3", "the answer is 5", "2 + 3", "2 + 3"]
+    candidates = [Candidate(i, "original", {"role": "assistant", "content": t}) for i, t in enumerate(texts)]
+    views = {"v": [None, 1.0, None, None, None, 1.0, None, None]}
+    chosen = select(candidates, [VerifierResult("sc", 1.0, Scored(views))])
+    assert chosen.index in (1, 5)
+
+
+def test_with_nothing_scored_consensus_still_chooses() -> None:
+    candidates = [Candidate(i, "original", {"role": "assistant", "content": t}) for i, t in enumerate(["a", "b", "b"])]
+    chosen = select(candidates, [VerifierResult("sc", 1.0, Scored({"v": [None, None, None]}))])
+    assert chosen.index in (1, 2) and chosen.selected_utility is None
