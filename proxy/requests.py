@@ -14,7 +14,7 @@ JSON's `NaN`/`Infinity` (Python's json accepts them, no upstream does), lone UTF
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -228,7 +228,6 @@ Stop = Annotated[str | list[str] | None, PlainValidator(_stop)]
 ToolChoice = Annotated[str | dict[str, Any] | None, PlainValidator(_tool_choice)]
 Prompt = Annotated[str | list[str] | list[int], PlainValidator(_prompt)]
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
-ROLES = frozenset(get_args(Role))
 
 # ---- structured fields ---------------------------------------------------------------------------
 # TypedDicts, so validated values stay the plain dicts the rest of the proxy and litellm expect,
