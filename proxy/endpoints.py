@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from proxy.requests import CHAT_PARAMS, TEXT_PARAMS, ChatRequest, CompletionRequest, RequestBody
 from proxy.upstream import Choices, UpstreamClient
@@ -77,7 +77,7 @@ class ChatEndpoint(Endpoint):
     logprobs_on = True
 
     def messages(self, body: ChatRequest) -> list[Message]:
-        return body.messages
+        return cast(list[Message], body.messages)  # validated TypedDicts are the plain dicts
 
     def client_input(self, body: ChatRequest) -> Any:
         return body.messages

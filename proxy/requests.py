@@ -14,7 +14,7 @@ JSON's `NaN`/`Infinity` (Python's json accepts them, no upstream does), lone UTF
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -178,7 +178,9 @@ TEXT_ONLY = frozenset({"text"})
 def _message(message: ChatMessage) -> ChatMessage:
     """Content each role may send; only an assistant turn may leave it out (to call tools)."""
     allowed = ROLE_PARTS.get(message["role"], TEXT_ONLY)
-    for i, part in enumerate(message.get("content") if isinstance(message.get("content"), list) else []):
+    content = message.get("content")
+    parts = cast(list[dict[str, Any]], content) if isinstance(content, list) else []  # checked by _content
+    for i, part in enumerate(parts):
         if part["type"] not in allowed:
             raise _ShapeError(f"a `{message['role']}` message takes parts of {sorted(allowed)}", ("content", i, "type"))
     if message["role"] == "assistant":

@@ -42,8 +42,8 @@ class Router:
         self._default: Route | None = None
         if config.server.default_upstream is not None:
             settings = RouteSettings(model=DEFAULT_ROUTE, upstream=config.server.default_upstream)
-            upstream = self.clients[settings.upstream]
-            self._default = Route(DEFAULT_ROUTE, settings, upstream, call_ceiling=call_ceiling(config, settings))
+            client = self.clients[settings.upstream]
+            self._default = Route(DEFAULT_ROUTE, settings, client, call_ceiling=call_ceiling(config, settings))
 
     def resolve(self, model: str) -> Route:
         route = self.routes.get(model)

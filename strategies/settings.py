@@ -66,7 +66,9 @@ class BestOfNSettings(_Strict):
     adaptive: bool = True  # False samples exactly max_n (fixed best-of-N)
     variants: list[str | VariantTemplate] = Field(default_factory=lambda: list[str | VariantTemplate](["original"]))
     paraphrase_upstream: str | None = None  # needed by the `paraphrase` variant
-    verifiers: list[VerifierSettings] = Field(default_factory=lambda: [SelfConsistencySettings()])
+    verifiers: list[VerifierSettings] = Field(
+        default_factory=lambda: list[VerifierSettings]([SelfConsistencySettings()])
+    )
     stop: StopSettings = Field(default_factory=StopSettings)
     max_tokens_budget: int | None = Field(None, ge=1)  # all upstream tokens of one request
     deadline_s: float | None = Field(None, gt=0)
