@@ -942,8 +942,8 @@ for _case in NPM_CASES:
 @pytest.fixture(scope="module")
 def npm_run(conformant: ProxyProcess) -> dict[str, Any]:
     node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed (scripts/setup-test-env.sh installs it)")
+    if node is None:  # the setup script installs it: missing node is a broken setup, not a skip
+        pytest.fail("node is not installed: run scripts/setup-test-env.sh (it apt-installs nodejs and npm)")
     if not (NODE_DIR / "node_modules" / "openai" / "package.json").exists():
         pytest.fail("tests/node/node_modules is missing: run `npm ci --prefix tests/node` (scripts/setup-test-env.sh)")
     env = {
