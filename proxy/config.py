@@ -44,6 +44,9 @@ class ServerSettings(_Strict):
     max_messages: int = Field(1024, ge=1)  # per request; each one costs validation and upstream work
     max_header_bytes: int = Field(64 * 1024, ge=1024)  # request line and headers; beyond: 400, closed
     read_timeout_s: float = Field(30.0, gt=0)  # for a request's headers, and again for its body
+    # Where probe results, fitted calibration and selection state and verifier audits persist
+    # across restarts; None keeps them in memory only.
+    state_dir: Path | None = None
 
     @field_validator("api_keys")
     @classmethod
