@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -20,6 +21,7 @@ from proxy.auth import KeyCheck
 from proxy.allowance import CURRENT as CURRENT_ALLOWANCE
 from proxy.allowance import RequestAllowance
 from proxy.body import read_json
+from proxy.calibration_state import RouteCalibration, probe_dir
 from proxy.config import Config
 from proxy.errors import (
     ClientDisconnected,
@@ -35,6 +37,7 @@ from proxy.endpoints import ENDPOINTS, Endpoint
 from proxy.header_limit import HeaderLimitMiddleware
 from proxy.logs import install_redaction
 from proxy.openapi import serve_openapi
+from proxy.probes import ProbeRunner
 from proxy.recording import RequestRecord, finish
 from proxy.request_id import RequestIdMiddleware, request_id
 from proxy.requests import RequestBody, parse_body
@@ -58,27 +61,27 @@ class Proxy:
         self.router = Router(config)
         self.check_key = KeyCheck(config.server.api_keys)
         self.http: httpx.AsyncClient | None = None
+        self.in_flight = 0  # client requests this worker is serving, streams until their end
+        gold_dir = probe_dir(config.server.state_dir)
+        self.calibration = {
+            name: RouteCalibration(name, route.settings.probes, gold_dir)
+            for name, route in self.router.routes.items()
+            if route.strategy.reports
+        }
 
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
         record = RequestRecord(request_id(request), endpoint.name)
+        self.in_flight += 1
         streaming = False
         try:
             self.check_key(request.headers.get("authorization"))
             server = self.config.server
             data = await read_json(request, server.max_body_bytes, server.read_timeout_s)
-            self._check_size(data)
-            body = parse_body(endpoint.request_model, data)
-            route = self.router.resolve(body.model)
+            body, route = self.parse(data, endpoint)
             record.route, record.strategy = route.name, route.strategy.name
             record.prompt = endpoint.client_input(body)
-            params = self._params(body, route, endpoint)
-            assert self.http is not None
-            allowance = RequestAllowance(route.call_ceiling, route.token_budget)
-            CURRENT_ALLOWANCE.set(allowance)  # this request's task and every task it starts
-            services = RequestServices(
-                route.upstream, self.router.clients, params, endpoint, self.http, record.prompt, allowance
-            )
-            work = StrategyRequest(endpoint.messages(body), body.n, body.rvr, params.get("response_format"))
+            prepared = self.prepare(body, route, endpoint)
+            services, work = prepared.services, prepared.work
             headers = {"x-rvr-route": route.name}
             if body.rvr is not None and not route.strategy.reports:
                 # One body for every route: options a strategy has no use for are ignored, openly.
@@ -87,7 +90,7 @@ class Proxy:
                 response = await self._stream(request, work, services, body, route, endpoint, record, headers)
                 streaming = True  # from here the stream's own end writes the record
                 return response
-            outcome = await self._guarded(request, self._run(route, work, services))
+            outcome = await self._guarded(request, self.run(route, work, services))
             record.outcome = outcome
             headers["x-rvr-candidates"] = str(len(outcome.candidates))
             rvr = self._rvr(outcome, route, body)
@@ -103,9 +106,34 @@ class Proxy:
             return error_response(internal_error())
         finally:
             if not streaming:
-                finish(record, self.config.server.log_prompts)
+                self._finish(record)
 
     # ---- request preparation --------------------------------------------------------------
+
+    def parse(self, data: Any, endpoint: Endpoint) -> tuple[RequestBody, Route]:
+        """The validated body and the route it names."""
+        self._check_size(data)
+        body = parse_body(endpoint.request_model, data)
+        return body, self.router.resolve(body.model)
+
+    def prepare(self, body: RequestBody, route: Route, endpoint: Endpoint, token_budget: int | None = None) -> Prepared:
+        """A request checked against its route's caps, with its allowance, ready to run.
+
+        Client requests and gold probes both come through here. `token_budget` can only lower
+        the route's own budget (probes pass what their hourly budget has left).
+        """
+        params = self._params(body, route, endpoint)
+        assert self.http is not None
+        budget = route.token_budget
+        if token_budget is not None:
+            budget = token_budget if budget is None else min(budget, token_budget)
+        allowance = RequestAllowance(route.call_ceiling, budget)
+        CURRENT_ALLOWANCE.set(allowance)  # this request's task and every task it starts
+        services = RequestServices(
+            route.upstream, self.router.clients, params, endpoint, self.http, endpoint.client_input(body), allowance
+        )
+        work = StrategyRequest(endpoint.messages(body), body.n, body.rvr, params.get("response_format"))
+        return Prepared(services, work, allowance)
 
     def _check_size(self, data: Any) -> None:
         """Caps checked on the raw JSON, before validation spends time on every element."""
@@ -150,11 +178,16 @@ class Proxy:
     def _rvr(self, outcome: Outcome, route: Route, body: RequestBody) -> dict[str, Any] | None:
         if not route.strategy.reports:
             return None
-        return rvr_body(outcome, route.name, bool(body.rvr and body.rvr.details))
+        calibration = self.calibration.get(route.name)
+        snapshot = None
+        if calibration is not None:
+            calibration.observe(outcome.risk.as_dict() if outcome.risk is not None else None)
+            snapshot = calibration.snapshot()
+        return rvr_body(outcome, route.name, bool(body.rvr and body.rvr.details), snapshot)
 
     # ---- execution --------------------------------------------------------------------------
 
-    async def _run(self, route: Route, work: StrategyRequest, services: RequestServices) -> Outcome:
+    async def run(self, route: Route, work: StrategyRequest, services: RequestServices) -> Outcome:
         try:
             outcome = await route.strategy.run(work, services)
         except RequestNotServed as exc:
@@ -212,7 +245,7 @@ class Proxy:
         if not route.strategy.relays_stream:  # the strategy decides first, then the answer streams
 
             async def work_done() -> Outcome:
-                record.outcome = await self._run(route, work, services)
+                record.outcome = await self.run(route, work, services)
                 return record.outcome
 
             events = replay(
@@ -274,7 +307,33 @@ class Proxy:
             raise
         finally:
             pumping.cancel()
-            finish(record, self.config.server.log_prompts)
+            self._finish(record)
+
+    def _finish(self, record: RequestRecord) -> None:
+        self.in_flight -= 1
+        finish(record, self.config.server.log_prompts)
+
+    def probe_runner(self, name: str) -> ProbeRunner:
+        return ProbeRunner(self, self.router.routes[name], self.calibration[name])
+
+    def background_probes(self) -> list[ProbeRunner]:
+        """Runners for the routes that probe on a cadence (`every_s` > 0)."""
+        return [
+            self.probe_runner(name)
+            for name, route in self.router.routes.items()
+            if route.settings.probes is not None and route.settings.probes.every_s > 0 and name in self.calibration
+        ]
+
+    def idle(self) -> bool:
+        """No client request in flight in this worker: the only time gold probes may start."""
+        return self.in_flight == 0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    services: RequestServices
+    work: StrategyRequest
+    allowance: RequestAllowance
 
 
 def error_response(exc: ProxyError, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -294,9 +353,13 @@ def create_app(config: Config) -> FastAPI:
         async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
             proxy.http = http
             use_connection_pool(http)
+            probing = [asyncio.ensure_future(runner.loop(proxy.idle)) for runner in proxy.background_probes()]
             try:
                 yield
             finally:
+                for task in probing:
+                    task.cancel()
+                await asyncio.gather(*probing, return_exceptions=True)
                 use_connection_pool(None)
 
     # No slash redirects: a redirect is built from the client's Host header, before auth.

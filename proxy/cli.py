@@ -1,4 +1,4 @@
-"""`rvr-proxy serve | check-config | bench`."""
+"""`rvr-proxy serve | check-config | probe | bench`."""
 
 from __future__ import annotations
 
@@ -38,11 +38,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     check = sub.add_parser("check-config", help="validate a config file without serving")
     check.add_argument("file")
+    prober = sub.add_parser("probe", help="run a route's gold probe set once and print the calibration table")
+    prober.add_argument("--config", required=True, help="YAML config file")
+    prober.add_argument("--route", required=True, help="the route (model name) to probe")
+    prober.add_argument("--items", type=int, help="how many items (default: the whole set once)")
+    prober.add_argument("--out", help="write the gold records as JSON lines to this file")
     bench = sub.add_parser("bench", help="run the real-model benchmark (bench/real_model.py)")
     bench.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(args_list)
     if args.command == "check-config":
         return check_config(args.file)
+    if args.command == "probe":
+        return probe(args)
     return serve_command(args)
 
 
@@ -58,6 +65,29 @@ def check_config(path: str) -> int:
         tokens = f", at most {budget} upstream tokens" if budget is not None else ""
         print(f"  route {route.model}: at most {call_ceiling(config, route)} upstream calls per request{tokens}")
     return 0
+
+
+def probe(args: argparse.Namespace) -> int:
+    logging.config.dictConfig(log_config("warning"))
+    try:
+        config = validate(args.config)
+    except ConfigError as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 2
+    found = next((r for r in config.routes if r.model == args.route), None)
+    problem = None
+    if found is None:
+        problem = f"no route {args.route!r}; routes: {[r.model for r in config.routes]}"
+    elif found.probes is None:
+        problem = f"route {args.route!r} has no `probes` block"
+    elif args.items is not None and args.items < 1:
+        problem = "--items must be at least 1"
+    if problem is not None:
+        print(f"rvr-proxy probe: {problem}", file=sys.stderr)
+        return 2
+    from proxy.probe_command import probe_command
+
+    return probe_command(config, args.route, args.items, args.out)
 
 
 def validate(path: str) -> Config:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from proxy.probe_set import ProbeSetError, ProbeSettings, load_probe_set
 from proxy.secrets import MissingSecret, plain_text_secrets, resolve, url_password
 from strategies.contract import MODEL_NAME_PATTERN, Strategy
 from strategies.registry import build_strategy
@@ -102,6 +103,7 @@ class RouteSettings(_Strict):
     upstream: str
     strategy: StrategySettings = Field(default_factory=PassthroughSettings)
     limits: RouteLimits = Field(default_factory=RouteLimits)
+    probes: ProbeSettings | None = None  # gold items that anchor the route's risk numbers
 
 
 class Config(_Strict):
@@ -151,9 +153,12 @@ class Config(_Strict):
 def build_strategy_of(route: RouteSettings, path: str) -> Strategy:
     """The route's strategy, built as serving builds it; a problem names the key path."""
     try:
-        return build_strategy(route.strategy)
+        strategy = build_strategy(route.strategy)
     except ValueError as exc:
         raise ConfigError(f"{path}.strategy: {exc}") from None
+    if route.probes is not None and not strategy.reports:
+        raise ConfigError(f"{path}.probes: gold probes calibrate risk numbers, and {strategy.name} routes report none")
+    return strategy
 
 
 def call_ceiling(config: Config, route: RouteSettings) -> int:
@@ -184,7 +189,8 @@ def _unique(values: list[str], where: str, key: str) -> None:
         seen.add(value)
 
 
-def parse_config(raw: Any, environ: dict[str, str] | None = None) -> Config:
+def parse_config(raw: Any, environ: dict[str, str] | None = None, base_dir: Path | None = None) -> Config:
+    """Validate a config; relative probe files are read from `base_dir` (default: the working directory)."""
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a YAML mapping with `upstreams` and `routes`")
     plain = plain_text_secrets(raw)
@@ -203,7 +209,21 @@ def parse_config(raw: Any, environ: dict[str, str] | None = None) -> Config:
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     config._environment_values = environment_values
+    _check_probe_files(config, base_dir or Path.cwd())
     return config
+
+
+def _check_probe_files(config: Config, base_dir: Path) -> None:
+    """Anchor relative probe paths and read every probe file once, so a bad line fails here."""
+    for i, route in enumerate(config.routes):
+        if route.probes is None:
+            continue
+        if not route.probes.file.is_absolute():
+            route.probes.file = (base_dir / route.probes.file).resolve()
+        try:
+            load_probe_set(route.probes.file)
+        except ProbeSetError as exc:
+            raise ConfigError(f"routes.{i}.probes.file: {exc}") from None
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -216,7 +236,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file} is not valid YAML: {exc}") from None
-    return parse_config(raw)
+    return parse_config(raw, base_dir=file.resolve().parent)
 
 
 def _describe(exc: ValidationError) -> str:

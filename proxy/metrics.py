@@ -12,6 +12,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -63,6 +64,29 @@ VERIFIER_RUNS = Counter(
 )
 AUDITS = Counter("rvr_audit_requests", "Requests sampled as audit traffic.", ["route"])
 AUDIT_TOKENS = Counter("rvr_audit_tokens", "Tokens spent on audit requests.", ["route"])
+
+# Gold probes (method §7). Probe traffic is counted here and never as client requests.
+PROBE_REQUESTS = Counter("rvr_probe_requests", "Probe items run through the route's pipeline.", ["route"])
+PROBE_TOKENS = Counter("rvr_probe_tokens", "Upstream tokens spent on probe items, reference samples included.", ["route"])
+PROBE_ERRORS = Counter(
+    "rvr_probe_errors",
+    "Probe items that produced no gold record: checker, upstream, rejected, or budget.",
+    ["route", "reason"],
+)
+# Every worker computes the same numbers from the same gold records; the latest write wins.
+CALIBRATED_RISK = Gauge(
+    "rvr_calibrated_risk",
+    "Gold-anchored (PPI++) risk estimate per component, with its 90% interval bounds.",
+    ["route", "component", "bound"],
+    multiprocess_mode="mostrecent",
+)
+CALIBRATION_STATUS = Gauge(
+    "rvr_calibration_status",
+    "1 for the route's current calibration status (calibrated, uncalibrated, no_gold), 0 for the others.",
+    ["route", "status"],
+    multiprocess_mode="mostrecent",
+)
+GOLD_ITEMS = Gauge("rvr_gold_items", "Gold probe items in the route's window.", ["route"], multiprocess_mode="mostrecent")
 
 
 def render() -> tuple[bytes, str]:

@@ -68,10 +68,15 @@ def completion(
     return body
 
 
-def rvr_body(outcome: Outcome, route: str, details: bool) -> dict[str, Any]:
-    """The `rvr` extension: what the strategy did and why it stopped."""
+def rvr_body(
+    outcome: Outcome, route: str, details: bool, calibration: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The `rvr` extension: what the strategy did, why it stopped, and what its numbers rest on."""
+    risk = outcome.risk.as_dict() if outcome.risk is not None else None
+    if risk is not None and calibration is not None:
+        risk["calibration"] = calibration
     body: dict[str, Any] = {
-        "summary": summary(outcome),
+        "summary": summary(outcome, calibration),
         "route": route,
         "strategy": outcome.strategy,
         "candidates": len(outcome.candidates),
@@ -86,7 +91,7 @@ def rvr_body(outcome: Outcome, route: str, details: bool) -> dict[str, Any]:
         "verifier_errors": verifier_errors(outcome),
         "audit": outcome.audit,
         "timings_ms": {k: round(v * 1000, 2) for k, v in outcome.timings.items()},
-        "risk": outcome.risk.as_dict() if outcome.risk is not None else None,
+        "risk": risk,
     }
     if details:
         body["candidate_texts"] = [c.text for c in outcome.candidates]
@@ -103,7 +108,7 @@ def verifier_errors(outcome: Outcome) -> dict[str, dict[str, Any]]:
     return errors
 
 
-def summary(outcome: Outcome) -> str:
+def summary(outcome: Outcome, calibration: dict[str, Any] | None = None) -> str:
     """One line a person can read: what was sampled, what was chosen, what the numbers rest on."""
     n = len(outcome.candidates)
     scored = [s for s in outcome.scores if s is not None]
@@ -122,8 +127,19 @@ def summary(outcome: Outcome) -> str:
         parts.append(f"{outcome.upstream_errors} upstream call(s) failed")
     risk = outcome.risk
     if risk is not None and risk.residual is not None and risk.baseline is not None:
-        parts.append(
-            f"risk {risk.residual:.2f} left of {risk.baseline:.2f} "
-            "(the verifiers' own estimate, not checked against gold answers)"
-        )
+        parts.append(f"risk {risk.residual:.2f} left of {risk.baseline:.2f} ({_anchoring(calibration)})")
     return "; ".join(parts)
+
+
+def _anchoring(calibration: dict[str, Any] | None) -> str:
+    """How far the online numbers can be trusted, in words."""
+    status = calibration["status"] if calibration is not None else "no_gold"
+    if status == "no_gold":
+        return "the verifiers' own estimate, uncalibrated: not checked against gold answers"
+    assert calibration is not None
+    gold = f"{calibration['n_gold']} gold items"
+    residual = calibration.get("residual")
+    anchored = f"; gold-anchored residual {residual['estimate']:.2f}" if residual else ""
+    if status == "uncalibrated":
+        return f"the verifiers' own estimate, uncalibrated: {gold} disagree with it{anchored}"
+    return f"the verifiers' own estimate, consistent with {gold}{anchored}"

@@ -36,7 +36,7 @@ class RequestServices:
         self._params = params
         self._endpoint = endpoint
         self._http = http
-        self._input = client_input  # the client's messages or prompt, as sent
+        self.client_input = client_input  # the client's messages or prompt, as sent
         self._allowance = allowance if allowance is not None else RequestAllowance()
         self._completion = completion_cap(params)
         self.plain_usage: Usage | None = None  # one plain call's cost, for the cost multiplier
@@ -70,14 +70,14 @@ class RequestServices:
 
     async def forward(self, n: int) -> Batch:
         result = await self._metered(
-            n * (estimate_tokens(self._input) + self._completion),
-            lambda: self._endpoint.call(self._upstream, self._input, self._params, n),
+            n * (estimate_tokens(self.client_input) + self._completion),
+            lambda: self._endpoint.call(self._upstream, self.client_input, self._params, n),
             lambda r: r.usage,
         )
         return _batch(result)
 
     def forward_stream(self, n: int) -> AsyncIterator[dict[str, Any]]:
-        return self._endpoint.stream(self._upstream, self._input, self._params, n)
+        return self._endpoint.stream(self._upstream, self.client_input, self._params, n)
 
     async def chat(self, upstream: str, messages: Sequence[Message], **params: Any) -> Reply:
         result = await self._metered(

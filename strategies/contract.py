@@ -397,9 +397,27 @@ class Strategy:
     async def run(self, request: StrategyRequest, services: Services) -> Outcome:
         raise NotImplementedError
 
+    async def reference(self, request: StrategyRequest, services: Services, k: int) -> list[Candidate]:
+        """`k` candidates from each way this strategy asks, for gold probes (method §7.1).
+
+        They measure what the route could have served at the reference budget: the best of K
+        from one prompt and the best of K from every prompt variant. The first way of asking
+        comes first and is labelled `ORIGINAL_VARIANT`.
+        """
+        return await sample_variant(services, request.messages, ORIGINAL_VARIANT, k)
+
     def stream(self, request: StrategyRequest, services: Services) -> AsyncIterator[dict[str, Any]]:
         """The upstream's chunks, for strategies that relay streams.
 
         Checks the request eagerly (raising `RequestNotServed`), before any byte is sent.
         """
         raise NotImplementedError
+
+
+async def sample_variant(services: Services, messages: Sequence[Message], variant: str, k: int) -> list[Candidate]:
+    """`k` candidates for `messages` as one variant; what they cost is charged where every call is."""
+    batch = await services.generate(messages, k)
+    return [
+        Candidate(i, variant, s.message, s.finish_reason, s.token_logprobs, s.logprobs, s.response_fields)
+        for i, s in enumerate(batch.samples)
+    ]

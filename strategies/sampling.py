@@ -18,7 +18,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
@@ -41,6 +41,7 @@ from strategies.contract import (
     Verifier,
     VerifyContext,
     failure_cause,
+    sample_variant,
 )
 from strategies.risk import RouteRiskState
 from strategies.selection import Selection, VerifierResult, select, view_key
@@ -371,6 +372,17 @@ class BestOfN(Strategy):
                 stop = StopReason.TOKEN_BUDGET  # the next candidate would not fit the budget
         assert verdict is not None  # the first batch always produces a verdict or raises
         return _outcome(run, plan, settings, verdict, stop, rng, audit, self.state)
+
+    async def reference(self, request: StrategyRequest, services: Services, k: int) -> list[Candidate]:
+        """`k` candidates from every variant of the route, the first variant first."""
+
+        async def one(variant: Variant) -> list[Candidate]:
+            messages, _ = await variant.render(request.messages, services)
+            return await sample_variant(services, messages, variant.name, k)
+
+        batches = await asyncio.gather(*(one(v) for v in self.variants))
+        ordered = [c for batch in batches for c in batch]
+        return [replace(c, index=i) for i, c in enumerate(ordered)]
 
 
 def _outcome(

@@ -55,6 +55,10 @@ class PassthroughSettings(_Strict):
         """Calls one request needs at most, before retries: one per choice where `n` is ignored."""
         return choices
 
+    def reference_k(self) -> int | None:
+        """K of the risk terms' reference budget (method §3); None when the kind reports no risk."""
+        return None
+
     def secrets(self) -> tuple[str, ...]:
         return ()
 
@@ -106,6 +110,9 @@ class BestOfNSettings(_Strict):
 
     def secrets(self) -> tuple[str, ...]:
         return tuple(secret for verifier in self.verifiers for secret in verifier.secrets())
+
+    def reference_k(self) -> int | None:
+        return self.k_ref
 
     def token_budget(self) -> int | None:
         return self.max_tokens_budget

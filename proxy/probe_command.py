@@ -1,0 +1,81 @@
+"""`rvr-proxy probe --config F --route R [--items N] [--out FILE]`: one probe run, then the table.
+
+The run goes through the same `ProbeRunner.run` as the background loop, with the same budget,
+and its gold records join the route's (in `server.state_dir` when that is set, so a serving
+proxy picks them up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from proxy.config import Config
+from proxy.probes import RunSummary
+from proxy.progress import Progress
+from strategies.calibration import COMPONENTS, surrogate
+
+
+def _mean(values: list[float]) -> str:
+    return f"{sum(values) / len(values):.3f}" if values else "-"
+
+
+def table(summary: RunSummary, calibration: dict[str, Any]) -> str:
+    """What one run measured, and the route's calibration with every gold item it has now."""
+    errors = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.errors.items())) or "none"
+    lines = [
+        f"route {summary.route}: {summary.attempted} items probed, {summary.recorded} recorded, "
+        f"errors: {errors}; {summary.tokens} upstream tokens",
+    ]
+    if summary.stopped:
+        lines.append(f"stopped early: {summary.stopped}")
+    lines += [
+        "",
+        f"{'component':<10} {'gold (this run)':>15} {'online (this run)':>17}   calibrated, 90% interval ({calibration['n_gold']} gold items)",
+    ]
+    for component in COMPONENTS:
+        gold = [r.truth(component) for r in summary.records]
+        online = [surrogate(r.online, component) for r in summary.records]
+        est = calibration.get(component)
+        shown = f"{est['estimate']:.3f} [{est['ci90'][0]:.3f}, {est['ci90'][1]:.3f}] ({est['method']})" if est else "-"
+        lines.append(f"{component:<10} {_mean(gold):>15} {_mean(online):>17}   {shown}")
+    bias = calibration.get("verifier_bias")
+    status = f"status: {calibration['status']}"
+    if bias:
+        status += f"; verifier bias (gold − online residual) {bias['estimate']:.3f} [{bias['ci95'][0]:.3f}, {bias['ci95'][1]:.3f}] (95%)"
+    if calibration.get("rho") is not None:
+        status += f"; rho {calibration['rho']:.2f}"
+    lines += ["", status]
+    return "\n".join(lines)
+
+
+async def _run(config: Config, route: str, items: int | None, out: Path | None) -> int:
+    from proxy.app import Proxy  # litellm's import is slow; only commands that call upstreams pay it
+    from proxy.upstream import use_connection_pool
+
+    proxy = Proxy(config)
+    async with httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64), follow_redirects=False) as http:
+        proxy.http = http
+        use_connection_pool(http)
+        try:
+            runner = proxy.probe_runner(route)
+            count = items if items is not None else len(runner.items)
+            bar = Progress(count, f"probing {route}")
+            summary = await runner.run(count, on_item=lambda s: bar.update(s.attempted, f"{s.tokens} tokens"))
+        finally:
+            use_connection_pool(None)
+    calibration = proxy.calibration[route].snapshot()
+    print(table(summary, calibration))
+    if out is not None:
+        with out.open("w", encoding="utf-8") as handle:
+            for record in summary.records:
+                handle.write(json.dumps(record.as_dict()) + "\n")
+    return 0 if summary.recorded else 1
+
+
+def probe_command(config: Config, route: str, items: int | None, out: str | None) -> int:
+    return asyncio.run(_run(config, route, items, Path(out) if out else None))
