@@ -338,7 +338,7 @@ class Handler(BaseHTTPRequestHandler):
             self._event(
                 {
                     "id": "stub-s",
-                    "object": "chat.completion.chunk",
+                    "object": "text_completion" if text_mode else "chat.completion.chunk",
                     "created": 0,
                     "model": body.get("model"),
                     "choices": [],

@@ -115,50 +115,6 @@ def conforms(name: str, instance: Any, where: str = "") -> None:
         pytest.fail(f"{where or 'response'} does not conform to {name}:\n" + "\n".join(lines), pytrace=False)
 
 
-# Known gaps of issue 9, still open: litellm's stream wrapper rebuilds every passthrough chunk,
-# and in doing so drops fields the upstream sent and mishandles one stream that carries several
-# choices. Each case is marked strict: it must still fail, so a fix shows up as an XPASS to
-# turn into a plain test.
-_NORMALIZED = "litellm's stream wrapper drops null `refusal` and text-chunk logprobs the upstream sent"
-_MULTI_CHOICE = "litellm's stream wrapper mishandles one upstream stream carrying n > 1 choices"
-KNOWN_GAPS: dict[str, str] = {
-    **dict.fromkeys(
-        [
-            "test_chat[logprobs-passthrough-stream]",
-            "test_chat[logprobs-passthrough-stream-usage]",
-            "test_text_completion[logprobs-passthrough-stream]",
-            "test_text_completion[logprobs-passthrough-stream-usage]",
-            "test_rich_chat_stream_keeps_every_field",
-            "test_passthrough_stream_is_the_upstreams[chat-1]",
-            "test_passthrough_stream_is_the_upstreams[text-1]",
-            "test_npm_stream[stream-rich-logprobs]",
-        ],
-        _NORMALIZED,
-    ),
-    **dict.fromkeys(
-        [
-            "test_chat[n3-passthrough-stream]",
-            "test_chat[n3-passthrough-stream-usage]",
-            "test_text_completion[n3-passthrough-stream]",
-            "test_text_completion[n3-passthrough-stream-usage]",
-            "test_a_passthrough_route_streams_n_choices[n-native-chat]",
-            "test_a_passthrough_route_streams_n_choices[n-native-text]",
-            "test_passthrough_stream_is_the_upstreams[chat-2]",
-            "test_passthrough_stream_is_the_upstreams[text-2]",
-            "test_npm_stream[stream-n3]",
-        ],
-        _MULTI_CHOICE,
-    ),
-}
-
-
-@pytest.fixture(autouse=True)
-def _known_gap(request: pytest.FixtureRequest) -> None:
-    reason = KNOWN_GAPS.get(request.node.name)
-    if reason is not None:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"issue 9, open: {reason}"))
-
-
 def test_the_vendored_schemas_are_the_ones_named() -> None:
     document = json.loads(SCHEMA_FILE.read_text())
     source = document["_source"]
