@@ -44,6 +44,7 @@ from proxy.requests import RequestBody, parse_body
 from proxy.responses import completion, new_id, rvr_body
 from proxy.routing import Route, Router
 from proxy.services import RequestServices
+from proxy.stream_tap import connection_pool
 from proxy.streaming import END, error_event, relay, replay, resumed
 from proxy.upstream import use_connection_pool
 from strategies.contract import NoCandidatesError, Outcome, RequestNotServed, StrategyRequest
@@ -348,9 +349,10 @@ def create_app(config: Config) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One connection pool per worker for every upstream call, never one per call: litellm
         # builds a fresh client for each text completion unless given one, and leaks its
-        # session (10,856 unclosed-session warnings in a 10-minute soak).
+        # session (10,856 unclosed-session warnings in a 10-minute soak). Its event streams are
+        # tapped (proxy.stream_tap), so a passthrough stream relays the upstream's own chunks.
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
+        async with connection_pool(limits) as http:
             proxy.http = http
             use_connection_pool(http)
             probing = [asyncio.ensure_future(runner.loop(proxy.idle)) for runner in proxy.background_probes()]

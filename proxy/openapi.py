@@ -28,7 +28,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from proxy.config import RouteLimits
 from proxy.endpoints import ENDPOINTS, Endpoint
-from proxy.errors import AuthenticationFailed, ClientDisconnected, ProxyError, UpstreamError
+from proxy.errors import AuthenticationFailed, ClientDisconnected, ModelNotFound, ProxyError, UpstreamError
 from proxy.requests import MAX_DEPTH, PART_FIELDS
 from strategies.contract import Candidate, StopReason
 
@@ -337,25 +337,23 @@ ERROR = {
     },
     "additionalProperties": False,
 }
+MODEL = {
+    "type": "object",
+    "required": ["id", "object", "created", "owned_by"],
+    "properties": {
+        "id": _STRING,
+        "object": {"const": "model"},
+        "created": _INT,
+        "owned_by": {"const": "rvr-proxy"},
+    },
+    "additionalProperties": False,
+}
 MODEL_LIST = {
     "type": "object",
     "required": ["object", "data"],
     "properties": {
         "object": {"const": "list"},
-        "data": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["id", "object", "created", "owned_by"],
-                "properties": {
-                    "id": _STRING,
-                    "object": {"const": "model"},
-                    "created": _INT,
-                    "owned_by": {"const": "rvr-proxy"},
-                },
-                "additionalProperties": False,
-            },
-        },
+        "data": {"type": "array", "items": {"$ref": _REF.format(model="Model")}},
     },
     "additionalProperties": False,
 }
@@ -619,7 +617,20 @@ def _capped_request_schemas(
     return schemas
 
 
-def _service_paths(auth: bool, metrics_auth: bool) -> dict[str, Any]:
+def _model_path(routes: Sequence[str], auth: bool) -> dict[str, Any]:
+    """`GET /v1/models/{model}`: a route alias as a model; any other name is a 404, even where a
+    default upstream serves it (it is no route of this proxy's)."""
+    name: dict[str, Any] = {**_STRING, "description": "A route alias (`model` of a route); it may hold `/`."}
+    if routes:
+        name["enum"] = list(routes)
+    found = _json({"$ref": _REF.format(model="Model")}, "The route, as a model.")
+    path = _get("retrieve_model", {"200": found, "404": _error_response(404, [ModelNotFound])}, auth)
+    parameter = {"name": "model", "in": "path", "required": True, "schema": name}
+    path["get"]["parameters"].append(parameter)
+    return path
+
+
+def _service_paths(routes: Sequence[str], auth: bool, metrics_auth: bool) -> dict[str, Any]:
     """The paths beside generation: models, health, readiness, metrics, this document."""
     models = _json({"$ref": _REF.format(model="ModelList")}, "The routes this proxy serves, as models.")
     ready = {"200": _json(_status("ready"), "Ready to serve."), "503": _json(_status("starting"), "Still starting.")}
@@ -629,6 +640,7 @@ def _service_paths(auth: bool, metrics_auth: bool) -> dict[str, Any]:
     }
     return {
         "/v1/models": _get("list_models", {"200": models}, auth),
+        "/v1/models/{model}": _model_path(routes, auth),
         "/healthz": _get("healthz", {"200": _json(_status("ok"), "Up.")}, False),
         "/readyz": _get("readyz", ready, False),
         "/metrics": _get("metrics", {"200": metrics}, metrics_auth),
@@ -661,6 +673,7 @@ def openapi_schema(
             "Usage": USAGE,
             "RvrReport": RVR_REPORT,
             "RiskReport": RISK,
+            "Model": MODEL,
             "ModelList": MODEL_LIST,
         }
     )
@@ -669,7 +682,7 @@ def openapi_schema(
         schemas.update(response_schemas(endpoint))
         model = routes[0] if routes else "gpt-4o-mini"
         paths[endpoint.path] = {"post": _generation(endpoint, auth, max_body_bytes, model)}
-    paths.update(_service_paths(auth, metrics_auth))
+    paths.update(_service_paths(routes, auth, metrics_auth))
     components: dict[str, Any] = {
         "schemas": schemas,
         "parameters": {

@@ -56,14 +56,14 @@ async def relay(
     """Re-emit upstream chunks under the route's name, keeping the usage for accounting."""
     created = int(time.time())
     tail: dict[str, Any] | None = None  # the usage chunk, sent once at the end
+    reported: list[dict[str, Any]] = []  # the usage objects the stream carried
     try:
         async for chunk in chunks:
             usage = chunk.pop("usage", None)
             if usage:
-                # Several streams (n > 1 where the upstream ignores n) each report usage: sum
-                # them. Token breakdowns are litellm's estimates in a stream, so they stay out.
-                counted = Usage.from_openai(usage)
-                record.usage += Usage(counted.prompt_tokens, counted.completion_tokens)
+                # Several streams (n > 1 where the upstream ignores n) each report usage: sum them.
+                record.usage += Usage.from_openai(usage)
+                reported.append(usage)
             chunk.update(id=stream_id, model=route, created=created)
             # litellm hangs an empty choice on the usage chunk; OpenAI's has `choices: []`.
             chunk["choices"] = [_complete_choice(c) for c in chunk.get("choices") or [] if not _empty(c)]
@@ -72,7 +72,9 @@ async def relay(
             elif usage:
                 tail = chunk
         if include_usage and tail is not None:
-            yield event({**tail, "choices": [], "usage": usage_body(record.usage)})
+            # One stream's usage goes out as the upstream sent it, details and all.
+            usage = reported[0] if len(reported) == 1 else usage_body(record.usage)
+            yield event({**tail, "choices": [], "usage": usage})
         yield DONE
     except asyncio.CancelledError:
         raise

@@ -27,6 +27,7 @@ from proxy.config import UpstreamSettings
 from proxy.errors import CallCeilingReached, ProxyError, UpstreamFailed, UpstreamRejected, UpstreamTimedOut
 from proxy.allowance import CURRENT
 from proxy.secrets import Redactor
+from proxy.stream_tap import ACTIVE, Tap
 from proxy.upstream_errors import translate
 from strategies.contract import Message, Usage
 
@@ -204,16 +205,15 @@ class UpstreamClient:
             yield chunk
 
     async def _guard_stream(self, opened: _OpenStream) -> AsyncIterator[dict[str, Any]]:
-        stream = opened.stream
         try:
-            chunk = opened.first
-            while chunk is not _END:
-                data = _plain(chunk, exclude_none=True)
-                if _invented_finish(stream, data):
-                    metrics.UPSTREAM_REQUESTS.labels(self.name, "error").inc()
-                    raise UpstreamFailed(f"upstream {self.name!r} ended its stream before the answer finished")
-                yield data
-                chunk = await anext(opened.chunks, _END)
+            first = opened.tap.take() if opened.tap.attached else []
+            if opened.tap.attached and all(_is_chunk(event) for event in first):
+                chunks = self._upstream_chunks(opened, first)
+            else:  # not tapped, or not OpenAI's protocol underneath: litellm's chunks it is
+                opened.tap.detach()
+                chunks = self._litellm_chunks(opened)
+            async for chunk in chunks:
+                yield chunk
         except ProxyError:
             raise
         except asyncio.CancelledError:
@@ -222,6 +222,54 @@ class UpstreamClient:
             error, failure = translate(exc, self.name, self._redact)
             metrics.UPSTREAM_REQUESTS.labels(self.name, failure.outcome).inc()
             raise error from None
+
+    async def _upstream_chunks(self, opened: _OpenStream, first: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        """The upstream's chunks as it sent them, while litellm reads the same stream.
+
+        litellm still drives the stream: each of its chunks lets the upstream's chunks it has
+        read through, its errors end the stream, and its usage stands in where the upstream
+        sent none (an upstream that ignores `include_usage`). What it would invent at the end
+        of a stream cut short never comes through: a choice without a finish reason is an error.
+        """
+        events, item = first, opened.first
+        started: set[int] = set()
+        finished: set[int] = set()
+        counted: dict[str, Any] | None = None  # litellm's usage, used only if the upstream sent none
+        upstream_counted = False
+        while True:
+            if item is not _END:
+                counted = _plain(item).get("usage") or counted
+            for event in events:
+                chunk = _as_chunk(event)
+                if chunk is None:
+                    continue
+                upstream_counted = upstream_counted or bool(chunk.get("usage"))
+                for choice in chunk["choices"]:
+                    started.add(choice.get("index", 0))
+                    if choice.get("finish_reason"):
+                        finished.add(choice.get("index", 0))
+                yield chunk
+            if item is _END:
+                break
+            item = await anext(opened.chunks, _END)
+            events = opened.tap.take()
+        if not started or started - finished:
+            metrics.UPSTREAM_REQUESTS.labels(self.name, "error").inc()
+            raise UpstreamFailed(f"upstream {self.name!r} ended its stream before the answer finished")
+        if counted and not upstream_counted:
+            yield {"choices": [], "usage": _counts(counted)}
+
+    async def _litellm_chunks(self, opened: _OpenStream) -> AsyncIterator[dict[str, Any]]:
+        chunk = opened.first
+        while chunk is not _END:
+            data = _plain(chunk, exclude_none=True)
+            if _invented_finish(opened.stream, data):
+                metrics.UPSTREAM_REQUESTS.labels(self.name, "error").inc()
+                raise UpstreamFailed(f"upstream {self.name!r} ended its stream before the answer finished")
+            if data.get("usage"):  # litellm's own usage object may carry its estimates: counts only
+                data["usage"] = _counts(data["usage"])
+            yield data
+            chunk = await anext(opened.chunks, _END)
 
     # ---- the single call path -------------------------------------------------------------
 
@@ -325,6 +373,7 @@ class _OpenStream:
     stream: Any
     chunks: AsyncIterator[Any]
     first: Any  # a chunk, or _END for a stream that ended at once
+    tap: Tap  # the upstream's own events, where its bytes could be read (see proxy.stream_tap)
 
 
 async def _open(pending: Awaitable[Any]) -> _OpenStream:
@@ -332,11 +381,44 @@ async def _open(pending: Awaitable[Any]) -> _OpenStream:
 
     litellm returns some streams (text completions) before it has sent anything, so a failure
     to connect would surface only at the first read, past the retries, the fallback, the
-    concurrency limit and the latency metric that every upstream call goes through.
+    concurrency limit and the latency metric that every upstream call goes through. The
+    request goes out here, chat or text, so here is where its response is tapped.
     """
-    stream = await pending
-    chunks = aiter(stream)
-    return _OpenStream(stream, chunks, await anext(chunks, _END))
+    tap = Tap()
+    active = ACTIVE.set(tap)
+    try:
+        stream = await pending
+        chunks = aiter(stream)
+        first = await anext(chunks, _END)
+    finally:
+        ACTIVE.reset(active)
+    return _OpenStream(stream, chunks, first, tap)
+
+
+def _counts(usage: Any) -> dict[str, int]:
+    """A usage object as its three token counts."""
+    counted = Usage.from_openai(usage)
+    return {
+        "prompt_tokens": counted.prompt_tokens,
+        "completion_tokens": counted.completion_tokens,
+        "total_tokens": counted.total_tokens,
+    }
+
+
+def _is_chunk(event: dict[str, Any]) -> bool:
+    """Whether an event of the upstream's stream is an OpenAI chunk (other protocols' are not)."""
+    return isinstance(event.get("choices"), list)
+
+
+def _as_chunk(event: dict[str, Any]) -> dict[str, Any] | None:
+    """An upstream event as a chunk to relay, or None: an error event is litellm's to raise."""
+    if "error" in event:
+        return None
+    if _is_chunk(event):
+        return {**event, "choices": [c for c in event["choices"] if isinstance(c, dict)]}
+    if event.get("usage"):  # a usage event without `choices: []`
+        return {**event, "choices": []}
+    return None
 
 
 def _plain(obj: Any, exclude_none: bool = False) -> dict[str, Any]:
@@ -414,7 +496,8 @@ def token_logprobs(logprobs: Any) -> list[float] | None:
 def _invented_finish(stream: Any, chunk: dict[str, Any]) -> bool:
     """Whether `chunk` is litellm's made-up end of a stream the upstream never finished.
 
-    When an upstream's body ends without a `finish_reason` (and without `[DONE]`), litellm's
+    Asked only of streams the proxy could not tap (a tapped one shows the finish reasons the
+    upstream really sent). When an upstream's body ends without a `finish_reason` (and without `[DONE]`), litellm's
     stream wrapper closes it with `finish_reason: "stop"` and estimated usage, while its own
     record of the finish reason the upstream sent stays empty.
     """

@@ -14,6 +14,10 @@ Two behaviours answer as OpenAI itself does, for the conformance tests:
   `finish_reason: "tool_calls"`); not streamed, the same calls assembled.
 
 Any behaviour streams `n` choices (chunks with index 0..n-1, interleaved) when asked for `n > 1`.
+
+Two prefixes change how a one-choice stream is sent: `gzip-` (`gzip-echo`) compresses it, as a
+server behind a compressing front end does; `no-usage-` (`no-usage-echo`) ignores
+`stream_options.include_usage`, as some OpenAI-compatible servers do.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import select
 import socket
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -146,6 +151,7 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     protocol_version = "HTTP/1.1"
     server: StubServer  # type: ignore[assignment]
+    _gzip: Any = None  # the compressor of a `gzip-` behaviour's stream
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
         return
@@ -169,6 +175,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         model = str(body.get("model", ""))
         behaviour = model.split("/")[-1]
+        compressed, uncounted = behaviour.startswith("gzip-"), behaviour.startswith("no-usage-")
+        behaviour = behaviour.removeprefix("gzip-").removeprefix("no-usage-")
+        self._gzip = zlib.compressobj(wbits=31) if compressed else None
         n = int(body.get("n") or 1)
         if behaviour == "fail":
             self._json(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
@@ -212,7 +221,8 @@ class Handler(BaseHTTPRequestHandler):
         elif body.get("stream") and (behaviour == "rich" or n > 1) and behaviour not in ("cut", "ends-early"):
             self._stream_choices(body, contents, text_mode, rich=behaviour == "rich")
         elif body.get("stream"):
-            self._stream(body, contents[0], text_mode, cut=behaviour == "cut", ends_early=behaviour == "ends-early")
+            cut, ends_early = behaviour == "cut", behaviour == "ends-early"
+            self._stream(body, contents[0], text_mode, cut=cut, ends_early=ends_early, counted=not uncounted)
         elif behaviour == "rich":
             self._json(200, self._rich_completion(body, contents, text_mode))
         elif calls_tools:
@@ -285,10 +295,15 @@ class Handler(BaseHTTPRequestHandler):
             },
         }
 
-    def _stream(self, body: dict[str, Any], content: str, text_mode: bool, cut: bool, ends_early: bool = False) -> None:
+    def _stream(
+        self, body: dict[str, Any], content: str, text_mode: bool, cut: bool, ends_early: bool = False,
+        counted: bool = True,
+    ) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")  # as real servers stream: a cut is detectable
+        if self._gzip is not None:
+            self.send_header("content-encoding", "gzip")
         self.end_headers()
         pieces = content.split(" ")
         for i, piece in enumerate(pieces):
@@ -333,12 +348,12 @@ class Handler(BaseHTTPRequestHandler):
                 "choices": [final],
             }
         )
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if counted and (body.get("stream_options") or {}).get("include_usage"):
             prompt_tokens = _words(_prompt_text(body))
             self._event(
                 {
                     "id": "stub-s",
-                    "object": "chat.completion.chunk",
+                    "object": "text_completion" if text_mode else "chat.completion.chunk",
                     "created": 0,
                     "model": body.get("model"),
                     "choices": [],
@@ -350,8 +365,7 @@ class Handler(BaseHTTPRequestHandler):
                 }
             )
         self._chunk(b"data: [DONE]\n\n")
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+        self._end_body()
 
     def _rich_completion(self, body: dict[str, Any], contents: list[str], text_mode: bool) -> dict[str, Any]:
         """An answer with every field OpenAI sends, the same every time for the same request."""
@@ -414,14 +428,15 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
+        if self._gzip is not None:
+            self.send_header("content-encoding", "gzip")
         self.end_headers()
 
     def _end_stream(self, body: dict[str, Any], base: dict[str, Any], usage: dict[str, Any]) -> None:
         if (body.get("stream_options") or {}).get("include_usage"):
             self._event({**base, "choices": [], "usage": usage})
         self._chunk(b"data: [DONE]\n\n")
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+        self._end_body()
 
     def _stream_choices(self, body: dict[str, Any], contents: list[str], text_mode: bool, rich: bool) -> None:
         """`n` choices streamed as OpenAI does, interleaved: each chunk carries one choice's delta.
@@ -560,7 +575,16 @@ class Handler(BaseHTTPRequestHandler):
         self._chunk(b"data: " + json.dumps(data).encode() + b"\n\n")
 
     def _chunk(self, payload: bytes) -> None:
+        if self._gzip is not None:  # each event decodable on arrival, as a streaming server sends it
+            payload = self._gzip.compress(payload) + self._gzip.flush(zlib.Z_SYNC_FLUSH)
         self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+        self.wfile.flush()
+
+    def _end_body(self) -> None:
+        if self._gzip is not None:
+            tail = self._gzip.flush()
+            self.wfile.write(f"{len(tail):x}\r\n".encode() + tail + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
     def _json(self, status: int, data: dict[str, Any]) -> None:

@@ -115,50 +115,6 @@ def conforms(name: str, instance: Any, where: str = "") -> None:
         pytest.fail(f"{where or 'response'} does not conform to {name}:\n" + "\n".join(lines), pytrace=False)
 
 
-# Known gaps of issue 9, still open: litellm's stream wrapper rebuilds every passthrough chunk,
-# and in doing so drops fields the upstream sent and mishandles one stream that carries several
-# choices. Each case is marked strict: it must still fail, so a fix shows up as an XPASS to
-# turn into a plain test.
-_NORMALIZED = "litellm's stream wrapper drops null `refusal` and text-chunk logprobs the upstream sent"
-_MULTI_CHOICE = "litellm's stream wrapper mishandles one upstream stream carrying n > 1 choices"
-KNOWN_GAPS: dict[str, str] = {
-    **dict.fromkeys(
-        [
-            "test_chat[logprobs-passthrough-stream]",
-            "test_chat[logprobs-passthrough-stream-usage]",
-            "test_text_completion[logprobs-passthrough-stream]",
-            "test_text_completion[logprobs-passthrough-stream-usage]",
-            "test_rich_chat_stream_keeps_every_field",
-            "test_passthrough_stream_is_the_upstreams[chat-1]",
-            "test_passthrough_stream_is_the_upstreams[text-1]",
-            "test_npm_stream[stream-rich-logprobs]",
-        ],
-        _NORMALIZED,
-    ),
-    **dict.fromkeys(
-        [
-            "test_chat[n3-passthrough-stream]",
-            "test_chat[n3-passthrough-stream-usage]",
-            "test_text_completion[n3-passthrough-stream]",
-            "test_text_completion[n3-passthrough-stream-usage]",
-            "test_a_passthrough_route_streams_n_choices[n-native-chat]",
-            "test_a_passthrough_route_streams_n_choices[n-native-text]",
-            "test_passthrough_stream_is_the_upstreams[chat-2]",
-            "test_passthrough_stream_is_the_upstreams[text-2]",
-            "test_npm_stream[stream-n3]",
-        ],
-        _MULTI_CHOICE,
-    ),
-}
-
-
-@pytest.fixture(autouse=True)
-def _known_gap(request: pytest.FixtureRequest) -> None:
-    reason = KNOWN_GAPS.get(request.node.name)
-    if reason is not None:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"issue 9, open: {reason}"))
-
-
 def test_the_vendored_schemas_are_the_ones_named() -> None:
     document = json.loads(SCHEMA_FILE.read_text())
     source = document["_source"]
@@ -200,6 +156,10 @@ def conformant(stub: StubServer, strategy_routes: list[dict[str, Any]]) -> Itera
     # `rich` answers as OpenAI does, `n` included: declared so, its n > 1 streams are one upstream stream
     config["upstreams"] += [upstream("rich", stub.api_base, retries=0, supports_n=True)]
     config["upstreams"] += [upstream("tools-stream", stub.api_base, retries=0)]
+    # Streams the proxy cannot read below litellm (compressed), and an upstream that never reports usage.
+    for name in ("gzip-echo", "gzip-ends-early", "no-usage-echo"):
+        config["upstreams"].append(upstream(name, stub.api_base, retries=0))
+        config["routes"].append({"model": name, "upstream": name})
     # The same `echo` upstream, declared to honour `n` or not: the two ways to stream n > 1.
     for name, supports_n in (("n-native", True), ("n-fanout", False)):
         config["upstreams"].append(
@@ -657,6 +617,56 @@ def test_passthrough_stream_is_the_upstreams(conformant: ProxyProcess, stub: Stu
     assert all(chunk["model"] == "rich" for chunk in proxied.chunks)
     assert len({chunk["id"] for chunk in proxied.chunks}) == 1
     assert [_stable(c) for c in proxied.chunks] == [_stable(c) for c in direct.chunks]
+
+
+# ---- streams the proxy relays as litellm reads them --------------------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "text"])
+def test_a_compressed_stream_is_relayed_from_litellms_chunks(conformant: ProxyProcess, endpoint: str) -> None:
+    """A gzip-compressed event stream is not tapped (its bytes are not yet events where the proxy
+    listens): litellm's own chunks are relayed, whole, as before the tap."""
+    mark = marker()
+    body: dict[str, Any] = {"model": "gzip-echo", "stream": True, "stream_options": {"include_usage": True}}
+    body.update({"messages": [{"role": "user", "content": mark}]} if endpoint == "chat" else {"prompt": mark})
+    path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+    answer = stream(f"{conformant.base_url}{path}", body)
+    assert answer.status == 200, answer.body
+    assert answer.done
+    for i, chunk in enumerate(answer.chunks):
+        conforms(CHAT_CHUNK if endpoint == "chat" else TEXT_CHUNK, chunk, f"chunk {i}")
+    choices = assemble(answer.chunks)
+    assert list(choices) == [0]
+    assert choices[0]["content"] == f"echo 0: {mark}" and choices[0]["finish_reason"] == "stop"
+    assert answer.chunks[-1]["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_a_compressed_stream_that_did_not_finish_ends_with_an_error(conformant: ProxyProcess, path: str) -> None:
+    """Untapped, the end litellm invents for a stream that stopped short is still caught."""
+    body: dict[str, Any] = {"model": "gzip-ends-early", "stream": True}
+    body.update({"messages": [{"role": "user", "content": "hello"}]} if "chat" in path else {"prompt": "hello"})
+    answer = stream(f"{conformant.base_url}{path}", body)
+    assert not answer.done
+    final = answer.chunks[-1] if answer.chunks else answer.body
+    assert final is not None and final["error"]["type"] == "upstream_error"
+    assert all(not c.get("finish_reason") for chunk in answer.chunks for c in chunk.get("choices") or [])
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "text"])
+def test_an_upstream_that_ignores_include_usage_still_reports_usage(conformant: ProxyProcess, endpoint: str) -> None:
+    """The upstream's chunks are relayed, and litellm's token count stands in for the usage it never sent."""
+    mark = marker()
+    body: dict[str, Any] = {"model": "no-usage-echo", "stream": True, "stream_options": {"include_usage": True}}
+    body.update({"messages": [{"role": "user", "content": mark}]} if endpoint == "chat" else {"prompt": mark})
+    path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+    answer = stream(f"{conformant.base_url}{path}", body)
+    assert answer.status == 200 and answer.done
+    usage = answer.chunks[-1]["usage"]
+    assert answer.chunks[-1]["choices"] == []
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert assemble(answer.chunks)[0]["content"] == f"echo 0: {mark}"
 
 
 # ---- standard request fields reach the upstream (issue item 5) ----------------------------------

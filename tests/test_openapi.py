@@ -46,7 +46,7 @@ STRATEGY_ROUTES: list[dict[str, Any]] = [
         },
     },
 ]
-EXAMPLES_PER_OPERATION = 100  # three operations: ~300 requests, ~30 s on two cores
+EXAMPLES_PER_OPERATION = 100  # four operations: ~400 requests, ~35 s on two cores
 SEED = 20240601
 CHECKS = [
     checks.not_a_server_error,
@@ -144,6 +144,29 @@ def test_each_endpoint_documents_its_body_its_object_and_its_errors() -> None:
         assert operation["security"] == [{"bearer": []}]
 
 
+def test_every_served_get_path_is_documented(fuzzed_proxy: ProxyProcess) -> None:
+    """What the app routes, the document describes: each GET path the proxy answers with a 200."""
+    document = httpx.get(f"{fuzzed_proxy.base_url}/openapi.json", headers=AUTH, timeout=10).json()
+    served = {"/v1/models", "/v1/models/{model}", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+    for path in served:
+        concrete = path.replace("{model}", HEALTHY[0])
+        response = httpx.get(f"{fuzzed_proxy.base_url}{concrete}", headers=AUTH, timeout=10)
+        assert response.status_code == 200, f"{concrete}: {response.status_code}"
+        assert "get" in document["paths"].get(path, {}), f"GET {path} is served but not documented"
+
+
+def test_a_model_is_retrieved_by_route_alias() -> None:
+    document = openapi_schema(routes=["a", "org/b"], auth=True)
+    operation = document["paths"]["/v1/models/{model}"]["get"]
+    (name,) = [p for p in operation["parameters"] if p.get("in") == "path"]
+    assert name["name"] == "model" and name["required"] is True
+    assert name["schema"]["enum"] == ["a", "org/b"]
+    assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Model")
+    assert {"401", "404"} <= set(operation["responses"])
+    listed = document["components"]["schemas"]["ModelList"]["properties"]["data"]["items"]
+    assert listed == {"$ref": "#/components/schemas/Model"}
+
+
 def test_routes_name_the_valid_models_unless_a_default_upstream_takes_any() -> None:
     closed = openapi_schema(routes=["a", "b"])["components"]["schemas"]["ChatRequest"]["properties"]["model"]
     assert closed["enum"] == ["a", "b"]
@@ -163,7 +186,7 @@ def test_the_proxy_serves_its_document(fuzzed_proxy: ProxyProcess) -> None:
     assert response.status_code == 200, response.text
     document = response.json()
     assert document["openapi"] == "3.1.0"
-    assert {endpoint.path for endpoint in ENDPOINTS} | {"/v1/models"} <= set(document["paths"])
+    assert {endpoint.path for endpoint in ENDPOINTS} | {"/v1/models", "/v1/models/{model}"} <= set(document["paths"])
     routes = [route["model"] for route in fuzz_config("http://unused")["routes"]]
     assert document["components"]["schemas"]["ChatRequest"]["properties"]["model"]["enum"] == routes
     assert document["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from prometheus_client import REGISTRY
 from proxy.config import UpstreamSettings
 from proxy.errors import ProxyError, UpstreamError, UpstreamFailed, UpstreamRejected, UpstreamTimedOut
 from proxy.secrets import Redactor
+from proxy.stream_tap import ACTIVE
 from proxy.upstream import Choices, UpstreamClient
 from proxy.upstream_errors import classify, translate
 from strategies.contract import Usage
@@ -310,6 +312,74 @@ def test_stream_cut_mid_answer_is_an_upstream_error() -> None:
     assert transport.calls[0].kwargs["stream"] is True
     assert transport.calls[0].kwargs["stream_options"] == {"include_usage": True}
     assert outcomes(client) == {"success": 1, "error": 1}
+
+
+def tapped(events: list[dict[str, Any]], litellm_view: list[str]) -> Any:
+    """A stream whose bytes the proxy read below litellm (as `TappingTransport` does in the
+    connection pool), holding `events`, while litellm makes chunks of `litellm_view`."""
+
+    def handle(call: Call) -> Any:
+        tap = ACTIVE.get()
+        assert tap is not None, "the stream was opened outside a tap"
+        tap.attached = True
+        tap.feed("".join(f"data: {json.dumps(e)}\n\n" for e in events).encode() + b"data: [DONE]\n\n")
+        return chunks(litellm_view)
+
+    return handle
+
+
+UPSTREAM_CHUNKS: list[dict[str, Any]] = [
+    {"object": "chat.completion.chunk", "system_fingerprint": "fp",
+     "choices": [{"index": k, "delta": {"content": f"c{k}", "refusal": None}, "logprobs": None, "finish_reason": None}
+                 for k in range(2)]},
+    {"object": "chat.completion.chunk",
+     "choices": [{"index": k, "delta": {}, "finish_reason": "stop"} for k in range(2)]},
+    {"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+]
+
+
+def read_stream(client: UpstreamClient, n: int = 1) -> list[dict[str, Any]]:
+    async def read() -> list[dict[str, Any]]:
+        return [chunk async for chunk in client.stream_chat(HELLO, {}, n)]
+
+    return asyncio.run(read())
+
+
+def test_a_tapped_stream_relays_the_upstreams_own_chunks() -> None:
+    client = client_for(FakeTransport(tapped(UPSTREAM_CHUNKS, ["litellm's", "view"])), supports_n=True)
+    assert read_stream(client, n=2) == UPSTREAM_CHUNKS
+
+
+def test_a_tapped_stream_of_another_protocol_relays_litellms_chunks() -> None:
+    """An upstream speaking its own protocol (no `choices`) is litellm's to translate."""
+    events: list[dict[str, Any]] = [{"type": "message_start"}, {"type": "content_block_delta", "delta": {"text": "hi"}}]
+    client = client_for(FakeTransport(tapped(events, ["litellm's", "view"])))
+    assert [c["choices"][0]["delta"]["content"] for c in read_stream(client)] == ["litellm's", "view"]
+
+
+def test_a_tapped_stream_with_an_unfinished_choice_is_an_upstream_error() -> None:
+    only_one = {"object": "chat.completion.chunk", "choices": [{"index": 0, "finish_reason": "stop"}]}
+    cut_short = [UPSTREAM_CHUNKS[0], only_one]  # choice 1 never finished
+    client = client_for(FakeTransport(tapped(cut_short, ["x"])), supports_n=True, name="short")
+    with pytest.raises(UpstreamFailed, match="upstream 'short' ended its stream before the answer finished"):
+        read_stream(client, n=2)
+
+
+def test_a_tapped_stream_without_usage_gets_litellms_count() -> None:
+    def litellm_view() -> Any:
+        async def stream() -> Any:
+            yield {"choices": [{"index": 0, "delta": {"content": "x"}}]}
+            yield {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 1, "prompt_tokens_details": {}}}
+
+        return stream()
+
+    events = [{"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "stop"}]}]
+    handler = tapped(events, [])
+    client = client_for(FakeTransport(lambda call: (handler(call), litellm_view())[1]))
+    assert read_stream(client) == [
+        *events,
+        {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}},
+    ]
 
 
 # ---- classification, once -----------------------------------------------------------------------
