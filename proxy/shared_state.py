@@ -211,7 +211,7 @@ class RedisState(SharedState):
                 self._down(exc)
             else:
                 if text is not None:
-                    self.local.json[key] = text
+                    self.local.json[key] = str(text)
                     return json.loads(text)
         return await self.local.get_json(key)
 
@@ -302,7 +302,8 @@ class RedisState(SharedState):
         """Make Redis hold what this process knows, then serve from Redis again."""
         epoch_key = self._prefix + EPOCH_KEY
         await self._redis.set(epoch_key, uuid.uuid4().hex, nx=True)
-        epoch = await self._redis.get(epoch_key)
+        epoch = await self._redis.get(epoch_key)  # decode_responses: a str
+        epoch = None if epoch is None else str(epoch)
         if self._epoch is not None and epoch != self._epoch:
             # A fresh Redis: give it everything this process has (its view includes what others
             # had pushed before, so shared sums may count some observations more than once; the

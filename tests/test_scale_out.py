@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,10 @@ def metric(instance: ProxyProcess, name: str, **labels: str) -> float | None:
     return None
 
 
+def backend_up(instance: ProxyProcess) -> bool:
+    return metric(instance, "rvr_state_backend_up") == 1.0
+
+
 def fresh_minute() -> None:
     """Limits count per clock minute: start a burst early in one, so it cannot straddle two."""
     second = time.time() % 60
@@ -335,7 +340,7 @@ def test_redis_killed_under_load_fails_no_request_and_resyncs(cluster: Cluster) 
             assert metric(p, "rvr_state_backend_up") == 0.0
         cluster.redis.start()  # the same port, empty: as a Redis restarted without persistence
         for p in cluster.instances:
-            wait_until(lambda p=p: metric(p, "rvr_state_backend_up") == 1.0, "no resync after Redis returned")
+            wait_until(partial(backend_up, p), "no resync after Redis returned")
         done_after = load.ok
         wait_until(lambda: load.ok > done_after + 10, "the load stopped after Redis returned")
     finally:
