@@ -17,17 +17,19 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from proxy import metrics
-from proxy.auth import KeyCheck
+from proxy.auth import ClientKey, KeyCheck
 from proxy.allowance import CURRENT as CURRENT_ALLOWANCE
 from proxy.allowance import RequestAllowance
 from proxy.body import read_json
 from proxy.calibration_state import RouteCalibration, probe_dir
 from proxy.config import Config
+from proxy.drain import Drain
 from proxy.errors import (
     ClientDisconnected,
     InvalidRequest,
     ModelNotFound,
     ProxyError,
+    RateLimited,
     UpstreamError,
     UpstreamFailed,
     UpstreamTimedOut,
@@ -35,6 +37,7 @@ from proxy.errors import (
 )
 from proxy.endpoints import ENDPOINTS, Endpoint
 from proxy.header_limit import HeaderLimitMiddleware
+from proxy.limits import KeyLimits
 from proxy.logs import install_redaction
 from proxy.openapi import serve_openapi
 from proxy.probes import ProbeRunner
@@ -45,6 +48,8 @@ from proxy.responses import completion, new_id, rvr_body
 from proxy.routing import Route, Router
 from proxy.services import RequestServices
 from proxy.stream_tap import connection_pool
+from proxy.shared_learning import SharedLearning
+from proxy.shared_state import build_state
 from proxy.streaming import END, error_event, relay, replay, resumed
 from proxy.upstream import use_connection_pool
 from strategies.contract import NoCandidatesError, Outcome, RequestNotServed, StrategyRequest
@@ -60,7 +65,7 @@ class Proxy:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.router = Router(config)
-        self.check_key = KeyCheck(config.server.api_keys)
+        self.check_key = KeyCheck(config.server.api_keys, config.server.keys)
         self.http: httpx.AsyncClient | None = None
         self.in_flight = 0  # client requests this worker is serving, streams until their end
         gold_dir = probe_dir(config.server.state_dir)
@@ -69,13 +74,21 @@ class Proxy:
             for name, route in self.router.routes.items()
             if route.strategy.reports
         }
+        # Shared by every worker and instance with `server.state.backend: redis`; other modules
+        # keep what all processes must agree on here (get_json/put_json, proxy/shared_state.py).
+        self.state = build_state(config.server.state)
+        self.limits = KeyLimits(self.state)
+        self.learning = SharedLearning(self.router, self.state)
+        self.drain = Drain()
 
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
         record = RequestRecord(request_id(request), endpoint.name)
         self.in_flight += 1
         streaming = False
+        client: ClientKey | None = None
         try:
-            self.check_key(request.headers.get("authorization"))
+            client = self.check_key(request.headers.get("authorization"))
+            await self.limits.admit(client)
             server = self.config.server
             data = await read_json(request, server.max_body_bytes, server.read_timeout_s)
             body, route = self.parse(data, endpoint)
@@ -88,7 +101,7 @@ class Proxy:
                 # One body for every route: options a strategy has no use for are ignored, openly.
                 headers["x-rvr-ignored"] = f"rvr options do not apply to {route.strategy.name} routes"
             if body.stream:
-                response = await self._stream(request, work, services, body, route, endpoint, record, headers)
+                response = await self._stream(request, work, services, body, route, endpoint, record, headers, client)
                 streaming = True  # from here the stream's own end writes the record
                 return response
             outcome = await self._guarded(request, self.run(route, work, services))
@@ -107,7 +120,7 @@ class Proxy:
             return error_response(internal_error())
         finally:
             if not streaming:
-                self._finish(record)
+                await self._finish(record, client)
 
     # ---- request preparation --------------------------------------------------------------
 
@@ -186,9 +199,24 @@ class Proxy:
             snapshot = calibration.snapshot()
         return rvr_body(outcome, route.name, bool(body.rvr and body.rvr.details), snapshot)
 
+    async def _charge(self, record: RequestRecord, client: ClientKey | None) -> None:
+        """A finished request's cost to its client key: metrics, then tokens and candidates against
+        the key's limits (known only now; see proxy/limits.py)."""
+        if client is None:
+            return
+        metrics.KEY_REQUESTS.labels(client.name, str(record.status)).inc()
+        outcome = record.outcome
+        usage = outcome.usage if outcome is not None else record.usage
+        candidates = len(outcome.candidates) if outcome is not None else record.streamed_choices
+        try:
+            await self.limits.charge(client, usage.total_tokens, candidates)
+        except Exception as exc:  # the answer is already made; a charge that fails must not spoil it
+            log.error('{"event": "key_charge_failed", "error": "%s"}', type(exc).__name__)
+
     # ---- execution --------------------------------------------------------------------------
 
     async def run(self, route: Route, work: StrategyRequest, services: RequestServices) -> Outcome:
+        await self.learning.before(route)
         try:
             outcome = await route.strategy.run(work, services)
         except RequestNotServed as exc:
@@ -199,6 +227,7 @@ class Proxy:
                 raise cause from None
             raise UpstreamFailed(str(exc)) from None
         outcome.plain_usage = services.plain_usage
+        await self.learning.after(route)
         return outcome
 
     async def _guarded(self, request: Request, work: Awaitable[T]) -> T:
@@ -236,6 +265,7 @@ class Proxy:
         endpoint: Endpoint,
         record: RequestRecord,
         headers: dict[str, str],
+        client: ClientKey | None,
     ) -> StreamingResponse:
         stream_id = new_id(endpoint.id_prefix)
 
@@ -255,6 +285,8 @@ class Proxy:
                 keepalive_s=KEEPALIVE_S, on_error=failed,
             )
         else:
+            record.streamed_choices = body.n  # a relayed stream makes no Outcome to count them in
+            await self.learning.before(route)
             try:
                 chunks = route.strategy.stream(work, services)
             except RequestNotServed as exc:
@@ -267,12 +299,14 @@ class Proxy:
                 include_usage=body.include_usage, record=record, on_error=failed,
             )
         return StreamingResponse(
-            self._finishing(events, record),
+            self._finishing(events, record, client),
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
         )
 
-    async def _finishing(self, events: AsyncIterator[bytes], record: RequestRecord) -> AsyncIterator[bytes]:
+    async def _finishing(
+        self, events: AsyncIterator[bytes], record: RequestRecord, client: ClientKey | None
+    ) -> AsyncIterator[bytes]:
         """Relay `events` within the request timeout; past it the stream ends with an error event.
 
         One task pumps the events, so the stream's work (and its upstream calls) always runs in
@@ -308,11 +342,12 @@ class Proxy:
             raise
         finally:
             pumping.cancel()
-            self._finish(record)
+            await self._finish(record, client)
 
-    def _finish(self, record: RequestRecord) -> None:
+    async def _finish(self, record: RequestRecord, client: ClientKey | None) -> None:
         self.in_flight -= 1
         finish(record, self.config.server.log_prompts)
+        await self._charge(record, client)
 
     def probe_runner(self, name: str) -> ProbeRunner:
         return ProbeRunner(self, self.router.routes[name], self.calibration[name])
@@ -338,6 +373,8 @@ class Prepared:
 
 
 def error_response(exc: ProxyError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    if isinstance(exc, RateLimited):
+        headers = {**(headers or {}), "retry-after": str(exc.retry_after_s)}
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
@@ -355,6 +392,8 @@ def create_app(config: Config) -> FastAPI:
         async with connection_pool(limits) as http:
             proxy.http = http
             use_connection_pool(http)
+            await proxy.state.start()  # never fails: an unreachable Redis means memory until it answers
+            proxy.drain.install()
             probing = [asyncio.ensure_future(runner.loop(proxy.idle)) for runner in proxy.background_probes()]
             try:
                 yield
@@ -363,6 +402,7 @@ def create_app(config: Config) -> FastAPI:
                     task.cancel()
                 await asyncio.gather(*probing, return_exceptions=True)
                 use_connection_pool(None)
+                await proxy.state.close()
 
     # No slash redirects: a redirect is built from the client's Host header, before auth.
     app = FastAPI(
@@ -426,6 +466,8 @@ def _add_routes(app: FastAPI, proxy: Proxy) -> None:
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        if proxy.drain.draining:  # SIGTERM: load balancers stop sending here while in-flight work ends
+            return JSONResponse({"status": "draining"}, status_code=503)
         ready = proxy.http is not None
         return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
 

@@ -125,7 +125,9 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        uvicorn.run(
+        from proxy import drain
+
+        drain.run(uvicorn.Config(
             "proxy.app:app_from_env",
             factory=True,
             host=args.host,
@@ -134,11 +136,11 @@ def serve_command(args: argparse.Namespace) -> int:
             access_log=False,
             log_level=args.log_level,
             log_config=log_config(args.log_level),
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=config.server.drain_s,  # type: ignore[arg-type]  # a float works
             # h11, not httptools: its header buffer has a cap, and BoundedH11Protocol a deadline
             http="proxy.connections:BoundedH11Protocol",
             h11_max_incomplete_event_size=config.server.max_header_bytes,
-        )
+        ))
     finally:
         _stop(host)
         if metrics_dir is not None:

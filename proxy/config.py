@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from proxy.probe_set import ProbeSetError, ProbeSettings, load_probe_set
+from proxy.scale_settings import KeySettings, StateSettings, check_keys
 from proxy.secrets import MissingSecret, plain_text_secrets, resolve, url_password
 from strategies.contract import MODEL_NAME_PATTERN, Strategy
 from strategies.registry import build_strategy
@@ -48,6 +49,11 @@ class ServerSettings(_Strict):
     # Where probe results, fitted calibration and selection state and verifier audits persist
     # across restarts; None keeps them in memory only.
     state_dir: Path | None = None
+    # Running estimates, learned upstream facts and rate-limit counters shared by every worker
+    # and instance (proxy/shared_state.py); memory keeps them per process.
+    state: StateSettings = Field(default_factory=StateSettings)
+    keys: list[KeySettings] = Field(default_factory=list)  # named keys with limits; api_keys: without
+    drain_s: float = Field(30.0, ge=0, le=3600)  # on SIGTERM, in-flight requests get this long to finish
 
     @field_validator("api_keys")
     @classmethod
@@ -58,8 +64,8 @@ class ServerSettings(_Strict):
 
     @model_validator(mode="after")
     def _metrics_auth_needs_keys(self) -> ServerSettings:
-        if self.metrics_auth and not self.api_keys:
-            raise ValueError("metrics_auth: needs server.api_keys")
+        if self.metrics_auth and not (self.api_keys or self.keys):
+            raise ValueError("metrics_auth: needs server.api_keys or server.keys")
         return self
 
 
@@ -118,6 +124,7 @@ class Config(_Strict):
         _unique(names, "upstreams", "name")
         _unique([r.model for r in self.routes], "routes", "model")
         known = set(names)
+        check_keys(self.server.api_keys, self.server.keys)
         for i, up in enumerate(self.upstreams):
             if up.fallback is not None and up.fallback not in known:
                 raise ValueError(f"upstreams.{i}.fallback: unknown upstream {up.fallback!r}")
@@ -136,7 +143,10 @@ class Config(_Strict):
 
     def secrets(self) -> list[str]:
         """Every secret value, so output can be scrubbed of them."""
-        values = list(self.server.api_keys) + self._environment_values
+        values = list(self.server.api_keys) + [k.key for k in self.server.keys] + self._environment_values
+        state_password = url_password(self.server.state.url)
+        if state_password:
+            values.append(state_password)
         for up in self.upstreams:
             for key in ("api_key", "aws_secret_access_key", "vertex_credentials"):
                 if isinstance(up.litellm_params.get(key), str):
@@ -209,12 +219,15 @@ def parse_config(raw: Any, environ: dict[str, str] | None = None, base_dir: Path
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     config._environment_values = environment_values
-    _check_probe_files(config, base_dir or Path.cwd())
+    _anchor_paths(config, base_dir or Path.cwd())
     return config
 
 
-def _check_probe_files(config: Config, base_dir: Path) -> None:
-    """Anchor relative probe paths and read every probe file once, so a bad line fails here."""
+def _anchor_paths(config: Config, base_dir: Path) -> None:
+    """Anchor relative paths to the config's directory, and read every probe file once, so a
+    bad line fails here."""
+    if config.server.state_dir is not None and not config.server.state_dir.is_absolute():
+        config.server.state_dir = (base_dir / config.server.state_dir).resolve()
     for i, route in enumerate(config.routes):
         if route.probes is None:
             continue

@@ -9,6 +9,7 @@ The whole tree; the status is the one the client gets:
   + ModelNotFound ........ 404  no route serves the requested model
   + RequestTimedOut ...... 408  the request body did not arrive within the read timeout
   + PayloadTooLarge ...... 413  the request body exceeds the server's size limit
+  + RateLimited .......... 429  the client key is over one of its limits (`server.keys`); see Retry-After
   + HeadersTooLarge ...... 431  the request line and headers exceed the server's size limit
   + ClientDisconnected ... 499  the client hung up; its work was cancelled (only the log sees it)
   + UpstreamError ........ (base, never raised itself) an upstream gave no usable answer
@@ -90,6 +91,19 @@ class ClientDisconnected(ProxyError):
     status = 499
     type = "client_closed_request"
     code = "client_disconnected"
+
+
+class RateLimited(ProxyError):
+    """As OpenAI answers a limit: `type` says which kind (`requests` or `tokens`)."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int, kind: str = "requests") -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.type = kind
 
 
 class HeadersTooLarge(ProxyError):

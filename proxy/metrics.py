@@ -96,3 +96,15 @@ def render() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+# --- scale out: shared state and per-key limits (proxy/shared_state.py, proxy/limits.py) ---------
+
+# livemin: 0 as soon as any live worker cannot reach the state backend.
+STATE_BACKEND_UP = Gauge(
+    "rvr_state_backend_up",
+    "1 while the shared state backend answers (always 1 for memory); 0: serving from local state.",
+    multiprocess_mode="livemin",
+)
+# Key names come from server.keys (or `api_keys.<i>`), never the keys; status is the HTTP status.
+KEY_REQUESTS = Counter("rvr_key_requests", "Requests by client key name and HTTP status.", ["key_name", "status"])
+KEY_TOKENS = Counter("rvr_key_tokens", "Upstream tokens charged to a client key.", ["key_name"])

@@ -26,6 +26,7 @@ class RequestRecord:
     usage: Usage = field(default_factory=Usage)  # streaming passthrough fills this itself
     error: str | None = None
     prompt: Any = None  # only logged when the config says so
+    streamed_choices: int = 0  # choices of a relayed stream, which has no Outcome
 
 
 def finish(record: RequestRecord, log_prompts: bool) -> None:

@@ -59,6 +59,12 @@ def plain_text_secrets(raw: Mapping[str, Any]) -> list[str]:
     server = raw.get("server")
     for i, key in enumerate((server.get("api_keys") or []) if isinstance(server, Mapping) else []):
         check(key, f"server.api_keys.{i}")
+    for i, entry in enumerate((server.get("keys") or []) if isinstance(server, Mapping) else []):
+        if isinstance(entry, Mapping):
+            check(entry.get("key"), f"server.keys.{i}.key")
+    state = server.get("state") if isinstance(server, Mapping) else None
+    if isinstance(state, Mapping) and url_password(state.get("url")):
+        check(state.get("url"), "server.state.url")
     for i, upstream in enumerate(raw.get("upstreams") or []):
         params = upstream.get("litellm_params") if isinstance(upstream, Mapping) else None
         if not isinstance(params, Mapping):

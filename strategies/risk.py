@@ -319,6 +319,15 @@ class RouteRiskState:
     def count(self, term: str) -> int:
         return self._counts[term]
 
+    def totals(self) -> dict[str, tuple[float, int]]:
+        """(sum, count) of each term: what processes sharing a route's estimate exchange."""
+        return {term: (self._sums[term], self._counts[term]) for term in TERMS}
+
+    def restore(self, totals: dict[str, tuple[float, int]]) -> None:
+        """Replace the running sums by `totals`, e.g. every process's observations merged."""
+        for term in TERMS:
+            self._sums[term], self._counts[term] = totals.get(term, (0.0, 0))
+
 
 # --- the per-request report --------------------------------------------------------------
 

@@ -350,7 +350,9 @@ def test_dashboard_parses_with_grafana_foundation_sdk() -> None:
 def test_route_config_is_a_valid_proxy_config() -> None:
     """The config compose mounts and the ConfigMap is generated from parses as the proxy parses it."""
     raw = yaml.safe_load((K8S / "config.yaml").read_text())
-    config = parse_config(raw, environ={"RVR_KEY": "test-key", "UPSTREAM_API_KEY": "test-upstream"})
+    config = parse_config(
+        raw, environ={"RVR_KEY": "test-key", "UPSTREAM_API_KEY": "test-upstream", "REDIS_URL": "redis://r:6379/0"}
+    )
     assert config.routes
 
 
@@ -389,6 +391,97 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_image() -> None:
     assert "EXPOSE 8000" in dockerfile
     assert re.search(r"^USER (?!root|0\b)\S+", dockerfile, re.MULTILINE)
     assert 'ENTRYPOINT ["rvr-proxy", "serve", "--host", "0.0.0.0"]' in dockerfile
+
+
+K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests promise to work on
+
+
+def k8s_documents() -> list[tuple[str, dict[str, Any]]]:
+    """Every object of every manifest kustomization.yaml lists, as (file, object)."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    return [
+        (resource, doc)
+        for resource in kustomization["resources"]
+        for doc in yaml.safe_load_all((K8S / resource).read_text())
+        if doc
+    ]
+
+
+@pytest.mark.parametrize(
+    ("resource", "document"), [pytest.param(r, d, id=f"{r}:{d['kind']}") for r, d in k8s_documents()]
+)
+def test_kubernetes_manifest_is_valid_against_the_schema(resource: str, document: dict[str, Any]) -> None:
+    """Offline, against the schemas kubernetes-validate ships; strict: an unknown field fails too."""
+    import kubernetes_validate
+
+    kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+
+
+def test_kubernetes_schema_check_is_live() -> None:
+    import kubernetes_validate
+
+    deployment = yaml.safe_load((K8S / "deployment.yaml").read_text())
+    deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "http"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    deployment = yaml.safe_load((K8S / "deployment.yaml").read_text())
+    deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 45  # misspelt field
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+def test_kubernetes_scale_out_pieces_fit_together() -> None:
+    """Shared state in Redis, an HPA on CPU, a PDB, probes, and a drain that fits the grace period."""
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in k8s_documents()}
+    deployment = docs[("Deployment", "rvr-proxy")]
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+
+    hpa = docs[("HorizontalPodAutoscaler", "rvr-proxy")]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "rvr-proxy"}
+    assert hpa["minReplicas"] >= 2
+    (target,) = hpa["metrics"]
+    assert target["resource"]["name"] == "cpu"
+    (container,) = pod["spec"]["containers"]
+    assert container["resources"]["requests"]["cpu"], "CPU utilization needs a CPU request"
+
+    pdb = docs[("PodDisruptionBudget", "rvr-proxy")]["spec"]
+    assert pdb["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["maxUnavailable"] == 1
+
+    # The drain: preStop pause, then SIGTERM and server.drain_s, all inside the grace period.
+    config = parse_config(
+        yaml.safe_load((K8S / "config.yaml").read_text()),
+        environ={"RVR_KEY": "test-key", "UPSTREAM_API_KEY": "test-upstream", "REDIS_URL": "redis://r:6379/0"},
+    )
+    pause = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pause[0] == "sleep"
+    assert int(pause[1]) + config.server.drain_s < pod["spec"]["terminationGracePeriodSeconds"]
+
+    # Redis: the config asks for it, the pod is told where it is, and redis.yaml serves that name.
+    assert config.server.state.backend == "redis"
+    env = {e["name"]: e for e in container["env"]}
+    redis_url = env["REDIS_URL"]["value"]
+    redis_service = docs[("Service", "rvr-redis")]
+    assert redis_url == f"redis://{redis_service['metadata']['name']}:{redis_service['spec']['ports'][0]['port']}/0"
+    redis_pod = docs[("Deployment", "rvr-redis")]["spec"]["template"]
+    assert redis_service["spec"]["selector"].items() <= redis_pod["metadata"]["labels"].items()
+
+
+def test_compose_runs_redis_and_drains() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    proxy_service, redis_service = services["proxy"], services["redis"]
+    assert "redis" in proxy_service["depends_on"]
+    assert proxy_service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert redis_service["image"].startswith("redis:")
+    config = parse_config(
+        yaml.safe_load((K8S / "config.yaml").read_text()),
+        environ={"RVR_KEY": "k", "UPSTREAM_API_KEY": "u", "REDIS_URL": proxy_service["environment"]["REDIS_URL"]},
+    )
+    grace = proxy_service["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > config.server.drain_s
 
 
 # --- the test helpers themselves -----------------------------------------------------------------

@@ -23,7 +23,11 @@ def test_each_readme_config_passes_check_config(block: str, tmp_path: Path) -> N
     file = tmp_path / "config.yaml"
     file.write_text(block, encoding="utf-8")
     # Only the variables the README itself tells the reader to set.
-    env = {"PATH": "/usr/bin:/bin", "UPSTREAM_KEY": "sk-readme-example", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env = {
+        "PATH": "/usr/bin:/bin", "UPSTREAM_KEY": "sk-readme-example", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        # "Scale out"
+        "REDIS_URL": "redis://127.0.0.1:6379/0", "TEAM_A_KEY": "sk-readme-team-a", "TEAM_B_KEY": "sk-readme-team-b",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "proxy.cli", "check-config", str(file)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,

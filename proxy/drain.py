@@ -1,0 +1,78 @@
+"""Graceful drain: on SIGTERM, stop taking work, finish what is in flight, then exit.
+
+In each worker, SIGTERM turns /readyz to 503 at once (`Drain.draining`) and uvicorn stops
+accepting, closes idle kept-alive connections, lets in-flight requests finish (their responses
+close their connections) for up to `server.drain_s`, then cancels what is left.
+
+With `--workers N` the supervisor process holds the listening socket too: while it is open the
+kernel keeps completing handshakes that no worker will accept, and those connections are reset
+when the supervisor exits. `Supervisor` closes its copy and signals the workers the moment
+SIGTERM arrives, so new connections are refused (a load balancer retries them elsewhere)
+instead of queued and dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+log = logging.getLogger("rvr_proxy")
+STARTUP_FAILURE = 3  # uvicorn's exit status when a server could not start
+
+
+class Drain:
+    def __init__(self) -> None:
+        self.draining = False
+
+    def install(self) -> None:
+        """Chain onto uvicorn's SIGTERM/SIGINT handlers; call once the worker's server has set them."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # an in-process test client: no signals to catch
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+
+            def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+                if not self.draining:
+                    self.draining = True
+                    log.info(json.dumps({"event": "draining", "signal": signal.Signals(signum).name}))
+                if callable(previous):
+                    previous(signum, frame)
+
+            signal.signal(sig, handler)
+
+
+class Supervisor(Multiprocess):
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        for sock in self.sockets:
+            sock.close()
+        # Tell the workers now rather than at the supervisor loop's next tick (up to 0.5 s). Not
+        # through `terminate_all`, which also closes the health-check pipes the loop still reads.
+        for process in self.processes:
+            if process.pid is not None and process.exitcode is None:
+                os.kill(process.pid, signal.SIGTERM)
+        self.signal_queue.append(signum)  # then the loop's own handling: stop, wait for the workers
+
+
+def run(config: uvicorn.Config) -> None:
+    """`uvicorn.run` for an import-string app, with the draining supervisor for several workers."""
+    if config.workers > 1:
+        Supervisor(config, sockets=[config.bind_socket()]).run()
+        return
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
