@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from proxy import metrics
 from proxy.allowance import CURRENT as CURRENT_ALLOWANCE
@@ -30,7 +30,7 @@ from proxy.endpoints import CHAT, TEXT
 from proxy.errors import ProxyError, TokenBudgetExceeded
 from proxy.probe_set import ProbeItem, ProbeSettings, load_probe_set
 from proxy.routing import Route
-from strategies.calibration import GoldRecord
+from strategies.calibration import COMPONENTS, GoldRecord
 from strategies.checkers import Checker, CheckerError, build_checker, score
 from strategies.contract import BudgetExhausted, Candidate, Outcome
 
@@ -130,38 +130,17 @@ class ProbeRunner:
             self._charge(prepared.allowance.spent)
         return self._record(item, outcome, reference, prepared.allowance.spent)
 
-    def _utilities(self, candidates: list[Candidate], item: dict[str, Any]) -> list[float | None]:
-        """Each candidate's gold utility; one the checker fails on is left out, never scored 0."""
-        values: list[float | None] = []
-        for candidate in candidates:
-            try:
-                values.append(score(self.checker, candidate.text, item))
-            except CheckerError:
-                values.append(None)
-        return values
-
     def _record(self, item: ProbeItem, outcome: Outcome, reference: list[Candidate], tokens: int) -> GoldRecord:
         as_item = item.as_item()
+
+        def utility(candidate: Candidate) -> float | None:
+            try:
+                return score(self.checker, candidate.text, as_item)
+            except CheckerError:
+                return None
+
         served = score(self.checker, outcome.candidates[outcome.selected].text, as_item)  # raises CheckerError
-        pool = [u for u in self._utilities(outcome.candidates, as_item) if u is not None]
-        first = reference[0].variant if reference else None
-        ref = self._utilities(reference, as_item)
-        one_prompt = [u for u, c in zip(ref, reference, strict=True) if u is not None and c.variant == first]
-        every = [u for u in ref if u is not None]
-        if not one_prompt:
-            raise CheckerError("no reference candidate could be checked")
-        online = outcome.risk.as_dict() if outcome.risk is not None else {}
-        return GoldRecord(
-            item=item.id,
-            served=served,
-            best_served=max(pool, default=served),
-            best_one_prompt=max(one_prompt),
-            best_all=max(every),
-            mean_one_prompt=sum(one_prompt) / len(one_prompt),
-            online={c: online.get(c) for c in ("residual", "baseline", "candidate", "prompt", "verifier")},
-            tokens=tokens,
-            time=time.time(),
-        )
+        return measure(item.id, served, outcome, reference, utility, tokens)
 
     # ---- runs ---------------------------------------------------------------------------
 
@@ -218,3 +197,38 @@ class ProbeRunner:
                 await self.run(self.settings.items_per_run, idle=idle)
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any one run's bug
                 log.error(json.dumps({"event": "probe_run_failed", "route": self.route.name, "error": type(exc).__name__}))
+
+
+def measure(
+    item: str,
+    served: float,
+    outcome: Outcome,
+    reference: list[Candidate],
+    utility: Callable[[Candidate], float | None],
+    tokens: int = 0,
+) -> GoldRecord:
+    """The gold values of one probe item (method §7.1) next to the online estimates it got.
+
+    `utility` gives a candidate's gold utility, None where the checker failed: such a candidate
+    is left out, never scored 0. Raises `CheckerError` when no reference candidate of the first
+    prompt could be checked.
+    """
+    pool = [u for u in map(utility, outcome.candidates) if u is not None]
+    first = reference[0].variant if reference else None
+    ref = [(c.variant, utility(c)) for c in reference]
+    one_prompt = [u for v, u in ref if u is not None and v == first]
+    every = [u for _, u in ref if u is not None]
+    if not one_prompt:
+        raise CheckerError("no reference candidate could be checked")
+    online = outcome.risk.as_dict() if outcome.risk is not None else {}
+    return GoldRecord(
+        item=item,
+        served=served,
+        best_served=max(pool, default=served),
+        best_one_prompt=max(one_prompt),
+        best_all=max(every),
+        mean_one_prompt=sum(one_prompt) / len(one_prompt),
+        online={c: online.get(c) for c in COMPONENTS},
+        tokens=tokens,
+        time=time.time(),
+    )

@@ -1,0 +1,181 @@
+"""Candidate pools from the embedded Gemma 3 270M, scored by each task's own checker.
+
+One pool per task item: `--per-variant` candidates from each prompt variant (original and
+format_reminder), all sampled through the real proxy (a passthrough route over
+the embedded model, so chats are rendered exactly as a route would render them). The gold
+benchmarks replay these pools through the proxy's own strategies (bench/replay.py), so every
+selector and every estimator sees the same candidates, and 200 gold/traffic splits cost nothing.
+
+Tasks, the three where the model's wrong answers cluster (verifier-truth screen) plus a control:
+- `add1`: 1-digit addition, all 100 ordered pairs × `--seeds` few-shot sets whose three shot
+  answers are distinct (a shot answer the model copies then differs per seed);
+- `legs`: reasoning-gym `leg_counting`, one animal, 1-2 of it;
+- `gcd`: reasoning-gym `gcd`, values ≤ 20;
+- `sum2` (control, majority vote works): reasoning-gym `basic_arithmetic`, 2 one-digit terms, + and −.
+
+    python bench/gold_pools.py --tasks add1,legs,gcd --items 200     # writes bench/results/pools/<task>.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.real_tasks import extract_answer, few_shot  # noqa: E402
+
+POOLS = ROOT / "bench" / "results" / "pools"
+VARIANTS = ("original", "format_reminder")
+RG_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "legs": ("leg_counting", {"min_animals": 1, "max_animals": 1, "min_instances": 1, "max_instances": 2}),
+    "gcd": ("gcd", {"min_value": 1, "max_value": 20}),
+    "sum2": ("basic_arithmetic", {
+        "min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "operators": ["+", "-"],
+        "allow_parentheses": False, "allow_negation": False,
+    }),
+}
+
+
+@dataclass
+class PoolItem:
+    task: str
+    id: str
+    answer: str
+    raw: dict[str, Any]
+    messages: list[dict[str, str]]
+    shot_answers: list[str]
+
+
+def add1_items(seeds: int) -> list[PoolItem]:
+    items = []
+    for seed in range(seeds):
+        rng = random.Random(1000 + seed)
+        while True:  # three shots with distinct answers
+            shots = [(rng.randint(0, 9), rng.randint(0, 9)) for _ in range(3)]
+            if len({a + b for a, b in shots}) == 3:
+                break
+        pairs = [(f"What is {a} plus {b}?", str(a + b)) for a, b in shots]
+        for a in range(10):
+            for b in range(10):
+                question = f"What is {a} plus {b}?"
+                items.append(PoolItem("add1", f"add1-s{seed}-{a}+{b}", str(a + b), {}, few_shot(pairs, question),
+                                      [answer for _, answer in pairs]))
+    return items
+
+
+def rg_items(task: str, size: int) -> list[PoolItem]:
+    import reasoning_gym as rg
+
+    name, config = RG_TASKS[task]
+    data = rg.create_dataset(name, size=size, seed=7, **config)
+    shots = [(str(e["question"]), str(e["answer"])) for e in rg.create_dataset(name, size=3, seed=10_007, **config)]
+    return [
+        PoolItem(task, f"{task}-{i}", str(e["answer"]), {k: v for k, v in dict(e).items() if k != "metadata"} | {
+            "metadata": e.get("metadata", {})}, few_shot(shots, str(e["question"])), [a for _, a in shots])
+        for i, e in enumerate(data)
+    ]
+
+
+def checker_for(task: str) -> Callable[[str, PoolItem], float]:
+    """The task's own scorer; an item counts as right only at full credit."""
+    if task == "add1":
+        return lambda text, item: float(extract_answer(text) == item.answer)
+    import reasoning_gym as rg
+
+    name, config = RG_TASKS[task]
+    score_answer = rg.create_dataset(name, size=1, seed=0, **config).score_answer
+    return lambda text, item: float(score_answer(extract_answer(text), {**item.raw, "answer": item.answer}) == 1.0)
+
+
+def load_items(task: str, size: int, seeds: int) -> list[PoolItem]:
+    if task == "add1":
+        items = add1_items(seeds)
+        random.Random(5).shuffle(items)
+        return items[:size]
+    return rg_items(task, size)
+
+
+async def sample(client: Any, messages: list[dict[str, str]], n: int, args: argparse.Namespace) -> list[str]:
+    texts: list[str] = []
+    while len(texts) < n:
+        reply = await client.chat.completions.create(
+            model="gemma", messages=messages, n=min(8, n - len(texts)),
+            temperature=args.temperature, top_p=0.95, max_tokens=args.max_tokens,
+        )
+        texts += [c.message.content or "" for c in reply.choices]
+    return texts
+
+
+async def build(args: argparse.Namespace) -> None:
+    import openai
+    from tqdm import tqdm
+
+    from bench.processes import start_proxy
+    from proxy.embedded import EmbeddedModel
+    from strategies.variants import build_variants
+
+    variants = build_variants(list(VARIANTS), None)
+    model = EmbeddedModel(logits_all=False, n_threads=args.threads)
+    workdir = Path(tempfile.mkdtemp(prefix="rvr-pools-"))
+    await model.start()
+    upstream = {
+        "name": "gemma",
+        "litellm_params": {"model": "text-completion-openai/gemma", "api_base": model.api_base, "api_key": "none"},
+        "mode": "completion", "supports_n": False, "max_concurrency": 1, "timeout_s": 120, "retries": 1,
+    }
+    config = {"upstreams": [upstream], "routes": [{"model": "gemma", "upstream": "gemma", "limits": {"max_n": 8}}]}
+    proxy, base = await asyncio.to_thread(start_proxy, workdir, config)
+    client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=2, timeout=600)
+    try:
+        POOLS.mkdir(parents=True, exist_ok=True)
+        for task in args.tasks:
+            path = POOLS / f"{task}.jsonl"
+            done = {json.loads(line)["id"] for line in path.open()} if path.exists() else set()
+            items = [i for i in load_items(task, args.items, args.seeds) if i.id not in done]
+            check = checker_for(task)
+            with path.open("a") as out, tqdm(total=len(items), desc=task, dynamic_ncols=True) as bar:
+                for item in items:
+                    pool: dict[str, Any] = {}
+                    for variant in variants:
+                        messages, _ = await variant.render(item.messages, None)  # type: ignore[arg-type]
+                        texts = await sample(client, messages, args.per_variant, args)
+                        pool[variant.name] = [{"text": t, "utility": check(t, item)} for t in texts]
+                    out.write(json.dumps({
+                        "task": task, "id": item.id, "answer": item.answer, "raw": item.raw,
+                        "messages": item.messages, "shot_answers": item.shot_answers, "pool": pool,
+                        "time": time.time(),
+                    }) + "\n")
+                    out.flush()
+                    bar.update(1)
+    finally:
+        await client.close()
+        proxy.stop()
+        await model.stop()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", default="add1,legs,gcd,sum2", type=lambda s: s.split(","))
+    p.add_argument("--items", type=int, default=200, help="items per task")
+    p.add_argument("--seeds", type=int, default=3, help="few-shot sets for add1 (100 items each)")
+    p.add_argument("--per-variant", type=int, default=16, help="candidates per prompt variant")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None)
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(build(parse_args()))
