@@ -12,10 +12,13 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
 )
+
+from strategies.verifier_audit_stats import FLAGS as VERIFIER_AUDIT_FLAGS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 RISK_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
@@ -72,3 +75,18 @@ def render() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+# Verifier audits (`rvr-proxy audit`), read from server.state_dir at start-up. Not the sampled
+# audit traffic above. Every worker sets the same values, so the most recent one is the value.
+VERIFIER_AUDIT_ACCURACY = Gauge(
+    "rvr_verifier_audit_accuracy",
+    "Share of gold pairs on which the verifier preferred the socially desirable answer, per domain.",
+    ["verifier", "domain"],
+    multiprocess_mode="mostrecent",
+)
+VERIFIER_AUDIT_FLAG = Gauge(
+    "rvr_verifier_audit_flag",
+    "1 when the verifier's audit raised the flag in the domain, else 0.",
+    ["verifier", "domain", "flag"],
+    multiprocess_mode="mostrecent",
+)

@@ -34,8 +34,9 @@ TEMPLATE_DISAGREEMENT_MAX = 0.2
 
 FLAGS = ("prefers_undesirable", "position_biased", "template_sensitive")
 
-# Scores closer than this are a tie: a verifier's float arithmetic is not a preference.
-TIE_TOLERANCE = 1e-9
+# Equal scores are a tie, exactly as selection sees them: a reward model whose sigmoid squash
+# saturates both answers at 1.0 cannot tell them apart when serving either.
+TIE_TOLERANCE = 0.0
 
 
 def decide(desirable: float | None, undesirable: float | None) -> Decision | None:
