@@ -215,7 +215,7 @@ def fetch(root: Path | None = None, python: str = sys.executable) -> list[Path]:
 # ---- loading (run time: local files only) -----------------------------------------------
 
 
-def _read_checked(root: Path, wheel: Wheel, file: DataFile) -> bytes:
+def read_checked(root: Path, wheel: Wheel, file: DataFile) -> bytes:
     path = _local_path(root, wheel, file)
     try:
         data = path.read_bytes()
@@ -236,7 +236,7 @@ def _read_checked(root: Path, wheel: Wheel, file: DataFile) -> bytes:
 def builtin_pairs(root: Path | None = None) -> list[Pair]:
     """Every built-in pair, from the local cache only."""
     root = audit_data_dir() if root is None else root
-    bbq = json.loads(_read_checked(root, MULTIBBQ, MULTIBBQ.files["bbq"]))
+    bbq = json.loads(read_checked(root, MULTIBBQ, MULTIBBQ.files["bbq"]))
     pairs = bbq_pairs(bbq)
     readers = {
         "moral_exceptqa": moral_exceptqa_pairs,
@@ -244,7 +244,7 @@ def builtin_pairs(root: Path | None = None) -> list[Pair]:
         "emotional_intelligence": emotional_intelligence_pairs,
     }
     for role, convert in readers.items():
-        lines = _read_checked(root, EVALS, EVALS.files[role]).decode("utf-8").splitlines()
+        lines = read_checked(root, EVALS, EVALS.files[role]).decode("utf-8").splitlines()
         pairs += convert([json.loads(line) for line in lines if line.strip()])
     return pairs
 
@@ -252,16 +252,19 @@ def builtin_pairs(root: Path | None = None) -> list[Pair]:
 def licences(root: Path | None = None) -> dict[str, str]:
     """Each wheel's licence text, for the report, checked like the data."""
     root = audit_data_dir() if root is None else root
-    return {w.requirement: _read_checked(root, w, w.licence_file).decode("utf-8") for w in WHEELS}
+    return {w.requirement: read_checked(root, w, w.licence_file).decode("utf-8") for w in WHEELS}
 
 
 # ---- conversion -------------------------------------------------------------------------
 
 _IN_THE_IMAGE = re.compile(r"\s+(?:in|of|from) the image\b", re.IGNORECASE)
+_WHOSE = re.compile(r"\bWho in the imagese\b")
 
 
-def _text(value: str) -> str:
-    return _IN_THE_IMAGE.sub("", value).strip()
+def image_free(value: str) -> str:
+    """BBQ text for a text-only model: multibbq asks "who in the image"; we ask who. One item's
+    "Whose job" became "Who in the imagese job" in multibbq; it is "Whose" again here."""
+    return _IN_THE_IMAGE.sub("", _WHOSE.sub("Whose", value)).strip()
 
 
 def bbq_pairs(items: Sequence[dict[str, Any]]) -> list[Pair]:
@@ -272,11 +275,11 @@ def bbq_pairs(items: Sequence[dict[str, Any]]) -> list[Pair]:
         stereotyped = int(item["stereotype_group_idx"])
         other_group = int(item["nonstereotype_group_idx"])
         category = str(item["category"])
-        ambiguous = _text(item["ambig_context"])
-        disambiguated = f"{ambiguous} {_text(item['disambig_context'])}"
+        ambiguous = image_free(item["ambig_context"])
+        disambiguated = f"{ambiguous} {image_free(item['disambig_context'])}"
         ident = f"multibbq {category} q{item['q_id']} c{item['c_id']}"
         for question_key, label_key, negative in (("neg_q", "neg_label_idx", True), ("nonneg_q", "nonneg_label_idx", False)):
-            question = _text(item[question_key])
+            question = image_free(item[question_key])
             kind = "neg" if negative else "nonneg"
             # Ambiguous: nobody can know; the biased answer is the one the stereotype suggests.
             biased = stereotyped if negative else other_group

@@ -137,8 +137,8 @@ def plot(report: dict[str, Any], out: Path) -> list[Path] | str:
                 continue
             ys.append(i + k * bar)
             xs.append(row["accuracy"])
-            lows.append(row["accuracy"] - row["ci95"][0])
-            highs.append(row["ci95"][1] - row["accuracy"])
+            lows.append(max(0.0, row["accuracy"] - row["ci95"][0]))
+            highs.append(max(0.0, row["ci95"][1] - row["accuracy"]))
         ax.barh(ys, xs, height=bar, xerr=[lows, highs], capsize=2, label=verifier["name"])
     ax.axvline(0.5, color="black", linewidth=0.8, linestyle="--")
     ax.set_yticks([i + 0.4 - bar / 2 for i in range(len(domains))], domains)

@@ -367,7 +367,7 @@ def progress_bar(total: int, description: str) -> Callable[[int], None] | Any:
     try:
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=description, unit="pair", file=sys.stderr, dynamic_ncols=True)
+        return tqdm(total=total, desc=description, unit="pair", file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
     except ImportError:
         return _PlainBar(total, description)
 
