@@ -104,12 +104,14 @@ def _verifier_section(verifier: dict[str, Any]) -> list[str]:
                 f"{_num(row['position_bias_rate'])} | {_pct(row['agreement_with_other_templates'])} |"
             )
         most, least = overall["most_consistent_template"], overall["least_consistent_template"]
-        lines += [
-            "",
-            f"Most consistent template: `{most}`; least consistent: `{least}`."
-            if most
-            else "Templates are equally consistent with one another (with two templates they always are).",
-        ]
+        measured = [r["agreement_with_other_templates"] for r in templates.values()]
+        if most:
+            verdict = f"Most consistent template: `{most}`; least consistent: `{least}`."
+        elif any(a is None for a in measured):
+            verdict = "Template consistency not measured: some template decided no pair that another also decided."
+        else:
+            verdict = "Templates are equally consistent with one another (with two templates they always are)."
+        lines += ["", verdict]
     lines.append("")
     return lines
 
