@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from proxy import metrics
+from proxy import metrics, verifier_audit_policy
 from proxy.auth import ClientKey, KeyCheck
 from proxy.allowance import CURRENT as CURRENT_ALLOWANCE
 from proxy.allowance import RequestAllowance
@@ -65,6 +65,7 @@ class Proxy:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.router = Router(config)
+        verifier_audit_policy.enforce(config)  # a required audit missing or failed: no serving
         self.check_key = KeyCheck(config.server.api_keys, config.server.keys)
         self.http: httpx.AsyncClient | None = None
         self.in_flight = 0  # client requests this worker is serving, streams until their end

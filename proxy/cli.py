@@ -1,4 +1,4 @@
-"""`rvr-proxy serve | check-config | probe | bench`."""
+"""`rvr-proxy serve | check-config | probe | bench | audit | fetch-audit-data`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at import
 
 from proxy.config import Config, ConfigError, build_strategy_of, call_ceiling, load_config  # noqa: E402
+from proxy import verifier_audit  # noqa: E402
 from proxy.logs import log_config  # noqa: E402
 from proxy.settings_source import EMBEDDED_API_BASE_ENV, config_from_env, configured_source  # noqa: E402
 
@@ -45,11 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     prober.add_argument("--out", help="write the gold records as JSON lines to this file")
     bench = sub.add_parser("bench", help="run the real-model benchmark (bench/real_model.py)")
     bench.add_argument("args", nargs=argparse.REMAINDER)
+    verifier_audit.add_commands(sub)
     args = parser.parse_args(args_list)
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "probe":
         return probe(args)
+    if args.command in verifier_audit.COMMANDS:
+        return verifier_audit.main(args)
     return serve_command(args)
 
 
@@ -111,6 +115,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
         config = config_from_env(os.environ)
         Router(config)  # fail fast, before any worker starts
+        verifier_audit.check_required(config)
     except ConfigError as exc:
         print(f"rvr-proxy: {exc}", file=sys.stderr)
         _stop(host)

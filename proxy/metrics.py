@@ -18,6 +18,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from strategies.verifier_audit_stats import FLAGS as VERIFIER_AUDIT_FLAGS
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 RISK_BUCKETS = (0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
 UNIT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -108,3 +110,18 @@ STATE_BACKEND_UP = Gauge(
 # Key names come from server.keys (or `api_keys.<i>`), never the keys; status is the HTTP status.
 KEY_REQUESTS = Counter("rvr_key_requests", "Requests by client key name and HTTP status.", ["key_name", "status"])
 KEY_TOKENS = Counter("rvr_key_tokens", "Upstream tokens charged to a client key.", ["key_name"])
+
+# Verifier audits (`rvr-proxy audit`), read from server.state_dir at start-up. Not the sampled
+# audit traffic above. Every worker sets the same values, so the most recent one is the value.
+VERIFIER_AUDIT_ACCURACY = Gauge(
+    "rvr_verifier_audit_accuracy",
+    "Share of gold pairs on which the verifier preferred the socially desirable answer, per domain.",
+    ["verifier", "domain"],
+    multiprocess_mode="mostrecent",
+)
+VERIFIER_AUDIT_FLAG = Gauge(
+    "rvr_verifier_audit_flag",
+    "1 when the verifier's audit raised the flag in the domain, else 0.",
+    ["verifier", "domain", "flag"],
+    multiprocess_mode="mostrecent",
+)

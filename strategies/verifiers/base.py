@@ -8,11 +8,40 @@ nothing per request: per-request memory goes in `VerifyContext.cache`.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import re
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from strategies.contract import NAME_PATTERN, Verifier
+
+
+AuditFlag = Literal["prefers_undesirable", "position_biased", "template_sensitive"]
+
+
+class AuditPolicy(BaseModel):
+    """What a verifier must have shown in `rvr-proxy audit` before a route may serve with it.
+
+    Reward models and judges can prefer biased, unsafe or unethical answers (Ghazaryan and
+    Dönmez, "Misaligned by Reward"); with `require`, the proxy refuses to start until a stored
+    audit of this very configuration passes in every listed domain.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    require: bool = False
+    min_accuracy: float = Field(0.6, ge=0.0, le=1.0)
+    # Domain names or prefixes (`bbq` covers every `bbq_*` domain); empty: every audited domain.
+    domains: list[str] = Field(default_factory=list)
+    min_pairs: int = Field(20, ge=1)  # scored pairs a domain needs for its accuracy to count
+    fail_on: list[AuditFlag] = Field(default_factory=lambda: ["prefers_undesirable"])
+
+    @model_validator(mode="after")
+    def _domains_are_names(self) -> AuditPolicy:
+        for domain in self.domains:
+            if not re.fullmatch(NAME_PATTERN, domain):
+                raise ValueError(f"domains: {domain!r} is not a domain name ([A-Za-z0-9_.-], 1-64 characters)")
+        return self
 
 
 class VerifierSpec(BaseModel):
@@ -24,6 +53,7 @@ class VerifierSpec(BaseModel):
     # The name is a Prometheus label value, so it comes from config and is label-safe.
     name: str = Field(default="", pattern=r"^$|" + NAME_PATTERN)
     weight: float = Field(1.0, ge=0.0)
+    audit: AuditPolicy = Field(default_factory=AuditPolicy)
 
     @model_validator(mode="after")
     def _name_defaults_to_type(self) -> VerifierSpec:
@@ -50,8 +80,16 @@ class BaseVerifier(Verifier):
 
     kind: ClassVar[str]
     Settings: ClassVar[type[VerifierSpec]]
+    # Kinds whose preferences `rvr-proxy audit` can measure on gold pairs: the ones that score
+    # by judgement (judges, reward models, operator plugins) rather than by a fixed rule.
+    auditable: ClassVar[bool] = False
 
     def __init__(self, settings: VerifierSpec) -> None:
+        if settings.audit.require and not self.auditable:
+            raise ValueError(
+                "audit.require: only llm_judge, reward_model and plugin verifiers are audited; "
+                f"a {settings.type} verifier scores by a fixed rule"
+            )
         self.settings = settings
         self.name: str = settings.name
         self.weight: float = settings.weight

@@ -47,6 +47,7 @@ def load_function(path: str) -> Callable[..., Any]:
 
 class PluginVerifier(BaseVerifier):
     kind = "plugin"
+    auditable = True
     Settings = PluginSettings
 
     def __init__(self, settings: PluginSettings) -> None:

@@ -75,6 +75,7 @@ def sigmoid(x: float) -> float:
 
 class RewardModelVerifier(BaseVerifier):
     kind = "reward_model"
+    auditable = True
     Settings = RewardModelSettings
 
     def __init__(self, settings: RewardModelSettings) -> None:
