@@ -1,7 +1,7 @@
 """Candidate pools from the embedded Gemma 3 270M, scored by each task's own checker.
 
-One pool per task item: `--per-variant` candidates from each prompt variant (original and
-format_reminder), all sampled through the real proxy (a passthrough route over
+One pool per task item: `--per-variant` candidates from each prompt variant (default: original
+and format_reminder), all sampled through the real proxy (a passthrough route over
 the embedded model, so chats are rendered exactly as a route would render them). The gold
 benchmarks replay these pools through the proxy's own strategies (bench/replay.py), so every
 selector and every estimator sees the same candidates, and 200 gold/traffic splits cost nothing.
@@ -14,6 +14,8 @@ Tasks, the three where the model's wrong answers cluster (verifier-truth screen)
 - `sum2` (control, majority vote works): reasoning-gym `basic_arithmetic`, 2 one-digit terms, + and −.
 
     python bench/gold_pools.py --tasks add1,legs,gcd --items 200     # writes bench/results/pools/<task>.jsonl
+
+On 2 busy cores a sample took 1-4 s; `--variants original --per-variant 8` keeps a run near an hour.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ async def build(args: argparse.Namespace) -> None:
     from proxy.embedded import EmbeddedModel
     from strategies.variants import build_variants
 
-    variants = build_variants(list(VARIANTS), None)
+    variants = build_variants(args.variants, None)
     model = EmbeddedModel(logits_all=False, n_threads=args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="rvr-pools-"))
     await model.start()
@@ -170,7 +172,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", default="add1,legs,gcd,sum2", type=lambda s: s.split(","))
     p.add_argument("--items", type=int, default=200, help="items per task")
     p.add_argument("--seeds", type=int, default=3, help="few-shot sets for add1 (100 items each)")
-    p.add_argument("--per-variant", type=int, default=16, help="candidates per prompt variant")
+    p.add_argument("--per-variant", type=int, default=8, help="candidates per prompt variant")
+    p.add_argument("--variants", default=",".join(VARIANTS), type=lambda s: s.split(","))
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)

@@ -265,6 +265,54 @@ RISK = {
             "additionalProperties": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
         },
         "sources": {"type": "object", "additionalProperties": {"enum": ["request", "route"]}},
+        "calibration": {"$ref": _REF.format(model="Calibration")},
+    },
+    "additionalProperties": False,
+}
+_ESTIMATE = {
+    "anyOf": [
+        {
+            "type": "object",
+            "required": ["estimate", "ci90", "method", "lambda"],
+            "properties": {
+                "estimate": {"type": "number"},
+                "ci90": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+                "method": {"enum": ["ppi++", "classical", "wilson"]},
+                "lambda": {"type": "number"},
+            },
+            "additionalProperties": False,
+        },
+        _NULL,
+    ]
+}
+CALIBRATION = {
+    "type": "object",
+    "description": "The route's risk terms anchored to its gold probes (PPI++); null terms without gold.",
+    "required": [
+        "status", "n_gold", "window_requests", "rho", "residual", "baseline", "candidate", "prompt",
+        "verifier", "verifier_bias", "min_gold_for_ppi",
+    ],
+    "properties": {
+        "status": {"enum": ["calibrated", "uncalibrated", "no_gold"]},
+        "n_gold": _COUNT,
+        "window_requests": _COUNT,
+        "min_gold_for_ppi": _COUNT,
+        "rho": {"anyOf": [{"type": "number"}, _NULL]},
+        **{k: _ESTIMATE for k in ("residual", "baseline", "candidate", "prompt", "verifier")},
+        "verifier_bias": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "required": ["estimate", "ci95"],
+                    "properties": {
+                        "estimate": {"type": "number"},
+                        "ci95": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+                    },
+                    "additionalProperties": False,
+                },
+                _NULL,
+            ]
+        },
     },
     "additionalProperties": False,
 }
@@ -673,6 +721,7 @@ def openapi_schema(
             "Usage": USAGE,
             "RvrReport": RVR_REPORT,
             "RiskReport": RISK,
+            "Calibration": CALIBRATION,
             "Model": MODEL,
             "ModelList": MODEL_LIST,
         }
