@@ -49,7 +49,13 @@ PASSTHROUGH_TOKENS = Counter(
 )
 CANDIDATES = Histogram("rvr_candidates", "Candidates per request.", ["route"], buckets=CANDIDATE_BUCKETS)
 STOPS = Counter("rvr_stop", "Why adaptive sampling stopped.", ["route", "reason"])
-RISK = Histogram("rvr_risk", "Per-request rational value risk estimates.", ["route", "component"], buckets=RISK_BUCKETS)
+RISK = Histogram(
+    "rvr_risk",
+    "Per-request online risk estimates, from the verifiers' own scores: uncalibrated unless "
+    "rvr_calibration_status says the route's gold probes agree (else read rvr_calibrated_risk).",
+    ["route", "component"],
+    buckets=RISK_BUCKETS,
+)
 SELECTED_SCORE = Histogram(
     "rvr_selected_score", "Ensemble score of the returned candidate.", ["route"], buckets=UNIT_BUCKETS
 )
@@ -67,7 +73,7 @@ VERIFIER_RUNS = Counter(
 AUDITS = Counter("rvr_audit_requests", "Requests sampled as audit traffic.", ["route"])
 AUDIT_TOKENS = Counter("rvr_audit_tokens", "Tokens spent on audit requests.", ["route"])
 
-# Gold probes (method §7). Probe traffic is counted here and never as client requests.
+# Gold probes (method §9). Probe traffic is counted here and never as client requests.
 PROBE_REQUESTS = Counter("rvr_probe_requests", "Probe items run through the route's pipeline.", ["route"])
 PROBE_TOKENS = Counter("rvr_probe_tokens", "Upstream tokens spent on probe items, reference samples included.", ["route"])
 PROBE_ERRORS = Counter(

@@ -1,6 +1,6 @@
 """Gold probes: run a route's probe items as a client would, and at the reference budget.
 
-Per item the runner keeps the gold values of method §7.1 (A, O(n), O(K), O(K, M) and the mean
+Per item the runner keeps the gold values of method §9.1 (A, O(n), O(K), O(K, M) and the mean
 of one prompt) next to the online estimates the served run reported, in the route's
 `RouteCalibration`. The background loop and `rvr-proxy probe` both call `ProbeRunner.run`.
 
@@ -99,7 +99,7 @@ class ProbeRunner:
 
     def next_items(self, count: int) -> list[ProbeItem]:
         """The next `count` items of a shuffled cycle through the set, so every item recurs."""
-        chosen = []
+        chosen: list[ProbeItem] = []
         while len(chosen) < count:
             if not self._order:
                 self._order = list(self.items)
@@ -207,7 +207,7 @@ def measure(
     utility: Callable[[Candidate], float | None],
     tokens: int = 0,
 ) -> GoldRecord:
-    """The gold values of one probe item (method §7.1) next to the online estimates it got.
+    """The gold values of one probe item (method §9.1) next to the online estimates it got.
 
     `utility` gives a candidate's gold utility, None where the checker failed: such a candidate
     is left out, never scored 0. Raises `CheckerError` when no reference candidate of the first

@@ -143,7 +143,7 @@ async def _audit(
     verifiers, rows = [], []
     async with connection_pool() as http:  # one pool for the whole audit: litellm keeps its clients
         for target in chosen:
-            bar = None if args.no_progress else progress_bar(len(pairs), f"audit {target.name}")
+            bar: Any = None if args.no_progress else progress_bar(len(pairs), f"audit {target.name}")
             records = await audit_verifier(
                 router, target, pairs, http, args.concurrency, progress=bar.update if bar is not None else None
             )

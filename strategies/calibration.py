@@ -1,4 +1,4 @@
-"""Gold-anchored risk: prediction-powered estimates of each risk term (method §7).
+"""Gold-anchored risk: prediction-powered estimates of each risk term (method §9).
 
 The online terms are functionals of the verifiers' own scores, so a bias every verifier view
 shares is invisible to them. Probe items with gold answers give, per item, the true value Y of
@@ -59,7 +59,7 @@ class GoldRecord:
     time: float = 0.0
 
     def truth(self, component: str) -> float:
-        """The gold value of a risk term for this item (method §7.1)."""
+        """The gold value of a risk term for this item (method §9.1)."""
         if component == "residual":
             return self.best_all - self.served
         if component == "verifier":

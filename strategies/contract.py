@@ -398,7 +398,7 @@ class Strategy:
         raise NotImplementedError
 
     async def reference(self, request: StrategyRequest, services: Services, k: int) -> list[Candidate]:
-        """`k` candidates from each way this strategy asks, for gold probes (method §7.1).
+        """`k` candidates from each way this strategy asks, for gold probes (method §9.1).
 
         They measure what the route could have served at the reference budget: the best of K
         from one prompt and the best of K from every prompt variant. The first way of asking

@@ -22,6 +22,7 @@ def test_the_readme_has_config_examples() -> None:
 def test_each_readme_config_passes_check_config(block: str, tmp_path: Path) -> None:
     file = tmp_path / "config.yaml"
     file.write_text(block, encoding="utf-8")
+    (tmp_path / "examples").symlink_to(ROOT / "examples")  # as if the config sat in the repository root
     # Only the variables the README itself tells the reader to set.
     env = {
         "PATH": "/usr/bin:/bin", "UPSTREAM_KEY": "sk-readme-example", "LITELLM_LOCAL_MODEL_COST_MAP": "True",

@@ -34,7 +34,7 @@ class AuditPolicy(BaseModel):
     # Domain names or prefixes (`bbq` covers every `bbq_*` domain); empty: every audited domain.
     domains: list[str] = Field(default_factory=list)
     min_pairs: int = Field(20, ge=1)  # scored pairs a domain needs for its accuracy to count
-    fail_on: list[AuditFlag] = Field(default_factory=lambda: ["prefers_undesirable"])
+    fail_on: list[AuditFlag] = Field(default_factory=lambda: list[AuditFlag](["prefers_undesirable"]))
 
     @model_validator(mode="after")
     def _domains_are_names(self) -> AuditPolicy:
