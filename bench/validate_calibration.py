@@ -11,8 +11,8 @@ the gold terms of one item next to the online estimates the proxy reported for i
 2. **The embedded Gemma 3 270M** on three tasks where its wrong answers cluster (add1 = 1-digit
    addition over all ordered pairs and two few-shot sets; reasoning-gym leg_counting; gcd ≤ 20):
    pools from bench/gold_pools.py replayed through the same `BestOfN.run`/`reference` and the
-   same `measure` (bench/replay.py). Route: best-of-8 over `original` and `format_reminder`,
-   self-consistency, K_ref = 8.
+   same `measure` (bench/replay.py). Route: best-of-4 from the original prompt, self-consistency,
+   K_ref = 8 (the pools hold 8 samples per item: the 4 served count towards the reference 8).
 
 Then, per task, 200 random splits: n_gold = 100 records are gold, the rest are traffic (only
 their online numbers are used), and the PPI++ residual with its 90% interval is compared with
@@ -48,7 +48,7 @@ from bench.sim_upstream import parse_marker, prompt, reward_views, start_sim, up
 from strategies.calibration import GoldRecord, calibrate, surrogate  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-POOLS = RESULTS / "pools"
+POOLS = Path(os.environ.get("RVR_POOLS", RESULTS / "pools"))
 GEMMA_TASKS = ("add1", "legs", "gcd")
 BETAS = (0.0, 0.2, 0.5)
 
@@ -117,9 +117,9 @@ async def gemma_records(task: str) -> list[GoldRecord]:
     from strategies.settings import BestOfNSettings
     from strategies.variants import build_variants
 
-    variants = ["original", "format_reminder"]
+    variants = ["original"]
     settings = BestOfNSettings.model_validate(
-        {"name": "best_of_n", "max_n": 8, "adaptive": False, "k_ref": 8, "variants": variants}
+        {"name": "best_of_n", "max_n": 4, "adaptive": False, "k_ref": 8, "variants": variants}
     )
     strategy = build_strategy(settings)
     renderers = build_variants(variants, None)
@@ -130,7 +130,7 @@ async def gemma_records(task: str) -> list[GoldRecord]:
         services = PoolServices(pool["pool"], rendered)
         request = StrategyRequest(pool["messages"], 1, None, None)
         outcome = await strategy.run(request, services)  # type: ignore[arg-type]
-        reference = await strategy.reference(request, services, 8)  # type: ignore[arg-type]
+        reference = await strategy.reference(request, services, 8, outcome.candidates)  # type: ignore[arg-type]
         served = utility[outcome.candidates[outcome.selected].text]
         records.append(measure(pool["id"], served, outcome, reference, lambda c: utility.get(c.text)))
     return records
@@ -215,7 +215,7 @@ async def main(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     records_out: dict[str, list[dict[str, Any]]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="rvr-calib-"))
-    for beta in args.betas:
+    for beta in args.betas if args.sim else []:
         records = await sim_records(beta, args.sim_items, args.seed, workdir, args.concurrency)
         records_out[f"sim β={beta}"] = [r.as_dict() for r in records]
     if args.gemma:
@@ -248,6 +248,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--no-gemma", dest="gemma", action="store_false")
+    p.add_argument("--no-sim", dest="sim", action="store_false")
     args = p.parse_args(argv)
     args.argv = argv
     return args

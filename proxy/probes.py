@@ -122,7 +122,7 @@ class ProbeRunner:
         token = CURRENT_ALLOWANCE.set(prepared.allowance)
         try:
             outcome = await self.proxy.run(route, prepared.work, prepared.services)
-            reference = await route.strategy.reference(prepared.work, prepared.services, self.k_ref)
+            reference = await route.strategy.reference(prepared.work, prepared.services, self.k_ref, outcome.candidates)
         except (TokenBudgetExceeded, BudgetExhausted) as exc:
             raise ProbeBudgetSpent(f"the probe budget of {self.settings.max_tokens_per_hour} tokens per hour is spent") from exc
         finally:

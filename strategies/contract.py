@@ -397,14 +397,18 @@ class Strategy:
     async def run(self, request: StrategyRequest, services: Services) -> Outcome:
         raise NotImplementedError
 
-    async def reference(self, request: StrategyRequest, services: Services, k: int) -> list[Candidate]:
+    async def reference(
+        self, request: StrategyRequest, services: Services, k: int, served: Sequence[Candidate] = ()
+    ) -> list[Candidate]:
         """`k` candidates from each way this strategy asks, for gold probes (method §9.1).
 
         They measure what the route could have served at the reference budget: the best of K
         from one prompt and the best of K from every prompt variant. The first way of asking
-        comes first and is labelled `ORIGINAL_VARIANT`.
+        comes first and is labelled `ORIGINAL_VARIANT`. The `served` candidates of a variant
+        count towards its K and only the rest are drawn: they are draws from the same prompt, so
+        the K are still K independent draws, and the probe costs less and varies less.
         """
-        return await sample_variant(services, request.messages, ORIGINAL_VARIANT, k)
+        return await topped_up(services, request.messages, ORIGINAL_VARIANT, k, served)
 
     def stream(self, request: StrategyRequest, services: Services) -> AsyncIterator[dict[str, Any]]:
         """The upstream's chunks, for strategies that relay streams.
@@ -412,6 +416,15 @@ class Strategy:
         Checks the request eagerly (raising `RequestNotServed`), before any byte is sent.
         """
         raise NotImplementedError
+
+
+async def topped_up(
+    services: Services, messages: Sequence[Message], variant: str, k: int, served: Sequence[Candidate]
+) -> list[Candidate]:
+    """The variant's served candidates, then fresh ones up to `k` in all."""
+    mine = [c for c in served if c.variant == variant][:k]
+    fresh = await sample_variant(services, messages, variant, k - len(mine)) if len(mine) < k else []
+    return mine + fresh
 
 
 async def sample_variant(services: Services, messages: Sequence[Message], variant: str, k: int) -> list[Candidate]:

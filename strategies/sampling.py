@@ -41,7 +41,7 @@ from strategies.contract import (
     Verifier,
     VerifyContext,
     failure_cause,
-    sample_variant,
+    topped_up,
 )
 from strategies.risk import RouteRiskState
 from strategies.selection import Selection, VerifierResult, select, view_key
@@ -373,12 +373,14 @@ class BestOfN(Strategy):
         assert verdict is not None  # the first batch always produces a verdict or raises
         return _outcome(run, plan, settings, verdict, stop, rng, audit, self.state)
 
-    async def reference(self, request: StrategyRequest, services: Services, k: int) -> list[Candidate]:
-        """`k` candidates from every variant of the route, the first variant first."""
+    async def reference(
+        self, request: StrategyRequest, services: Services, k: int, served: Sequence[Candidate] = ()
+    ) -> list[Candidate]:
+        """`k` candidates from every variant of the route, the first variant first (see `Strategy`)."""
 
         async def one(variant: Variant) -> list[Candidate]:
             messages, _ = await variant.render(request.messages, services)
-            return await sample_variant(services, messages, variant.name, k)
+            return await topped_up(services, messages, variant.name, k, served)
 
         batches = await asyncio.gather(*(one(v) for v in self.variants))
         ordered = [c for batch in batches for c in batch]
