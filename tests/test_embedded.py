@@ -31,6 +31,7 @@ from proxy.embedded import (
 )
 from proxy.embedded_file import stderr_progress
 from tests.embedded_watch import ENDLESS, cpu_seconds, generating, stopped_generations, until
+from tests.proxy_process import ProxyProcess
 
 # llama-cpp-python's own line for a request whose client left while it waited for the model.
 SKIPPED = "Disconnected from client (via refresh/close) before llm invoked"
@@ -247,6 +248,36 @@ def test_a_queued_request_that_hangs_up_leaves_the_running_one_alone(
     assert response.json()["choices"][0]["finish_reason"] == "length"
     assert response.json()["usage"]["completion_tokens"] == 40
     assert len(stopped_generations([model.log_file])) == before
+
+
+def test_a_request_the_proxy_times_out_stops_the_generation(
+    model: EmbeddedModel, loop: asyncio.AbstractEventLoop
+) -> None:
+    # The proxy's request timeout cancels the upstream call like a hang-up does: the model stops.
+    config = {
+        "server": {"request_timeout_s": 2},
+        "upstreams": [{
+            "name": "embedded", "mode": "completion", "supports_n": False, "max_concurrency": 1,
+            "litellm_params": {"model": "text-completion-openai/gemma", "api_base": model.api_base, "api_key": "none"},
+        }],
+        "routes": [{"model": "gemma", "upstream": "embedded", "strategy": {"name": "passthrough"}}],
+    }
+    before = len(stopped_generations([model.log_file]))
+    limit = 400
+    with ProxyProcess(config) as proxy:
+
+        async def time_out() -> httpx.Response:
+            async with httpx.AsyncClient(timeout=300) as client:
+                response = await client.post(
+                    f"{proxy.base_url}/v1/completions", json={"model": "gemma", **ENDLESS, "max_tokens": limit}
+                )
+            await until(lambda: len(stopped_generations([model.log_file])) > before, "the server to report the stop")
+            return response
+
+        response = loop.run_until_complete(time_out())
+    assert response.status_code == 504, response.text
+    (stopped,) = stopped_generations([model.log_file])[before:]
+    assert stopped < limit
 
 
 def test_crash_is_restarted(model: EmbeddedModel, loop: asyncio.AbstractEventLoop) -> None:
