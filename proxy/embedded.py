@@ -54,7 +54,8 @@ import httpx
 from typing_extensions import Self
 
 from proxy.embedded_file import Report, write_model
-from proxy.embedded_logs import OutputSink, log_path
+from proxy.embedded_cancel import UNPATCHED_MARK
+from proxy.embedded_logs import RING_LINES, OutputSink, log_path
 
 __all__ = [
     "MODEL_ALIAS",
@@ -425,6 +426,10 @@ class EmbeddedModel:
             await self._terminate()
             raise
         log.info("embedded model %r serving at %s (pid %s)", self.model_alias, self.api_base, proc.pid)
+        unpatched = [line for line in self.output_tail(RING_LINES) if line.startswith(UNPATCHED_MARK)]
+        if self.stop_on_disconnect and unpatched:
+            # Abandoned requests will then run to max_tokens while later ones wait: say so.
+            log.warning("embedded model: %s; see %s", unpatched[-1], self.log_file)
 
     async def _pump(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None

@@ -41,6 +41,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # What the server's log says when a generation is cut short; tests and people grep for it.
 STOPPED_MARK = "rvr-proxy: client closed the connection; generation stopped after"
+# What it says when this llama-cpp-python cannot be patched; the proxy repeats it in its log.
+UNPATCHED_MARK = "rvr-proxy: generation will not stop on disconnect"
 
 _GONE: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("rvr_client_gone", default=None)
 
@@ -138,7 +140,7 @@ def install() -> bool:
             raise AttributeError("Llama.create_completion takes no stopping_criteria")
         original_create_app = server_app.create_app
     except (ImportError, AttributeError, ValueError, TypeError) as exc:
-        print(f"rvr-proxy: generation will not stop on disconnect ({exc})", flush=True)
+        print(f"{UNPATCHED_MARK} ({exc})", flush=True)
         return False
 
     llama_cpp.Llama.create_completion = _wrap_create_completion(original_completion)  # type: ignore[method-assign]

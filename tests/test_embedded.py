@@ -280,6 +280,37 @@ def test_a_request_the_proxy_times_out_stops_the_generation(
     assert stopped < limit
 
 
+def test_the_hang_up_patch_fits_this_llama_cpp_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    import llama_cpp
+    import llama_cpp.server.app as server_app
+
+    from proxy import embedded_cancel
+
+    # install() patches these two; put them back after the test.
+    monkeypatch.setattr(llama_cpp.Llama, "create_completion", llama_cpp.Llama.create_completion)
+    monkeypatch.setattr(server_app, "create_app", server_app.create_app)
+    assert embedded_cancel.install()
+    assert llama_cpp.Llama.create_completion.__wrapped__ is not None  # type: ignore[attr-defined]
+
+
+def test_an_unpatchable_llama_cpp_python_is_reported(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import llama_cpp
+    import llama_cpp.server.app as server_app
+
+    from proxy import embedded_cancel
+
+    def create_completion(self: object, prompt: str) -> None:  # a future shape, without stopping_criteria
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(llama_cpp.Llama, "create_completion", create_completion)
+    monkeypatch.setattr(server_app, "create_app", server_app.create_app)
+    assert not embedded_cancel.install()
+    assert llama_cpp.Llama.create_completion is create_completion  # left as it was
+    assert capsys.readouterr().out.startswith(embedded_cancel.UNPATCHED_MARK + " (")
+
+
 def test_crash_is_restarted(model: EmbeddedModel, loop: asyncio.AbstractEventLoop) -> None:
     old_pid = model.pid
     assert old_pid is not None
