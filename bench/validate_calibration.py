@@ -5,7 +5,7 @@ the gold terms of one item next to the online estimates the proxy reported for i
 
 1. **The simulated upstream** (bench/sim_upstream.py): `discrete` items (0/1 utility, p ~
    Beta(0.5, 2)), two reward-model views `s = U + β·z + 0.3·ε` sharing the bias z, with
-   β ∈ {0, 0.2, 0.5}. Items run through the real `ProbeRunner` (the proxy's own pipeline and the
+   β ∈ {0, 0.2, 0.5}; best-of-4, K_ref = 8. Items run through the real `ProbeRunner` (the proxy's own pipeline and the
    reference budget), in-process, against the sim on loopback; a plugin checker reads each
    candidate's true utility from the sim's hidden marker.
 2. **The embedded Gemma 3 270M** on three tasks where its wrong answers cluster (add1 = 1-digit
@@ -83,7 +83,7 @@ async def sim_records(beta: float, items: int, seed: int, workdir: Path, concurr
             "upstreams": [upstream("sim", base)],
             "routes": [{
                 "model": "sim-best", "upstream": "sim",
-                "strategy": {"name": "best_of_n", "max_n": 8, "adaptive": False, "k_ref": 8,
+                "strategy": {"name": "best_of_n", "max_n": 4, "adaptive": False, "k_ref": 8,
                              "verifiers": reward_views(base, 2, 0.3, beta)},
                 "probes": {"file": str(probe_file), "checker": "plugin:bench.validate_calibration:sim_utility",
                            "every_s": 0, "max_tokens_per_hour": 10**12, "window_items": 100_000},
