@@ -108,3 +108,28 @@ STATE_BACKEND_UP = Gauge(
 # Key names come from server.keys (or `api_keys.<i>`), never the keys; status is the HTTP status.
 KEY_REQUESTS = Counter("rvr_key_requests", "Requests by client key name and HTTP status.", ["key_name", "status"])
 KEY_TOKENS = Counter("rvr_key_tokens", "Upstream tokens charged to a client key.", ["key_name"])
+
+# --- learned selection (issue 12: strategies/learned_selection.py, proxy/selection_state.py) -----
+# Signals are fixed feature names or `v:<verifier name>` from config. Every worker fits the same
+# model from the same gold records; the latest write wins.
+SELECTION_SIGNAL_AUROC = Gauge(
+    "rvr_selection_signal_auroc",
+    "Probe AUROC of each selection signal for P(cluster correct); 0.5 is chance, below 0.5 informs the other way.",
+    ["route", "signal"],
+    multiprocess_mode="mostrecent",
+)
+SELECTION_SIGNAL_WEIGHT = Gauge(
+    "rvr_selection_signal_weight",
+    "Fitted logistic weight of each selection signal (standardised units; 0 when dropped).",
+    ["route", "signal"],
+    multiprocess_mode="mostrecent",
+)
+SELECTIONS = Counter(
+    "rvr_selections", "Client requests by the selection that chose: weighted, learned, or fallback (learned configured, no model).",
+    ["route", "mode"],
+)
+LOW_CONFIDENCE = Counter(
+    "rvr_low_confidence",
+    "Client requests answered by the route's low-confidence fallback (another route, or abstention).",
+    ["route", "action"],
+)

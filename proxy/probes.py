@@ -121,7 +121,7 @@ class ProbeRunner:
         prepared = self.proxy.prepare(body, route, endpoint, token_budget=left)
         token = CURRENT_ALLOWANCE.set(prepared.allowance)
         try:
-            outcome = await self.proxy.run(route, prepared.work, prepared.services)
+            outcome = await self.proxy.run(route, prepared.work, prepared.services, probe=True)
             reference = await route.strategy.reference(prepared.work, prepared.services, self.k_ref)
         except (TokenBudgetExceeded, BudgetExhausted) as exc:
             raise ProbeBudgetSpent(f"the probe budget of {self.settings.max_tokens_per_hour} tokens per hour is spent") from exc
@@ -221,6 +221,11 @@ def measure(
     if not one_prompt:
         raise CheckerError("no reference candidate could be checked")
     online = outcome.risk.as_dict() if outcome.risk is not None else {}
+    clusters = []
+    for row in outcome.clusters:  # learned selection's training rows: right only at full credit
+        right = utility(outcome.candidates[row["representative"]])
+        if right is not None:
+            clusters.append({"features": row["features"], "size": row["size"], "correct": right >= 1.0})
     return GoldRecord(
         item=item,
         served=served,
@@ -231,4 +236,5 @@ def measure(
         online={c: online.get(c) for c in COMPONENTS},
         tokens=tokens,
         time=time.time(),
+        clusters=tuple(clusters),
     )

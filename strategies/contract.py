@@ -262,6 +262,15 @@ class Outcome:
     plain_usage: Usage | None = None  # what one plain call cost (first batch per sample), for cost ratios
     audit: bool = False
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
+    # Answer clusters and how one was chosen (strategies/cluster_choice.py): `selection` is
+    # `rvr.selection`, `confidence` the learned P(correct) of the chosen cluster, `clusters`
+    # the answered clusters' features, which gold probes record as training rows.
+    selection: dict[str, Any] | None = None
+    confidence: float | None = None
+    clusters: list[dict[str, Any]] = field(default_factory=list)
+    # Set by the proxy when `min_confidence` was not met: what the client gets instead.
+    abstention: Candidate | None = None
+    low_confidence: dict[str, Any] | None = None
 
     @property
     def chosen(self) -> Candidate:

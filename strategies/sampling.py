@@ -43,6 +43,8 @@ from strategies.contract import (
     failure_cause,
     sample_variant,
 )
+from strategies.answers import answer_key
+from strategies.cluster_choice import Choice, StateSource, choose
 from strategies.risk import RouteRiskState
 from strategies.selection import Selection, VerifierResult, select, view_key
 from strategies.variants import Variant
@@ -271,17 +273,21 @@ class _Round:
     results: list[VerifierResult]
     selection: Selection
     decision: stopping.Decision
+    choice: Choice
+
+
+Chooser = Callable[[_Run, Selection], "tuple[Selection, Choice]"]
 
 
 async def _judge(
     run: _Run, plan: Plan, settings: BestOfNSettings, ctx: VerifyContext,
-    rng: np.random.Generator, answer_of: AnswerOf | None,
+    rng: np.random.Generator, answer_of: AnswerOf | None, chooser: Chooser,
 ) -> _Round:
     """Verify, select and decide; verify better first while the views disagree most (§4.4)."""
     while True:
         results = await _verify(run, plan, ctx)
         since = run.clock()
-        selection = select(run.candidates, results)
+        selection, choice = chooser(run, select(run.candidates, results))
         v_term = _verifier_term(selection, rng, settings.bootstrap)
         decision = stopping.decide(
             settings.stop, _evidence(run, selection, answer_of, v_term),
@@ -289,10 +295,10 @@ async def _judge(
         )
         run.time("select", since)
         if not decision.verify_first or run.view_rounds >= MAX_VIEW_ROUNDS:
-            return _Round(results, selection, decision)
+            return _Round(results, selection, decision, choice)
         run.view_rounds += 1
         if not await _expand_views(plan, ctx):
-            return _Round(results, selection, decision)
+            return _Round(results, selection, decision, choice)
 
 
 def _deadline_left(run: _Run, settings: BestOfNSettings) -> float | None:
@@ -330,6 +336,10 @@ class BestOfN(Strategy):
         voters = [v.answer_of for v in self.verifiers if v.extracts_answers]
         self.answer_of = answer_of if answer_of is not None else (voters[0] if voters else None)
         self.needs_logprobs = any(v.needs_logprobs for v in self.verifiers)
+        # Clusters group by the voters' answers, else by the default extraction.
+        self.cluster_key: AnswerOf = self.answer_of if self.answer_of is not None else answer_key
+        # The route's learned model, set by the proxy (it keeps the probe data); None: weighted.
+        self.selector_state: StateSource | None = None
         self.upstreams = settings.upstreams()
         self._rng = rng
         self._clock = clock
@@ -362,7 +372,7 @@ class BestOfN(Strategy):
                 raise NoCandidatesError(
                     f"all {run.errors} upstream call(s) failed; none produced a candidate"
                 ) from run.last_error
-            verdict = await _judge(run, plan, settings, ctx, rng, self.answer_of)
+            verdict = await _judge(run, plan, settings, ctx, rng, self.answer_of, self._choose)
             stop = verdict.decision.stop
             if stop is None and run.over_budget is not None:
                 stop = StopReason.TOKEN_BUDGET
@@ -372,6 +382,10 @@ class BestOfN(Strategy):
                 stop = StopReason.TOKEN_BUDGET  # the next candidate would not fit the budget
         assert verdict is not None  # the first batch always produces a verdict or raises
         return _outcome(run, plan, settings, verdict, stop, rng, audit, self.state)
+
+    def _choose(self, run: _Run, selection: Selection) -> tuple[Selection, Choice]:
+        return choose(run.candidates, selection, run.messages, self.cluster_key, self.settings.selection,
+                      self.selector_state)
 
     async def reference(self, request: StrategyRequest, services: Services, k: int) -> list[Candidate]:
         """`k` candidates from every variant of the route, the first variant first."""
@@ -422,4 +436,7 @@ def _outcome(
         verifier_causes=run.verifier_causes,
         audit=audit,
         timings=dict(run.timings),
+        selection=verdict.choice.report(selection.index),
+        confidence=verdict.choice.confidence,
+        clusters=verdict.choice.training_rows(),
     )
