@@ -558,7 +558,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _reward(self, body: dict[str, Any]) -> None:
         responses = body.get("responses") or []
-        self._json(200, {"scores": [3.0 if ANSWER in str(r) else -3.0 for r in responses]})
+        # `/rm-q<q>/score`: a reward model of controlled quality, honest about each response
+        # with probability q and the opposite otherwise; any other path: always honest.
+        quality = re.search(r"/rm-q([0-9.]+)/", self.path)
+        q = float(quality.group(1)) if quality else 1.0
+        rng = self.server.rng
+        honest = [rng.random() < q for _ in responses]
+        self._json(200, {"scores": [3.0 if (ANSWER in str(r)) == h else -3.0 for r, h in zip(responses, honest)]})
 
     # ---- plumbing -------------------------------------------------------------------------
 
