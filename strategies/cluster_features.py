@@ -35,6 +35,7 @@ import numpy as np
 
 from strategies.contract import Candidate, Message, content_text
 from strategies.selection import ViewMatrix
+from strategies.variants import shot_pairs
 
 NO_ANSWER = ""
 CONF_WINDOW = 8  # tokens; DeepConf uses larger groups for long traces, answers here are short
@@ -57,14 +58,8 @@ class Cluster:
 
 
 def few_shot_turns(messages: Sequence[Message]) -> list[int]:
-    """Indices of the assistant turns that are few-shot examples: each follows a user turn and
-    comes before the last user turn (the question being asked)."""
-    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
-    return [
-        i for i in range(1, last_user)
-        if messages[i].get("role") == "assistant" and messages[i - 1].get("role") == "user"
-        and not messages[i].get("tool_calls")
-    ]
+    """Indices of the assistant turns that are few-shot examples (`strategies.variants.shot_pairs`)."""
+    return [assistant for _, assistant in shot_pairs(messages)]
 
 
 def shot_answers(messages: Sequence[Message], answer_of: AnswerOf) -> set[str]:
