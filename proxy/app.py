@@ -388,7 +388,7 @@ def selection_states(
         if settings is None or name not in calibration:
             continue
         states[name] = RouteSelection(name, settings, calibration[name], state_dir)
-        if settings.mode == "learned":
+        if settings.mode == "learned" or settings.knockout is not None:
             route.strategy.selector_state = states[name].state  # type: ignore[attr-defined]
     return states
 

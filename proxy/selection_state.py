@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from proxy import metrics
 from proxy.calibration_state import RouteCalibration
+from strategies.knockout import JudgeGate, gate
 from strategies.learned_selection import ClusterRow, LearnedSelector, NotFittable, SelectorState, fit_selector
 from strategies.settings import SelectionSettings
 
@@ -69,7 +70,8 @@ class RouteSelection:
         return rows, len(records)
 
     def state(self) -> SelectorState:
-        """The current model, refitted when new probe records arrived (checked once a second)."""
+        """The current model and judge gate, refitted when new probe records arrived (checked
+        once a second)."""
         now = time.monotonic()
         if now - self._checked < CHECK_EVERY_S:
             return self._state
@@ -80,20 +82,29 @@ class RouteSelection:
         if mark == self._fitted_on:
             return self._state
         self._fitted_on = mark
+        model, reason = self._fit()
+        self._state = SelectorState(model, reason, self._gate())
+        return self._state
+
+    def _fit(self) -> tuple[LearnedSelector | None, str | None]:
         rows, items = self.rows()
         if items < self.settings.min_items:
-            if self._state.model is None:  # a persisted model keeps serving until there is more
-                self._state = SelectorState(None, self._short_reason(items))
-            return self._state
+            # a persisted model keeps serving until there is more
+            return (self._state.model, None) if self._state.model is not None else (None, self._short_reason(items))
         try:
             model = fit_selector(rows)
         except NotFittable as exc:
-            self._state = SelectorState(None, str(exc))
-            return self._state
-        self._state = SelectorState(model)
+            return None, str(exc)
         self._export(model)
         self._save(model)
-        return self._state
+        return model, None
+
+    def _gate(self) -> JudgeGate | None:
+        knockout = self.settings.knockout
+        if knockout is None:
+            return None
+        pairs = [p for r in self.calibration.gold for p in r.pairs]
+        return gate(pairs, knockout.min_pairs, knockout.min_accuracy)
 
     def _save(self, model: LearnedSelector) -> None:
         if self.path is None:

@@ -8,7 +8,7 @@ field are all views of that one object.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -414,6 +414,13 @@ class Strategy:
         comes first and is labelled `ORIGINAL_VARIANT`.
         """
         return await sample_variant(services, request.messages, ORIGINAL_VARIANT, k)
+
+    async def judge_pairs(
+        self, request: StrategyRequest, services: Services, outcome: Outcome, utility: Callable[[Candidate], float | None]
+    ) -> list[dict[str, bool]]:
+        """Gold probes: the route's pairwise judge on (right, wrong) answer pairs of a served
+        outcome, both orders (strategies/knockout.py). Nothing for strategies without one."""
+        return []
 
     def stream(self, request: StrategyRequest, services: Services) -> AsyncIterator[dict[str, Any]]:
         """The upstream's chunks, for strategies that relay streams.

@@ -22,7 +22,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from strategies.knockout import JudgeGate
 
 import numpy as np
 
@@ -275,6 +278,7 @@ class SelectorState:
 
     model: LearnedSelector | None
     reason: str | None = None  # why selection falls back to `weighted`, in words for `rvr`
+    judge_gate: JudgeGate | None = None  # whether the knockout tournament may run (when configured)
 
 
 def rank_clusters(

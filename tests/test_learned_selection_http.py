@@ -29,20 +29,22 @@ PROMPT = "Question: what is 6*7? p=0.2"
 ABSTAIN = "I am not sure enough to answer."
 
 
-def strategy(api_base: str, selection: dict[str, Any]) -> dict[str, Any]:
+def strategy(api_base: str, selection: dict[str, Any], judge: str | None = None) -> dict[str, Any]:
+    judges = [{"type": "llm_judge", "name": "judge", "upstream": judge, "templates": ["correctness_yesno"]}] if judge else []
     return {
         "name": "best_of_n", "max_n": 8, "adaptive": False, "k_ref": 2, "bootstrap": 10,
         "verifiers": [
             {"type": "self_consistency"},
             {"type": "reward_model", "name": "rm", "endpoint": {"url": f"{api_base.removesuffix('/v1')}/rm-q0.9/score"}},
             {"type": "plugin", "name": "noise", "function": "tests.plugin_verifier:noise", "weight": 3},
+            *judges,
         ],
         "selection": selection,
     }
 
 
-def route(name: str, api_base: str, probe_file: Path | None, **selection: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": name, "upstream": "math", "strategy": strategy(api_base, selection)}
+def route(name: str, api_base: str, probe_file: Path | None, judge: str | None = None, **selection: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": name, "upstream": "math", "strategy": strategy(api_base, selection, judge)}
     if probe_file is not None:
         body["probes"] = {"file": str(probe_file), "checker": "numeric", "every_s": 0.2, "items_per_run": 8}
     return body
@@ -60,7 +62,7 @@ def learned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyPro
         base = stub.api_base
         config = {
             "server": {"state_dir": str(directory / "state")},
-            "upstreams": [upstream("math", base, retries=0)],
+            "upstreams": [upstream(name, base, retries=0) for name in ("math", "judge", "judge-first")],
             "routes": [
                 route("learned", base, probes, mode="learned", min_items=16),
                 route("weighted", base, None),
@@ -69,6 +71,9 @@ def learned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyPro
                       abstain_message=ABSTAIN),
                 route("escalate", base, probes, mode="learned", min_items=16, min_confidence=0.999,
                       fallback_route="weighted"),
+                # the noise-led weighted choice, then a knockout among the top clusters
+                route("knockout", base, probes, judge="judge", knockout={"judge": "judge", "min_pairs": 6}),
+                route("biased-knockout", base, probes, judge="judge-first", knockout={"judge": "judge", "min_pairs": 6}),
             ],
         }
         with ProxyProcess(config, workers=2, env=ENV) as proxy:
@@ -143,3 +148,39 @@ def test_low_confidence_abstains_or_escalates_and_is_counted(learned: tuple[Prox
         assert float(auroc[0]["value"][1]) > 0.7
         mode = prom.wait_for('rvr_selections_total{route="cold",mode="fallback"}', lambda r: len(r) > 0)
         assert float(mode[0]["value"][1]) >= 1
+
+
+def knockout_rvr(proxy: ProxyProcess, model: str, timeout: float = 120.0) -> dict[str, Any]:
+    """The route's `rvr` once its knockout gate has enough judged probe pairs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, rvr = ask(proxy, model, details=True)
+        gate = rvr["selection"]["knockout"]["gate"]
+        if gate is not None and gate["accuracy_ab"] is not None:
+            return rvr
+        assert time.monotonic() < deadline, f"{model}: knockout gate {gate} after {timeout}s"
+        time.sleep(0.5)
+
+
+def test_a_knockout_runs_only_behind_a_judge_the_probes_found_right_in_both_orders(
+    learned: tuple[ProxyProcess, Path],
+) -> None:
+    proxy, _ = learned
+    rvr = knockout_rvr(proxy, "biased-knockout")
+    gate = rvr["selection"]["knockout"]["gate"]
+    assert not gate["enabled"] and gate["accuracy_ab"] == 1.0 and gate["accuracy_ba"] == 0.0
+    assert "below 0.6" in gate["reason"] and rvr["selection"]["knockout"]["played"] is False
+
+    knockout_rvr(proxy, "knockout")
+    played = 0
+    for _ in range(12):
+        _, rvr = ask(proxy, "knockout", details=True)
+        report, clusters = rvr["selection"]["knockout"], rvr["selection"]["clusters"]
+        assert report["gate"]["enabled"] and report["gate"]["accuracy_ab"] == report["gate"]["accuracy_ba"] == 1.0
+        if not report["played"]:
+            continue  # fewer than two answers to compare
+        played += 1
+        if any(clusters[j]["answer"] == "42" for j in report["seeds"]):  # the right answer entered: it wins
+            assert clusters[report["winner_cluster"]]["answer"] == "42"
+            assert rvr["selected"] in clusters[report["winner_cluster"]]["members"]
+    assert played > 0
