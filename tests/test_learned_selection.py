@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +214,35 @@ def test_a_fallback_route_must_be_another_route() -> None:
     for bad in ("a", "nowhere"):
         with pytest.raises(ConfigError, match=r"routes\.0\.strategy\.selection\.fallback_route: .* is not another route"):
             parse_config(config(bad))
+
+
+def test_the_knockout_gate_needs_enough_pairs_and_both_orders() -> None:
+    from strategies.knockout import gate
+
+    assert gate([{"ab": True, "ba": True}] * 3, min_pairs=4, min_accuracy=0.6).reason == "3 of 4 judged probe pairs so far"
+    biased = gate([{"ab": True, "ba": False}] * 10, min_pairs=4, min_accuracy=0.6)
+    assert not biased.enabled and biased.accuracy_ab == 1.0 and biased.accuracy_ba == 0.0
+    good = gate([{"ab": True, "ba": True}] * 7 + [{"ab": False, "ba": True}] * 3, min_pairs=4, min_accuracy=0.6)
+    assert good.enabled and good.accuracy_ab == pytest.approx(0.7) and good.reason is None
+
+
+def test_a_route_refits_from_its_gold_clusters_and_keeps_the_model(tmp_path: Path) -> None:
+    from proxy.calibration_state import RouteCalibration
+    from proxy.probe_set import ProbeSettings
+    from proxy.selection_state import RouteSelection
+    from strategies.calibration import GoldRecord
+
+    probes = ProbeSettings(file=tmp_path / "unused.jsonl")
+    calibration = RouteCalibration("r/1", probes, tmp_path / "probes")
+    settings = SelectionSettings(mode="learned", min_items=20)
+    selection = RouteSelection("r/1", settings, calibration, tmp_path)
+    assert selection.state().reason == "0 of 20 probe items with cluster data so far"
+    training = rows(items=30)
+    for i in range(0, len(training), 4):  # one gold record per item, with its four clusters
+        clusters = tuple({"features": dict(r.features), "size": 1, "correct": r.correct} for r in training[i : i + 4])
+        calibration.add_gold(GoldRecord(f"i{i}", 1.0, 1.0, 1.0, 1.0, 0.5, {}, time=float(i), clusters=clusters))
+    selection._checked = -math.inf  # the once-a-second check, now
+    state = selection.state()
+    assert state.model is not None and "good" in state.model.signals and state.reason is None
+    restarted = RouteSelection("r/1", settings, RouteCalibration("r/1", probes, tmp_path / "other"), tmp_path)
+    assert restarted._state.model == state.model  # read back from state_dir/selection/r%2F1.json
