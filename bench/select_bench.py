@@ -196,6 +196,14 @@ def report(results: dict[str, Any], resamples: int, seed: int) -> str:
         for sel in (*SELECTORS, "oracle"):
             cells = [f"{np.mean(res['per_n'][n][sel]):.3f}" if n in res["per_n"] else "-" for n in NS]
             lines.append(f"| {task} | {sel} | " + " | ".join(cells) + " |")
+        diffs = []
+        for n in NS:
+            if n not in res["per_n"]:
+                diffs.append("-")
+                continue
+            d, lo, hi = paired_bootstrap(res["per_n"][n]["learned"], res["per_n"][n]["majority"], res["groups"], resamples, seed)
+            diffs.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        lines.append(f"| {task} | learned − majority [95%] | " + " | ".join(diffs) + " |")
     lines += ["", f"Learned models at n={HEADLINE_N} (one per training half): weights in standardised units, probe AUROC per signal.", ""]
     for task, res in results.items():
         for k, model in enumerate(res["models"][HEADLINE_N]):
