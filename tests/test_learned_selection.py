@@ -246,3 +246,14 @@ def test_a_route_refits_from_its_gold_clusters_and_keeps_the_model(tmp_path: Pat
     assert state.model is not None and "good" in state.model.signals and state.reason is None
     restarted = RouteSelection("r/1", settings, RouteCalibration("r/1", probes, tmp_path / "other"), tmp_path)
     assert restarted._state.model == state.model  # read back from state_dir/selection/r%2F1.json
+
+
+def test_the_probe_table_shows_each_signals_auroc_and_weight() -> None:
+    from proxy.probe_command import selection_table
+
+    text = selection_table(SelectorState(fit_selector(rows())), "learned")
+    lines = {line.split()[0]: line.split()[1:] for line in text.splitlines()[3:]}
+    assert lines["good"][1].startswith("+") and lines["copied"][1].startswith("-")
+    assert lines["noise"][1] == "dropped" and float(lines["noise"][0]) > 0.4
+    assert "held-out top-cluster accuracy" in text
+    assert "none yet: 3 of 50" in selection_table(SelectorState(None, "3 of 50 probe items"), "learned")
