@@ -114,7 +114,7 @@ def test_learned_weights_the_informative_signal_and_beats_weighted(learned: tupl
     assert rvr["selected"] in chosen["members"]
     assert (directory / "state" / "selection" / "learned.json").exists()  # kept across restarts
 
-    trials = 60
+    trials = 40
     right = {name: sum("42" in ask(proxy, name)[0] for _ in range(trials)) for name in ("learned", "weighted")}
     assert right["learned"] > right["weighted"] + trials * 0.1, right
 
