@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from proxy.allowance import CURRENT as CURRENT_ALLOWANCE
 from proxy.allowance import RequestAllowance
 from proxy.body import read_json
 from proxy.calibration_state import RouteCalibration, probe_dir
+from proxy.confidence_fallback import confident
+from proxy.selection_state import RouteSelection
 from proxy.config import Config
 from proxy.drain import Drain
 from proxy.errors import (
@@ -75,6 +78,7 @@ class Proxy:
             for name, route in self.router.routes.items()
             if route.strategy.reports
         }
+        self.selection = selection_states(self.router, self.calibration, config.server.state_dir)
         # Shared by every worker and instance with `server.state.backend: redis`; other modules
         # keep what all processes must agree on here (get_json/put_json, proxy/shared_state.py).
         self.state = build_state(config.server.state)
@@ -216,7 +220,16 @@ class Proxy:
 
     # ---- execution --------------------------------------------------------------------------
 
-    async def run(self, route: Route, work: StrategyRequest, services: RequestServices) -> Outcome:
+    async def run(self, route: Route, work: StrategyRequest, services: RequestServices, probe: bool = False) -> Outcome:
+        """The route's answer; a client's (not a probe's) may fall back on low confidence."""
+        outcome = await self._run_strategy(route, work, services)
+        if probe or outcome.selection is None:
+            return outcome
+        mode = outcome.selection["mode"]
+        metrics.SELECTIONS.labels(route.name, "fallback" if outcome.selection.get("fallback_reason") else mode).inc()
+        return await confident(self.router, route, work, services, outcome, self._run_strategy)
+
+    async def _run_strategy(self, route: Route, work: StrategyRequest, services: RequestServices) -> Outcome:
         await self.learning.before(route)
         try:
             outcome = await route.strategy.run(work, services)
@@ -364,6 +377,21 @@ class Proxy:
     def idle(self) -> bool:
         """No client request in flight in this worker: the only time gold probes may start."""
         return self.in_flight == 0
+
+
+def selection_states(
+    router: Router, calibration: Mapping[str, RouteCalibration], state_dir: Path | None
+) -> dict[str, RouteSelection]:
+    """Learned-selection state for every best_of_n route; `learned` routes select with it."""
+    states = {}
+    for name, route in router.routes.items():
+        settings = getattr(route.settings.strategy, "selection", None)
+        if settings is None or name not in calibration:
+            continue
+        states[name] = RouteSelection(name, settings, calibration[name], state_dir)
+        if settings.mode == "learned" or settings.knockout is not None:
+            route.strategy.selector_state = states[name].state  # type: ignore[attr-defined]
+    return states
 
 
 @dataclass(frozen=True)

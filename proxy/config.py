@@ -136,6 +136,12 @@ class Config(_Strict):
             for where, name in route.strategy.upstream_references():
                 if name not in known:
                     raise ValueError(f"routes.{i}.strategy.{where}: unknown upstream {name!r}")
+            fallback = getattr(route.strategy, "selection", None)
+            if fallback is not None and fallback.fallback_route is not None:
+                if fallback.fallback_route not in {r.model for r in self.routes} - {route.model}:
+                    raise ValueError(
+                        f"routes.{i}.strategy.selection.fallback_route: {fallback.fallback_route!r} is not another route"
+                    )
         return self
 
     def upstream(self, name: str) -> UpstreamSettings:

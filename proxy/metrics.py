@@ -131,3 +131,28 @@ VERIFIER_AUDIT_FLAG = Gauge(
     ["verifier", "domain", "flag"],
     multiprocess_mode="mostrecent",
 )
+
+# --- learned selection (issue 12: strategies/learned_selection.py, proxy/selection_state.py) -----
+# Signals are fixed feature names or `v:<verifier name>` from config. Every worker fits the same
+# model from the same gold records; the latest write wins.
+SELECTION_SIGNAL_AUROC = Gauge(
+    "rvr_selection_signal_auroc",
+    "Probe AUROC of each selection signal for P(cluster correct); 0.5 is chance, below 0.5 informs the other way.",
+    ["route", "signal"],
+    multiprocess_mode="mostrecent",
+)
+SELECTION_SIGNAL_WEIGHT = Gauge(
+    "rvr_selection_signal_weight",
+    "Fitted logistic weight of each selection signal (standardised units; 0 when dropped).",
+    ["route", "signal"],
+    multiprocess_mode="mostrecent",
+)
+SELECTIONS = Counter(
+    "rvr_selections", "Client requests by the selection that chose: weighted, learned, or fallback (learned configured, no model).",
+    ["route", "mode"],
+)
+LOW_CONFIDENCE = Counter(
+    "rvr_low_confidence",
+    "Client requests answered by the route's low-confidence fallback (another route, or abstention).",
+    ["route", "action"],
+)

@@ -364,6 +364,34 @@ RVR_REPORT = {
         "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
         "risk": {"anyOf": [{"$ref": _REF.format(model="RiskReport")}, _NULL]},
         "candidate_texts": {**_STRINGS, "description": "with `rvr.details` only"},
+        "confidence": {
+            "anyOf": [_SCORE, _NULL],
+            "description": "best_of_n: the chosen answer's probe-calibrated P(correct); null unless `learned` selection chose",
+        },
+        "selection": {
+            "type": "object",
+            "description": "best_of_n: `mode` (weighted | learned), `fallback_reason` (why learned was configured "
+            "but weighted chose), `confidence`; with `rvr.details` also the answer clusters, their features and P(correct), "
+            "and the model's weights and AUROCs",
+            "required": ["mode", "fallback_reason", "confidence"],
+            "properties": {
+                "mode": {"enum": ["weighted", "learned"]},
+                "fallback_reason": {"anyOf": [_STRING, _NULL]},
+                "confidence": {"anyOf": [_SCORE, _NULL]},
+            },
+        },
+        "low_confidence": {
+            "type": "object",
+            "description": "set when `selection.min_confidence` was not met: `action` route (another route answered) or abstain",
+            "required": ["confidence", "min_confidence", "action"],
+            "properties": {
+                "confidence": _SCORE,
+                "min_confidence": _SCORE,
+                "action": {"enum": ["route", "abstain"]},
+                "route": _STRING,
+            },
+            "additionalProperties": False,
+        },
     },
     "additionalProperties": False,
 }

@@ -18,6 +18,7 @@ from proxy.config import Config
 from proxy.probes import RunSummary
 from proxy.progress import Progress
 from strategies.calibration import COMPONENTS, surrogate
+from strategies.learned_selection import SelectorState
 
 
 def _mean(values: list[float]) -> str:
@@ -53,6 +54,27 @@ def table(summary: RunSummary, calibration: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def selection_table(state: SelectorState, mode: str) -> str:
+    """The learned-selection model the probe clusters give now: each signal's AUROC and weight."""
+    lines = ["", f"selection (mode {mode}): learned model from the probe clusters"]
+    model = state.model
+    if model is None:
+        return "\n".join([*lines, f"  none yet: {state.reason}"])
+    lines.append(f"  {model.n_items} items, {model.n_clusters} clusters, L2 {model.l2:g}; held-out top-cluster accuracy "
+                 f"{_fraction(model.cv_accuracy)} (largest cluster: {_fraction(model.cv_vote_accuracy)})")
+    lines.append(f"  {'signal':<24} {'AUROC':>6} {'weight':>8}")
+    weights = dict(zip(model.signals, model.weights, strict=True))
+    for signal, value in sorted(model.auroc.items()):
+        auc = "-" if value is None else f"{value:.3f}"
+        weight = f"{weights[signal]:+.3f}" if signal in weights else "dropped"
+        lines.append(f"  {signal:<24} {auc:>6} {weight:>8}")
+    return "\n".join(lines)
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 async def _run(config: Config, route: str, items: int | None, out: Path | None) -> int:
     from proxy.app import Proxy  # litellm's import is slow; only commands that call upstreams pay it
     from proxy.upstream import use_connection_pool
@@ -70,6 +92,8 @@ async def _run(config: Config, route: str, items: int | None, out: Path | None) 
             use_connection_pool(None)
     calibration = proxy.calibration[route].snapshot()
     print(table(summary, calibration))
+    if route in proxy.selection:
+        print(selection_table(proxy.selection[route].state(), proxy.selection[route].settings.mode))
     if out is not None:
         with out.open("w", encoding="utf-8") as handle:
             for record in summary.records:

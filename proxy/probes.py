@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy import metrics
 from proxy.allowance import CURRENT as CURRENT_ALLOWANCE
@@ -121,26 +121,32 @@ class ProbeRunner:
         prepared = self.proxy.prepare(body, route, endpoint, token_budget=left)
         token = CURRENT_ALLOWANCE.set(prepared.allowance)
         try:
-            outcome = await self.proxy.run(route, prepared.work, prepared.services)
+            outcome = await self.proxy.run(route, prepared.work, prepared.services, probe=True)
             reference = await route.strategy.reference(prepared.work, prepared.services, self.k_ref, outcome.candidates)
+            as_item = item.as_item()
+            pairs = await route.strategy.judge_pairs(
+                prepared.work, prepared.services, outcome, lambda c: self._utility(as_item, c)
+            )
         except (TokenBudgetExceeded, BudgetExhausted) as exc:
             raise ProbeBudgetSpent(f"the probe budget of {self.settings.max_tokens_per_hour} tokens per hour is spent") from exc
         finally:
             CURRENT_ALLOWANCE.reset(token)
             self._charge(prepared.allowance.spent)
-        return self._record(item, outcome, reference, prepared.allowance.spent)
+        return self._record(item, outcome, reference, prepared.allowance.spent, pairs)
 
-    def _record(self, item: ProbeItem, outcome: Outcome, reference: list[Candidate], tokens: int) -> GoldRecord:
+    def _utility(self, as_item: dict[str, Any], candidate: Candidate) -> float | None:
+        try:
+            return score(self.checker, candidate.text, as_item)
+        except CheckerError:
+            return None
+
+    def _record(
+        self, item: ProbeItem, outcome: Outcome, reference: list[Candidate], tokens: int,
+        pairs: list[dict[str, bool]] | None = None,
+    ) -> GoldRecord:
         as_item = item.as_item()
-
-        def utility(candidate: Candidate) -> float | None:
-            try:
-                return score(self.checker, candidate.text, as_item)
-            except CheckerError:
-                return None
-
         served = score(self.checker, outcome.candidates[outcome.selected].text, as_item)  # raises CheckerError
-        return measure(item.id, served, outcome, reference, utility, tokens)
+        return measure(item.id, served, outcome, reference, lambda c: self._utility(as_item, c), tokens, pairs)
 
     # ---- runs ---------------------------------------------------------------------------
 
@@ -206,6 +212,7 @@ def measure(
     reference: list[Candidate],
     utility: Callable[[Candidate], float | None],
     tokens: int = 0,
+    pairs: list[dict[str, bool]] | None = None,
 ) -> GoldRecord:
     """The gold values of one probe item (method §9.1) next to the online estimates it got.
 
@@ -221,6 +228,11 @@ def measure(
     if not one_prompt:
         raise CheckerError("no reference candidate could be checked")
     online = outcome.risk.as_dict() if outcome.risk is not None else {}
+    clusters = []
+    for row in outcome.clusters:  # learned selection's training rows: right only at full credit
+        right = utility(outcome.candidates[row["representative"]])
+        if right is not None:
+            clusters.append({"features": row["features"], "size": row["size"], "correct": right >= 1.0})
     return GoldRecord(
         item=item,
         served=served,
@@ -231,4 +243,6 @@ def measure(
         online={c: online.get(c) for c in COMPONENTS},
         tokens=tokens,
         time=time.time(),
+        clusters=tuple(clusters),
+        pairs=tuple(pairs or ()),
     )

@@ -27,7 +27,10 @@ def returned(outcome: Outcome, n: int) -> list[Candidate]:
     """The candidates a client gets: the best `n`, the chosen one first, ties in sampling order.
 
     A passthrough outcome has no scores, so its `n` choices come back in the upstream's order.
+    An abstention (`selection.min_confidence` not met) is the one choice.
     """
+    if outcome.abstention is not None:
+        return [outcome.abstention]
     order = sorted(
         range(len(outcome.candidates)),
         key=lambda i: (i != outcome.selected, -(_score(outcome, i))),
@@ -93,6 +96,14 @@ def rvr_body(
         "timings_ms": {k: round(v * 1000, 2) for k, v in outcome.timings.items()},
         "risk": risk,
     }
+    if outcome.selection is not None:
+        body["confidence"] = outcome.confidence
+        # clusters carry the candidates' answers, so they come only with the candidate texts
+        body["selection"] = outcome.selection if details else {
+            k: outcome.selection.get(k) for k in ("mode", "fallback_reason", "confidence")
+        }
+    if outcome.low_confidence is not None:
+        body["low_confidence"] = outcome.low_confidence
     if details:
         body["candidate_texts"] = [c.text for c in outcome.candidates]
     return body

@@ -41,6 +41,12 @@ class RequestServices:
         self._completion = completion_cap(params)
         self.plain_usage: Usage | None = None  # one plain call's cost, for the cost multiplier
 
+    def for_upstream(self, upstream: UpstreamClient) -> RequestServices:
+        """The same request (parameters, input, allowance) sent to another route's upstream."""
+        return RequestServices(
+            upstream, self._clients, dict(self._params), self._endpoint, self._http, self.client_input, self._allowance
+        )
+
     async def _metered(self, estimate: int, call: Callable[[], Awaitable[T]], usage: Callable[[T], Usage]) -> T:
         """Run one call against the request's token budget (see `proxy.allowance`)."""
         held = self._allowance.reserve(estimate)

@@ -57,6 +57,11 @@ class GoldRecord:
     online: Mapping[str, float | None]
     tokens: int = 0
     time: float = 0.0
+    # The served run's answered clusters: {"features": {...}, "size": n, "correct": bool}, the
+    # training rows of learned selection (strategies/learned_selection.py). Empty for old records.
+    clusters: tuple[Mapping[str, Any], ...] = ()
+    # The route's knockout judge on (right, wrong) pairs: {"ab": picked right in slot A, "ba": in slot B}.
+    pairs: tuple[Mapping[str, bool], ...] = ()
 
     def truth(self, component: str) -> float:
         """The gold value of a risk term for this item (method §9.1)."""
@@ -78,6 +83,8 @@ class GoldRecord:
             "best_one_prompt": self.best_one_prompt, "best_all": self.best_all,
             "mean_one_prompt": self.mean_one_prompt, "online": dict(self.online),
             "tokens": self.tokens, "time": self.time,
+            **({"clusters": [dict(c) for c in self.clusters]} if self.clusters else {}),
+            **({"pairs": [dict(p) for p in self.pairs]} if self.pairs else {}),
         }
 
     @classmethod
@@ -88,6 +95,8 @@ class GoldRecord:
             mean_one_prompt=float(data["mean_one_prompt"]),
             online={k: None if v is None else float(v) for k, v in dict(data["online"]).items()},
             tokens=int(data.get("tokens", 0)), time=float(data.get("time", 0.0)),
+            clusters=tuple(dict(c) for c in data.get("clusters") or ()),
+            pairs=tuple({"ab": bool(p["ab"]), "ba": bool(p["ba"])} for p in data.get("pairs") or ()),
         )
 
 

@@ -8,7 +8,7 @@ field are all views of that one object.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -262,6 +262,15 @@ class Outcome:
     plain_usage: Usage | None = None  # what one plain call cost (first batch per sample), for cost ratios
     audit: bool = False
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
+    # Answer clusters and how one was chosen (strategies/cluster_choice.py): `selection` is
+    # `rvr.selection`, `confidence` the learned P(correct) of the chosen cluster, `clusters`
+    # the answered clusters' features, which gold probes record as training rows.
+    selection: dict[str, Any] | None = None
+    confidence: float | None = None
+    clusters: list[dict[str, Any]] = field(default_factory=list)
+    # Set by the proxy when `min_confidence` was not met: what the client gets instead.
+    abstention: Candidate | None = None
+    low_confidence: dict[str, Any] | None = None
 
     @property
     def chosen(self) -> Candidate:
@@ -409,6 +418,13 @@ class Strategy:
         the K are still K independent draws, and the probe costs less and varies less.
         """
         return await topped_up(services, request.messages, ORIGINAL_VARIANT, k, served)
+
+    async def judge_pairs(
+        self, request: StrategyRequest, services: Services, outcome: Outcome, utility: Callable[[Candidate], float | None]
+    ) -> list[dict[str, bool]]:
+        """Gold probes: the route's pairwise judge on (right, wrong) answer pairs of a served
+        outcome, both orders (strategies/knockout.py). Nothing for strategies without one."""
+        return []
 
     def stream(self, request: StrategyRequest, services: Services) -> AsyncIterator[dict[str, Any]]:
         """The upstream's chunks, for strategies that relay streams.

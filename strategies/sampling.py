@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,10 @@ from strategies.contract import (
     failure_cause,
     topped_up,
 )
+from strategies.answers import answer_key
+from strategies.cluster_choice import Choice, StateSource, choose
+from strategies.knockout import measure_pairs, tournament
+from strategies.verifiers.llm_judge import LlmJudgeVerifier
 from strategies.risk import RouteRiskState
 from strategies.selection import Selection, VerifierResult, select, view_key
 from strategies.variants import Variant
@@ -271,17 +275,22 @@ class _Round:
     results: list[VerifierResult]
     selection: Selection
     decision: stopping.Decision
+    choice: Choice
+    knockout: dict[str, Any] | None = None  # the tournament's report, when one is configured
+
+
+Chooser = Callable[[_Run, Selection], "tuple[Selection, Choice]"]
 
 
 async def _judge(
     run: _Run, plan: Plan, settings: BestOfNSettings, ctx: VerifyContext,
-    rng: np.random.Generator, answer_of: AnswerOf | None,
+    rng: np.random.Generator, answer_of: AnswerOf | None, chooser: Chooser,
 ) -> _Round:
     """Verify, select and decide; verify better first while the views disagree most (§4.4)."""
     while True:
         results = await _verify(run, plan, ctx)
         since = run.clock()
-        selection = select(run.candidates, results)
+        selection, choice = chooser(run, select(run.candidates, results))
         v_term = _verifier_term(selection, rng, settings.bootstrap)
         decision = stopping.decide(
             settings.stop, _evidence(run, selection, answer_of, v_term),
@@ -289,10 +298,10 @@ async def _judge(
         )
         run.time("select", since)
         if not decision.verify_first or run.view_rounds >= MAX_VIEW_ROUNDS:
-            return _Round(results, selection, decision)
+            return _Round(results, selection, decision, choice)
         run.view_rounds += 1
         if not await _expand_views(plan, ctx):
-            return _Round(results, selection, decision)
+            return _Round(results, selection, decision, choice)
 
 
 def _deadline_left(run: _Run, settings: BestOfNSettings) -> float | None:
@@ -330,6 +339,10 @@ class BestOfN(Strategy):
         voters = [v.answer_of for v in self.verifiers if v.extracts_answers]
         self.answer_of = answer_of if answer_of is not None else (voters[0] if voters else None)
         self.needs_logprobs = any(v.needs_logprobs for v in self.verifiers)
+        # Clusters group by the voters' answers, else by the default extraction.
+        self.cluster_key: AnswerOf = self.answer_of if self.answer_of is not None else answer_key
+        # The route's learned model, set by the proxy (it keeps the probe data); None: weighted.
+        self.selector_state: StateSource | None = None
         self.upstreams = settings.upstreams()
         self._rng = rng
         self._clock = clock
@@ -362,7 +375,7 @@ class BestOfN(Strategy):
                 raise NoCandidatesError(
                     f"all {run.errors} upstream call(s) failed; none produced a candidate"
                 ) from run.last_error
-            verdict = await _judge(run, plan, settings, ctx, rng, self.answer_of)
+            verdict = await _judge(run, plan, settings, ctx, rng, self.answer_of, self._choose)
             stop = verdict.decision.stop
             if stop is None and run.over_budget is not None:
                 stop = StopReason.TOKEN_BUDGET
@@ -371,7 +384,75 @@ class BestOfN(Strategy):
             if stop is None and _next_size(run, plan, settings) <= 0:
                 stop = StopReason.TOKEN_BUDGET  # the next candidate would not fit the budget
         assert verdict is not None  # the first batch always produces a verdict or raises
+        verdict = await self._knockout(run, plan, verdict, ctx)
         return _outcome(run, plan, settings, verdict, stop, rng, audit, self.state)
+
+    def _judge_of(self, plan: Plan | None = None) -> LlmJudgeVerifier | None:
+        knockout = self.settings.selection.knockout
+        verifiers = plan.verifiers if plan is not None else self.verifiers
+        if knockout is None:
+            return None
+        return next((v for v in verifiers if v.name == knockout.judge and isinstance(v, LlmJudgeVerifier)), None)
+
+    async def _knockout(self, run: _Run, plan: Plan, verdict: _Round, ctx: VerifyContext) -> _Round:
+        """The top clusters' tournament, where the probes found the judge good enough in both orders."""
+        knockout = self.settings.selection.knockout
+        if knockout is None:
+            return verdict
+        state = self.selector_state() if self.selector_state is not None else None
+        gate = state.judge_gate if state is not None else None
+        judge = self._judge_of(plan)
+        report: dict[str, Any] = {"gate": gate.as_dict() if gate is not None else None, "matches": []}
+        if gate is None or not gate.enabled or judge is None:
+            report["played"] = False
+            return replace(verdict, knockout=report)
+        choice, selection = verdict.choice, verdict.selection
+        eligible = selection.matrix.eligible
+        ranked = [j for j, c in enumerate(choice.clusters) if c.answered and eligible[c.representative]]
+
+        def strength(j: int) -> tuple[bool, float]:
+            chosen = selection.index in choice.clusters[j].members  # the current choice defends first
+            if choice.probabilities is not None:
+                return chosen, choice.probabilities[j]
+            rank = selection.ranking[choice.clusters[j].representative]
+            return chosen, float(rank) if not np.isnan(rank) else -1.0
+
+        seeds = sorted(ranked, key=strength, reverse=True)[: knockout.top]
+        if len(seeds) < 2:
+            report["played"] = False
+            return replace(verdict, knockout=report)
+        since = run.clock()
+        winner, matches, usage = await tournament(judge, ctx, [run.candidates[choice.clusters[j].representative] for j in seeds])
+        run.usage += usage
+        run.time("knockout", since)
+        report.update(played=True, matches=matches, seeds=seeds, winner_cluster=seeds[winner])
+        best = choice.clusters[seeds[winner]]
+        confidence = choice.probabilities[seeds[winner]] if choice.probabilities is not None else None
+        return replace(
+            verdict, selection=replace(selection, index=best.representative),
+            choice=replace(choice, confidence=confidence), knockout=report,
+        )
+
+    async def judge_pairs(
+        self, request: StrategyRequest, services: Services, outcome: Outcome, utility: Callable[[Candidate], float | None]
+    ) -> list[dict[str, bool]]:
+        """The knockout judge on the served outcome's right cluster against up to two wrong ones."""
+        judge = self._judge_of()
+        if judge is None:
+            return []
+        reps = [outcome.candidates[row["representative"]] for row in outcome.clusters]
+        scored = [(c, utility(c)) for c in reps]
+        right = [c for c, u in scored if u is not None and u >= 1.0]
+        wrong = [c for c, u in scored if u is not None and u < 1.0]
+        if not right or not wrong:
+            return []
+        ctx = VerifyContext(request.messages, services, response_format=request.response_format)
+        pairs, _ = await measure_pairs(judge, ctx, right[0], wrong[:2])  # what they cost is charged where every call is
+        return pairs
+
+    def _choose(self, run: _Run, selection: Selection) -> tuple[Selection, Choice]:
+        return choose(run.candidates, selection, run.messages, self.cluster_key, self.settings.selection,
+                      self.selector_state)
 
     async def reference(
         self, request: StrategyRequest, services: Services, k: int, served: Sequence[Candidate] = ()
@@ -424,4 +505,9 @@ def _outcome(
         verifier_causes=run.verifier_causes,
         audit=audit,
         timings=dict(run.timings),
+        selection=verdict.choice.report(selection.index) | (
+            {"knockout": verdict.knockout} if verdict.knockout is not None else {}
+        ),
+        confidence=verdict.choice.confidence,
+        clusters=verdict.choice.training_rows(),
     )

@@ -41,6 +41,48 @@ class VariantTemplate(_Strict):
         return self
 
 
+class KnockoutSettings(_Strict):
+    """A knockout tournament among the top answer clusters, judged pairwise in both orders
+    (Chen et al., arXiv 2411.19477). It runs only while the route's gold probes measure the
+    judge picking the right answer of a (right, wrong) pair with at least `min_accuracy` in
+    each order, over at least `min_pairs` pairs; a judge at chance only adds noise."""
+
+    judge: str = Field(pattern=NAME_PATTERN)  # the `name` of one of the route's llm_judge verifiers
+    top: int = Field(4, ge=2, le=8)  # clusters that enter
+    min_pairs: int = Field(20, ge=4)
+    min_accuracy: float = Field(0.6, gt=0.5, lt=1.0)
+
+
+class SelectionSettings(_Strict):
+    """How a best_of_n route picks its answer among the candidates' answer clusters.
+
+    `weighted`: the weighted mean of the verifiers' normalized scores (strategies/selection.py).
+    `learned`: the cluster with the highest P(correct) under a model fitted on the route's gold
+    probe clusters (strategies/learned_selection.py); `weighted` until `min_items` probe items
+    exist. `min_confidence` (learned only): below it the proxy answers with `fallback_route`'s
+    answer or with `abstain_message`, exactly one of which must be set.
+    """
+
+    mode: Literal["weighted", "learned"] = "weighted"
+    min_items: int = Field(50, ge=4)
+    min_confidence: float | None = Field(None, gt=0.0, lt=1.0)
+    fallback_route: str | None = None
+    abstain_message: str | None = Field(None, min_length=1, max_length=4000)
+    knockout: KnockoutSettings | None = None
+
+    @model_validator(mode="after")
+    def _fallback_is_clear(self) -> SelectionSettings:
+        if self.min_confidence is None:
+            if self.fallback_route is not None or self.abstain_message is not None:
+                raise ValueError("fallback_route/abstain_message need `min_confidence`")
+            return self
+        if self.mode != "learned":
+            raise ValueError("min_confidence needs mode `learned`: only the learned model gives a calibrated confidence")
+        if (self.fallback_route is None) == (self.abstain_message is None):
+            raise ValueError("min_confidence needs exactly one of `fallback_route` and `abstain_message`")
+        return self
+
+
 class PassthroughSettings(_Strict):
     name: Literal["passthrough"] = "passthrough"
     max_upstream_calls: int | None = Field(None, ge=1)  # retries included; None: derived
@@ -74,6 +116,7 @@ class BestOfNSettings(_Strict):
         default_factory=lambda: list[VerifierSettings]([SelfConsistencySettings()])
     )
     stop: StopSettings = Field(default_factory=StopSettings)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
     max_tokens_budget: int | None = Field(None, ge=1)  # all upstream tokens of one request
     deadline_s: float | None = Field(None, gt=0)
     k_ref: int = Field(64, ge=2, le=4096)
@@ -96,6 +139,11 @@ class BestOfNSettings(_Strict):
                     f"verifiers.{j}.name: {verifier.name!r} is already used; give each verifier a distinct `name`"
                 )
             seen.add(verifier.name)
+        knockout = self.selection.knockout
+        if knockout is not None and not any(
+            v.name == knockout.judge and v.type == "llm_judge" for v in self.verifiers
+        ):
+            raise ValueError(f"selection.knockout.judge: {knockout.judge!r} is not an llm_judge verifier of this route")
         return self
 
     def upstream_references(self) -> list[tuple[str, str]]:

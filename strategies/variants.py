@@ -12,6 +12,9 @@ state; the sampling loop should render each variant once per request and reuse t
 from __future__ import annotations
 
 import copy
+import hashlib
+import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,6 +48,9 @@ BUILTIN_VARIANTS: tuple[str, ...] = (
 )
 
 PROMPT = "{prompt}"
+# `shuffle_shots`, `shuffle_shots_2`, ...: the request's few-shot examples reordered;
+# `resample_shots[_N]`: reordered, and one example left out when there are at least three.
+FEW_SHOT_VARIANT = re.compile(r"^(shuffle|resample)_shots(?:_\d{1,3})?$")
 
 
 class Variant(Protocol):
@@ -120,6 +126,62 @@ class ParaphraseVariant:
         return out, reply.usage
 
 
+@dataclass(frozen=True)
+class FewShotVariant:
+    """The request's own few-shot examples (user/assistant pairs before the question) in
+    another order, or with one left out; everything else as sent.
+
+    A small model often copies a few-shot answer (the last one most). Across variants that
+    see the examples in different orders, a copied answer changes, so it splits into several
+    small clusters, while the right answer, which does not depend on the order, stays one.
+    The order is fixed by the variant's name (a hash of it seeds the shuffle), so the same
+    request renders the same way every time. A chat with fewer than two examples is left as is.
+    """
+
+    name: str
+    drop_one: bool = False
+
+    async def render(self, messages: Sequence[Message], services: Services) -> tuple[list[Message], Usage]:
+        return self.apply(messages), Usage()
+
+    def apply(self, messages: Sequence[Message]) -> list[Message]:
+        out = copy.deepcopy(list(messages))
+        slots = shot_pairs(out)
+        if len(slots) < 2:
+            return out
+        rng = random.Random(int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:8], "big"))
+        order = list(range(len(slots)))
+        rng.shuffle(order)
+        if order == sorted(order):  # a variant that changes nothing would be wasted samples
+            order = order[1:] + order[:1]
+        if self.drop_one and len(order) >= 3:
+            order.pop(rng.randrange(len(order)))
+        pairs = [(out[u], out[a]) for u, a in slots]
+        placed: dict[int, list[Message]] = {}
+        for slot, source in zip(slots, order, strict=False):
+            placed[slot[0]] = list(pairs[source])
+        rebuilt: list[Message] = []
+        skip = {a for _, a in slots}
+        for i, message in enumerate(out):
+            if i in skip:
+                continue
+            if any(i == u for u, _ in slots):
+                rebuilt.extend(placed.get(i, []))  # a slot past the kept examples stays empty
+                continue
+            rebuilt.append(message)
+        return rebuilt
+
+
+def shot_pairs(messages: Sequence[Message]) -> list[tuple[int, int]]:
+    """(user, assistant) index pairs of plain few-shot examples before the last user turn."""
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    return [
+        (i - 1, i) for i in range(1, last_user)
+        if messages[i].get("role") == "assistant" and messages[i - 1].get("role") == "user"
+        and not messages[i].get("tool_calls")
+    ]
+
+
 def build_variants(
     specs: Sequence[str | VariantTemplate | dict[str, Any]], paraphrase_upstream: str | None
 ) -> list[Variant]:
@@ -141,7 +203,7 @@ def _build_one(
     if isinstance(spec, dict):
         spec = VariantTemplate.model_validate(spec)
     if isinstance(spec, VariantTemplate):
-        if spec.name in BUILTIN_VARIANTS:
+        if spec.name in BUILTIN_VARIANTS or FEW_SHOT_VARIANT.match(spec.name):
             raise ValueError(
                 f"variants[{position}]: template name {spec.name!r} is a built-in variant name"
             )
@@ -158,6 +220,9 @@ def _build_one(
         return TemplateVariant("expert", system=EXPERT_SYSTEM)
     if spec == "format_reminder":
         return TemplateVariant("format_reminder", template=FORMAT_REMINDER)
+    shots = FEW_SHOT_VARIANT.match(spec)
+    if shots:
+        return FewShotVariant(spec, drop_one=shots.group(1) == "resample")
     if spec == "paraphrase":
         if not paraphrase_upstream:
             raise ValueError(
@@ -165,7 +230,8 @@ def _build_one(
             )
         return ParaphraseVariant(paraphrase_upstream)
     raise ValueError(
-        f"variants[{position}]: unknown variant {spec!r}; known: {', '.join(BUILTIN_VARIANTS)}"
+        f"variants[{position}]: unknown variant {spec!r}; known: {', '.join(BUILTIN_VARIANTS)}, "
+        "shuffle_shots[_N], resample_shots[_N]"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from strategies.contract import Candidate, VerifyContext
@@ -24,3 +25,8 @@ def knows_42(ctx: VerifyContext, candidates: Sequence[Candidate]) -> list[float 
 
 def broken_checker(text: str, item: dict[str, object]) -> float:
     raise RuntimeError("this checker is broken")
+
+
+def noise(ctx: VerifyContext, candidates: Sequence[Candidate]) -> list[float | None]:
+    """A verifier that knows nothing: its scores are independent of the answer."""
+    return [random.random() for _ in candidates]

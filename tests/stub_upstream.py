@@ -142,6 +142,11 @@ def _judge_reply(body: dict[str, Any]) -> str:
     text = _prompt_text(body)
     if "UNPARSEABLE" in text:
         return "I refuse to give a number."
+    if "# Response A" in text:  # pairwise: prefers the response with 42, wherever it stands
+        a, _, b = text.split("# Response A", 1)[1].partition("# Response B")
+        if (ANSWER in a) == (ANSWER in b.split("Which response is better?")[0]):
+            return "Verdict: tie"
+        return "Verdict: A" if ANSWER in a else "Verdict: B"
     graded = text.split("Response to grade", 1)[-1].split("Rate the response", 1)[0]
     return "Looks right.\nScore: 9\nVerdict: yes" if ANSWER in graded else "Wrong.\nScore: 2\nVerdict: no"
 
@@ -239,6 +244,8 @@ class Handler(BaseHTTPRequestHandler):
             return _math_answer(self.server.rng, body)
         if behaviour == "judge":
             return _judge_reply(body)
+        if behaviour == "judge-first":  # a judge with position bias and nothing else
+            return "Verdict: A"
         if behaviour == "json":  # half the answers break the schema the tests ask for
             return json.dumps({"answer": 42}) if self.server.rng.random() < 0.5 else json.dumps({"answer": "forty-two"})
         if behaviour == "paraphrase":
@@ -558,7 +565,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _reward(self, body: dict[str, Any]) -> None:
         responses = body.get("responses") or []
-        self._json(200, {"scores": [3.0 if ANSWER in str(r) else -3.0 for r in responses]})
+        # `/rm-q<q>/score`: a reward model of controlled quality, honest about each response
+        # with probability q and the opposite otherwise; any other path: always honest.
+        quality = re.search(r"/rm-q([0-9.]+)/", self.path)
+        q = float(quality.group(1)) if quality else 1.0
+        rng = self.server.rng
+        honest = [rng.random() < q for _ in responses]
+        self._json(200, {"scores": [3.0 if (ANSWER in str(r)) == h else -3.0 for r, h in zip(responses, honest)]})
 
     # ---- plumbing -------------------------------------------------------------------------
 

@@ -409,3 +409,16 @@ class LlmJudgeVerifier(BaseVerifier):
         results = await asyncio.gather(*(one(c) for c in calls))
         usage = sum((u for u, _ in results), Usage())
         return usage, sum(1 for _, ok in results if not ok)
+
+    async def compare(self, ctx: VerifyContext, first: Candidate, second: Candidate) -> tuple[str | None, Usage]:
+        """One pairwise verdict with `first` in slot A: 'a', 'b', 'tie', or None (failed or
+        unparsed). For a knockout tournament and for measuring the judge on gold pairs; the
+        caller runs both orders."""
+        values = {"{conversation}": render_conversation(ctx.messages), "{a}": render_candidate(first),
+                  "{b}": render_candidate(second)}
+        messages = [{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": _fill(PAIRWISE_USER, values)}]
+        try:
+            reply = await ctx.services.chat(self.upstream, messages, **self.judge_params)
+        except Exception:  # noqa: BLE001 - a failed comparison is no verdict
+            return None, Usage()
+        return parse_pairwise(reply.text or ""), reply.usage

@@ -1,0 +1,274 @@
+"""Selectors on shared candidates: majority, weighted, learned (cross-fitted), oracle, constant.
+
+Every selector runs the proxy's own `BestOfN.run` over the same pooled candidates
+(bench/gold_pools.py makes the pools, bench/replay.py replays them), so differences are the
+selectors' alone. Per task and per n (candidates per request, spread round-robin over the
+pool's prompt variants, as a route does):
+
+* `majority`: `self_consistency` alone;
+* `weighted`: today's default ensemble on these candidates, `self_consistency` + `mbr` (the
+  pools hold texts only: no judge, no logprobs, no reward model);
+* `learned`: `selection.mode: learned` with those verifiers, the model fitted on the other half
+  of the items' clusters (cross-fitting: fit on half A, select on half B, then swap), exactly
+  as a route fits it on its probe clusters;
+* `oracle`: any of the n candidates right; `constant`: always the training half's most frequent
+  gold answer.
+
+Paired bootstrap over items (add1: over the 100 (a, b) pairs, each with all its few-shot seeds)
+gives the 95% interval of learned − majority. Also: % of oracle, the few-shot copy rate (the
+share of candidates whose answer is one of the request's few-shot answers, and of the wrong
+candidates), and a PNG of accuracy against n per selector with the oracle curve.
+
+    python bench/select_bench.py --pools /work/main/bench/results/pools --tasks add1,legs,gcd,sum2
+
+Writes bench/results/select_bench.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from bench.replay import PoolServices, load_pools  # noqa: E402
+from strategies.answers import answer_key  # noqa: E402
+from strategies.cluster_features import shot_answers  # noqa: E402
+from strategies.contract import Candidate, StrategyRequest  # noqa: E402
+from strategies.learned_selection import ClusterRow, LearnedSelector, NotFittable, SelectorState, fit_selector  # noqa: E402
+from strategies.registry import build_strategy  # noqa: E402
+from strategies.sampling import BestOfN  # noqa: E402
+from strategies.settings import BestOfNSettings  # noqa: E402
+from strategies.variants import build_variants  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+NS = (1, 2, 4, 8, 16)
+HEADLINE_N = 8
+SELECTORS = ("majority", "weighted", "learned")
+MAJORITY = [{"type": "self_consistency"}]
+WEIGHTED = [{"type": "self_consistency"}, {"type": "mbr"}]
+
+
+def strategy(variants: list[str], n: int, verifiers: list[dict[str, Any]], mode: str) -> BestOfN:
+    settings = BestOfNSettings.model_validate({
+        "max_n": n, "adaptive": False, "variants": variants, "verifiers": verifiers, "bootstrap": 10, "k_ref": 2,
+        "selection": {"mode": mode, "min_items": 4},
+    })
+    built = build_strategy(settings)
+    assert isinstance(built, BestOfN)
+    built._rng = lambda: np.random.default_rng(0)  # risk bootstraps only; selection is deterministic
+    return built
+
+
+async def rendered(item: dict[str, Any], variants: list[str]) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for variant in build_variants(variants, None):
+        messages, _ = await variant.render(item["messages"], None)  # type: ignore[arg-type]
+        out[variant.name] = messages
+    return out
+
+
+def utility_of(item: dict[str, Any]) -> dict[tuple[str, str], float]:
+    return {(v, s["text"]): float(s["utility"]) for v, samples in item["pool"].items() for s in samples}
+
+
+async def serve(best: BestOfN, item: dict[str, Any], render: dict[str, Any]) -> Any:
+    services = PoolServices(item["pool"], render)
+    return await best.run(StrategyRequest(item["messages"]), services)  # type: ignore[arg-type]
+
+
+def group_of(item: dict[str, Any]) -> str:
+    """add1 items are resampled by (a, b) pair: its few-shot seeds are not independent items."""
+    return item["id"].split("-", 2)[-1] if item["task"] == "add1" else item["id"]
+
+
+def copy_rate(items: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """(share of all candidates, share of wrong candidates) whose answer is a few-shot answer."""
+    total = copied = wrong = wrong_copied = 0
+    for item in items:
+        shots = shot_answers(item["messages"], answer_key)
+        for samples in item["pool"].values():
+            for s in samples:
+                key = answer_key(Candidate(0, "x", {"role": "assistant", "content": s["text"]}))
+                hit = key is not None and key in shots
+                total += 1
+                copied += hit
+                if s["utility"] < 1.0:
+                    wrong += 1
+                    wrong_copied += hit
+    return copied / max(total, 1), wrong_copied / max(wrong, 1)
+
+
+async def run_task(items: list[dict[str, Any]], seed: int, ns: Sequence[int]) -> dict[str, Any]:
+    variants = list(items[0]["pool"])
+    renders = [await rendered(item, variants) for item in items]
+    utilities = [utility_of(item) for item in items]
+    groups = sorted({group_of(i) for i in items})
+    random.Random(seed).shuffle(groups)
+    half = {g: k % 2 for k, g in enumerate(groups)}
+    fold = [half[group_of(i)] for i in items]
+    per_n: dict[int, dict[str, list[float]]] = {}
+    models: dict[int, list[dict[str, Any]]] = {}
+    for n in ns:
+        scores: dict[str, list[float]] = defaultdict(list)
+        majority, weighted = strategy(variants, n, MAJORITY, "weighted"), strategy(variants, n, WEIGHTED, "weighted")
+        rows: list[list[ClusterRow]] = [[], []]
+        for item, render, util, f in zip(items, renders, utilities, fold, strict=True):
+            m = await serve(majority, item, render)
+            scores["majority"].append(util[(m.chosen.variant, m.chosen.text)])
+            w = await serve(weighted, item, render)
+            scores["weighted"].append(util[(w.chosen.variant, w.chosen.text)])
+            scores["oracle"].append(max(util[(c.variant, c.text)] for c in w.candidates))
+            for c in w.clusters:
+                rep = w.candidates[c["representative"]]
+                rows[f].append(ClusterRow(item["id"], c["features"], util[(rep.variant, rep.text)] >= 1.0))
+        fitted: list[LearnedSelector | None] = []
+        for train in (1, 0):  # the model that selects on fold 0 is fitted on fold 1, and back
+            try:
+                fitted.append(fit_selector([r for r in rows[train] if True]))
+            except NotFittable:
+                fitted.append(None)
+        models[n] = [m.public() if m is not None else {} for m in fitted]
+        learners = []
+        for model in fitted:
+            best = strategy(variants, n, WEIGHTED, "learned")
+            reason = None if model is not None else "not fittable on the training half"
+            best.selector_state = (lambda s=SelectorState(model, reason): s)
+            learners.append(best)
+        for item, render, util, f in zip(items, renders, utilities, fold, strict=True):
+            out = await serve(learners[f], item, render)
+            scores["learned"].append(util[(out.chosen.variant, out.chosen.text)])
+        train_answers = [Counter(i["answer"] for i, g in zip(items, fold, strict=True) if g == 1 - f) for f in (0, 1)]
+        constant = [train_answers[f].most_common(1)[0][0] for f in (0, 1)]
+        scores["constant"] = [float(i["answer"] == constant[f]) for i, f in zip(items, fold, strict=True)]
+        per_n[n] = dict(scores)
+    return {"per_n": per_n, "models": models, "groups": [group_of(i) for i in items]}
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], groups: Sequence[str], resamples: int, seed: int) -> tuple[float, float, float]:
+    """Mean of a − b and its 95% percentile interval, resampling whole groups."""
+    by: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        by[g].append(i)
+    keys = list(by)
+    diff = np.asarray(a, float) - np.asarray(b, float)
+    sums = np.array([diff[by[k]].sum() for k in keys])
+    counts = np.array([len(by[k]) for k in keys])
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(keys), size=(resamples, len(keys)))
+    boot = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    return float(diff.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+
+
+def report(results: dict[str, Any], resamples: int, seed: int) -> str:
+    lines = [
+        f"# Selection on shared candidates (best-of-{HEADLINE_N})", "",
+        "| task | items | majority | weighted | learned | learned − majority [95%] | oracle | learned % of oracle | majority % of oracle | constant | copy rate (all / wrong) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task, res in results.items():
+        s = res["per_n"][HEADLINE_N]
+        mean = {k: float(np.mean(v)) for k, v in s.items()}
+        d, lo, hi = paired_bootstrap(s["learned"], s["majority"], res["groups"], resamples, seed)
+        oracle = mean["oracle"] or float("nan")
+        lines.append(
+            f"| {task} | {len(s['majority'])} | {mean['majority']:.3f} | {mean['weighted']:.3f} | {mean['learned']:.3f} | "
+            f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] | {mean['oracle']:.3f} | {100 * mean['learned'] / oracle:.0f}% | "
+            f"{100 * mean['majority'] / oracle:.0f}% | {mean['constant']:.3f} | "
+            f"{res['copy_rate'][0]:.2f} / {res['copy_rate'][1]:.2f} |"
+        )
+    lines += ["", "Accuracy against candidates per request:", "",
+              "| task | selector | " + " | ".join(f"n={n}" for n in NS) + " |", "|---|---|" + "---|" * len(NS)]
+    for task, res in results.items():
+        for sel in (*SELECTORS, "oracle"):
+            cells = [f"{np.mean(res['per_n'][n][sel]):.3f}" if n in res["per_n"] else "-" for n in NS]
+            lines.append(f"| {task} | {sel} | " + " | ".join(cells) + " |")
+        diffs = []
+        for n in NS:
+            if n not in res["per_n"]:
+                diffs.append("-")
+                continue
+            d, lo, hi = paired_bootstrap(res["per_n"][n]["learned"], res["per_n"][n]["majority"], res["groups"], resamples, seed)
+            diffs.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        lines.append(f"| {task} | learned − majority [95%] | " + " | ".join(diffs) + " |")
+    lines += ["", f"Learned models at n={HEADLINE_N} (one per training half): weights in standardised units, probe AUROC per signal.", ""]
+    for task, res in results.items():
+        for k, model in enumerate(res["models"][HEADLINE_N]):
+            lines.append(f"- {task} half {k}: weights {model.get('weights')}; AUROC {model.get('auroc')}")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
+    for ax, (task, res) in zip(axes[0], results.items(), strict=True):
+        ns = sorted(res["per_n"])
+        for sel, style in (("oracle", "k--"), ("majority", "C0-o"), ("weighted", "C1-s"), ("learned", "C2-^")):
+            ax.plot(ns, [np.mean(res["per_n"][n][sel]) for n in ns], style, label=sel)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_title(f"{task} ({len(res['groups'])} items)")
+        ax.set_xlabel("candidates per request")
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pools", type=Path, default=RESULTS / "pools")
+    p.add_argument("--tasks", default="add1,legs,gcd,sum2", type=lambda s: s.split(","))
+    p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=12)
+    p.add_argument("--out", type=Path, default=RESULTS / "select_bench")
+    return p.parse_args(argv)
+
+
+async def main(args: argparse.Namespace) -> None:
+    results = {}
+    for task in args.tasks:
+        path = args.pools / f"{task}.jsonl"
+        if not path.exists():
+            print(f"{task}: no pool at {path}, skipped", file=sys.stderr)
+            continue
+        items = load_pools(path)
+        if len(items) < 4:
+            print(f"{task}: {len(items)} pooled items, too few, skipped", file=sys.stderr)
+            continue
+        pool_size = min(len(s) for i in items for s in i["pool"].values()) * len(items[0]["pool"])
+        res = await run_task(items, args.seed, [n for n in NS if n <= pool_size])
+        res["copy_rate"] = copy_rate(items)
+        results[task] = res
+    if not results:
+        raise SystemExit("no pools to benchmark")
+    text = report(results, args.resamples, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {t: {"per_n": {str(n): v for n, v in r["per_n"].items()}, "models": {str(n): m for n, m in r["models"].items()},
+             "groups": r["groups"], "copy_rate": r["copy_rate"]} for t, r in results.items()}))
+    plot(results, args.out.with_suffix(".png"))
+    print(text)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
