@@ -414,11 +414,12 @@ class LlmJudgeVerifier(BaseVerifier):
         """One pairwise verdict with `first` in slot A: 'a', 'b', 'tie', or None (failed or
         unparsed). For a knockout tournament and for measuring the judge on gold pairs; the
         caller runs both orders."""
-        values = {"{conversation}": render_conversation(ctx.messages), "{a}": render_candidate(first),
-                  "{b}": render_candidate(second)}
-        messages = [{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": _fill(PAIRWISE_USER, values)}]
+        call = self._pairwise_call(
+            ("compare",), self.pairwise_templates[0], render_conversation(ctx.messages),
+            render_candidate(first), render_candidate(second),
+        )
         try:
-            reply = await ctx.services.chat(self.upstream, messages, **self.judge_params)
+            reply = await ctx.services.chat(self.upstream, call.messages, **self.judge_params)
         except Exception:  # noqa: BLE001 - a failed comparison is no verdict
             return None, Usage()
-        return parse_pairwise(reply.text or ""), reply.usage
+        return call.parse(reply.text or ""), reply.usage
