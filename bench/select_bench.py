@@ -19,7 +19,7 @@ gives the 95% interval of learned − majority. Also: % of oracle, the few-shot 
 share of candidates whose answer is one of the request's few-shot answers, and of the wrong
 candidates), and a PNG of accuracy against n per selector with the oracle curve.
 
-    python bench/select_bench.py --pools /work/main/bench/results/pools --tasks add1,legs,gcd,sum2
+    python bench/select_bench.py --tasks add1,legs,gcd,sum2     # pools from bench/gold_pools.py
 
 Writes bench/results/select_bench.{md,json,png}.
 """
