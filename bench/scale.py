@@ -163,8 +163,9 @@ class Target:
 
 def start_targets(args: argparse.Namespace, api_base: str, redis: RedisServer, workdir: Path,
                   services: list[Service]) -> list[Target]:
-    """Every instance starts at once (in threads): on 2 cores a dozen sequential starts take minutes.
-    Each process started is added to `services` at once, so the caller stops it whatever fails."""
+    """Instances start two at a time: each worker imports litellm, seconds of CPU, and a dozen
+    instances started at once on 2 busy cores miss any sensible ready timeout. Each process started
+    is added to `services` at once, so the caller stops it whatever fails."""
     plan: list[tuple[Target, list[int]]] = []  # each target and its instances' worker counts
     for workers in args.workers:
         plan += [(Target(f"1 instance x {workers}w", b, workers), [workers]) for b in args.backends]
@@ -185,12 +186,12 @@ def start_targets(args: argparse.Namespace, api_base: str, redis: RedisServer, w
     def start(job: tuple[Target, Path, dict[str, Any], int]) -> None:
         target, directory, config, workers = job
         service, base = start_proxy(directory, config, env={KEY_ENV: API_KEY}, workers=workers,
-                                    log_level="warning", child_type=Service)
+                                    log_level="warning", child_type=Service, ready_timeout=300)
         services.append(service)
         target.proxies.append(service)
         bases[id(target)].append(base)
 
-    with ThreadPoolExecutor(len(jobs)) as pool:
+    with ThreadPoolExecutor(2) as pool:
         outcomes = [pool.submit(start, job) for job in jobs]
     errors = [str(o.exception()) for o in outcomes if o.exception() is not None]
     if errors:
