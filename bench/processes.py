@@ -77,7 +77,8 @@ C = TypeVar("C", bound=Child)
 
 
 def start_proxy(workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None, workers: int = 1,
-                log_level: str = "warning", child_type: type[C] = Child) -> tuple[C, str]:  # type: ignore[assignment]
+                log_level: str = "warning", child_type: type[C] = Child,  # type: ignore[assignment]
+                ready_timeout: float = 120.0) -> tuple[C, str]:
     """`rvr-proxy serve` on a generated config; returns the child and its base URL (no /v1)."""
     path = workdir / "proxy.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -87,7 +88,11 @@ def start_proxy(workdir: Path, config: dict[str, Any], env: dict[str, str] | Non
     child = child_type("proxy", command, workdir,
                   env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1", **(env or {})})
     base = f"http://127.0.0.1:{port}"
-    child.wait_ready(f"{base}/readyz", timeout=120)
+    try:
+        child.wait_ready(f"{base}/readyz", timeout=ready_timeout)
+    except BaseException:
+        child.stop()  # the caller never gets it, so nobody else would
+        raise
     return child, base
 
 

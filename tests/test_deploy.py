@@ -5,6 +5,8 @@
   expression is wrapped in a recording rule) and every metric name the dashboard and the rules use is
   one the proxy exports, derived from `proxy.metrics` itself, never from a list kept here.
 - The dashboard parses with grafana-foundation-sdk, has a query in every panel and a `route` variable.
+- deploy/docker-compose.yml is valid against the official Compose Specification JSON schema,
+  vendored in tests/fixtures/compose-spec.json (offline; its source is `COMPOSE_SCHEMA_SOURCE`).
 - tests/prometheus_server.py runs a real Prometheus that scrapes a prometheus-client endpoint.
 
 promtool and prometheus come from the Debian `prometheus` package, which CI installs: a missing
@@ -13,6 +15,7 @@ binary is a failure, not a skip, so these checks cannot silently stop running.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,18 @@ DASHBOARD_PROVIDER = DEPLOY / "grafana" / "provisioning" / "dashboards" / "rvr.y
 COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 K8S = DEPLOY / "k8s"
+COMPOSE_SCHEMA = Path(__file__).parent / "fixtures" / "compose-spec.json"
+# Where tests/fixtures/compose-spec.json comes from, byte for byte (the test checks the blob hash).
+# compose-spec/compose-spec keeps this draft-07 copy for tools that read it there; the schema
+# docker compose itself loads is compose-go's (same rules, rewritten to draft 2020-12).
+COMPOSE_SCHEMA_SOURCE = {
+    "repository": "https://github.com/compose-spec/compose-spec",
+    "path": "schema/compose-spec.json",
+    "commit": "a08f8d51631b7127ddac3d2c65537db429d0f1d0",  # its last change; unchanged at 170098ba (2026-06-23)
+    "date": "2025-10-21",
+    "git_blob": "5db97d0fbbb8e7fbedea0bb5fdb3fe0e93b0e4b1",
+    "draft": "draft-07",
+}
 
 # Concrete stand-ins for Grafana's variables, only so that promtool can parse the expressions.
 GRAFANA_VARIABLES = {
@@ -482,6 +497,54 @@ def test_compose_runs_redis_and_drains() -> None:
     )
     grace = proxy_service["stop_grace_period"]
     assert grace.endswith("s") and int(grace[:-1]) > config.server.drain_s
+
+
+def compose_validator() -> Any:
+    """The schema's `$schema` is `https://json-schema.org/draft-07/schema`, a spelling jsonschema
+    does not map to a draft (it would fall back to the newest one), so draft 7 is chosen here."""
+    import jsonschema
+
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def test_compose_schema_fixture_is_the_official_file_unchanged() -> None:
+    data = COMPOSE_SCHEMA.read_bytes()
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # what `git hash-object` prints
+    assert blob == COMPOSE_SCHEMA_SOURCE["git_blob"], "tests/fixtures/compose-spec.json differs from its source"
+    schema = json.loads(data)
+    assert schema["$schema"] == "https://json-schema.org/draft-07/schema"
+    refs = re.findall(r'"\$ref":\s*"([^"]*)"', data.decode())
+    assert refs and all(ref.startswith("#/") for ref in refs), "a remote $ref would need the network"
+
+
+def test_compose_file_is_valid_against_the_compose_schema() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in compose_validator().iter_errors(compose)]
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    ("where", "break_it"),
+    [
+        pytest.param("services/proxy", lambda c: c["services"]["proxy"].update(stop_grace_periods="40s"), id="misspelt-key"),
+        pytest.param("services/proxy/depends_on", lambda c: c["services"]["proxy"].update(depends_on="redis"),
+                     id="depends_on-not-a-list"),
+        pytest.param("services/redis/command", lambda c: c["services"]["redis"].update(command={"redis-server": 1}),
+                     id="command-a-mapping"),
+        pytest.param("services/proxy/depends_on", lambda c: c["services"]["proxy"].update(
+            depends_on={"redis": {"condition": "service_ready"}}), id="unknown-condition"),
+        pytest.param("", lambda c: c.update(volume=c.pop("volumes")), id="unknown-top-level-key"),
+    ],
+)
+def test_compose_schema_rejects_a_broken_compose_file(where: str, break_it: Callable[[dict[str, Any]], object]) -> None:
+    """The schema check is live: each of these mistakes in our compose file is reported, at its place."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    break_it(compose)
+    errors = list(compose_validator().iter_errors(compose))
+    assert errors, "the broken compose file passed the schema"
+    assert where in {"/".join(map(str, e.absolute_path)) for e in errors}
 
 
 # --- the test helpers themselves -----------------------------------------------------------------
