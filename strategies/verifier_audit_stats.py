@@ -11,13 +11,14 @@ Pure functions over plain data (numpy for the agreement matrix); no I/O.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
+
+from strategies.calibration import Z95, wilson
 
 
 class Decision(str, Enum):
@@ -57,19 +58,10 @@ def mean_decision(pairs: Iterable[tuple[float | None, float | None]]) -> Decisio
     return decide(sum(d for d, _ in both) / len(both), sum(u for _, u in both) / len(both))
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for a proportion; (0, 1) when there is nothing to estimate.
-
-    Ties count as half a success, so `successes` may be fractional; the formula holds for any
-    observed proportion.
-    """
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denominator = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a proportion, 95% by default; (0, 1) when there is nothing to
+    estimate. Ties count as half a success, so `successes` may be fractional."""
+    return wilson(successes, n, z)
 
 
 @dataclass(frozen=True)
