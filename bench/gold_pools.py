@@ -141,9 +141,9 @@ async def build(args: argparse.Namespace) -> None:
     proxy, base = await asyncio.to_thread(start_proxy, workdir, config)
     client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=2, timeout=600)
     try:
-        POOLS.mkdir(parents=True, exist_ok=True)
+        args.out.mkdir(parents=True, exist_ok=True)
         for task in args.tasks:
-            path = POOLS / f"{task}.jsonl"
+            path = args.out / f"{task}.jsonl"
             done = {json.loads(line)["id"] for line in path.open()} if path.exists() else set()
             items = [i for i in load_items(task, args.items, args.seeds) if i.id not in done]
             check = checker_for(task)
@@ -177,6 +177,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, default=POOLS, help="directory of the pool files")
     return p.parse_args(argv)
 
 
