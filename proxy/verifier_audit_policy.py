@@ -16,6 +16,7 @@ from typing import Any
 from proxy.config import Config, ConfigError
 from proxy.verifier_audit_data import matches
 from proxy.verifier_audit_store import fingerprint, load
+from strategies.verifier_audit_stats import FLAGS
 from strategies.verifiers.base import VerifierSpec
 
 
@@ -105,7 +106,7 @@ def export_metrics(config: Config) -> None:
             if row.get("accuracy") is not None:
                 metrics.VERIFIER_AUDIT_ACCURACY.labels(spec.name, domain).set(row["accuracy"])
             for flag, on in (row.get("flags") or {}).items():
-                if flag in metrics.VERIFIER_AUDIT_FLAGS:
+                if flag in FLAGS:  # a label only from the fixed set, whatever the stored file says
                     metrics.VERIFIER_AUDIT_FLAG.labels(spec.name, domain, flag).set(1.0 if on else 0.0)
 
 
