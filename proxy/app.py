@@ -60,6 +60,7 @@ from strategies.contract import NoCandidatesError, Outcome, RequestNotServed, St
 log = logging.getLogger("rvr_proxy")
 T = TypeVar("T")
 KEEPALIVE_S = 2.0
+POOL_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=256)  # one pool per worker
 
 
 class Proxy:
@@ -417,8 +418,7 @@ def create_app(config: Config) -> FastAPI:
         # builds a fresh client for each text completion unless given one, and leaks its
         # session (10,856 unclosed-session warnings in a 10-minute soak). Its event streams are
         # tapped (proxy.stream_tap), so a passthrough stream relays the upstream's own chunks.
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        async with connection_pool(limits) as http:
+        async with connection_pool(POOL_LIMITS) as http:
             proxy.http = http
             use_connection_pool(http)
             await proxy.state.start()  # never fails: an unreachable Redis means memory until it answers

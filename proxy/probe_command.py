@@ -12,8 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from proxy.config import Config
 from proxy.probes import RunSummary
 from proxy.progress import Progress
@@ -76,11 +74,13 @@ def _fraction(value: float | None) -> str:
 
 
 async def _run(config: Config, route: str, items: int | None, out: Path | None) -> int:
-    from proxy.app import Proxy  # litellm's import is slow; only commands that call upstreams pay it
+    # litellm's import is slow; only commands that call upstreams pay it
+    from proxy.app import POOL_LIMITS, Proxy
+    from proxy.stream_tap import connection_pool
     from proxy.upstream import use_connection_pool
 
     proxy = Proxy(config)
-    async with httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64), follow_redirects=False) as http:
+    async with connection_pool(POOL_LIMITS) as http:  # the pool serving uses, so probes call upstreams alike
         proxy.http = http
         use_connection_pool(http)
         try:
