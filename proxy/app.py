@@ -85,7 +85,7 @@ class Proxy:
         self.state = build_state(config.server.state)
         self.limits = KeyLimits(self.state)
         self.learning = SharedLearning(self.router, self.state)
-        self.drain = Drain()
+        self.drain = Drain(config.server.drain_delay_s)
 
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
         record = RequestRecord(request_id(request), endpoint.name)

@@ -54,6 +54,10 @@ class ServerSettings(_Strict):
     state: StateSettings = Field(default_factory=StateSettings)
     keys: list[KeySettings] = Field(default_factory=list)  # named keys with limits; api_keys: without
     drain_s: float = Field(30.0, ge=0, le=3600)  # on SIGTERM, in-flight requests get this long to finish
+    # On SIGTERM, keep accepting and serving this long with /readyz at 503 before the listener
+    # closes: a balancer that health-checks /readyz stops routing here first. Closing at once
+    # resets the connections that arrive in between (accepted by the kernel, never read).
+    drain_delay_s: float = Field(0.0, ge=0, le=300)
 
     @field_validator("api_keys")
     @classmethod

@@ -1,14 +1,19 @@
 """Graceful drain: on SIGTERM, stop taking work, finish what is in flight, then exit.
 
-In each worker, SIGTERM turns /readyz to 503 at once (`Drain.draining`) and uvicorn stops
-accepting, closes idle kept-alive connections, lets in-flight requests finish (their responses
-close their connections) for up to `server.drain_s`, then cancels what is left.
+In each worker, SIGTERM turns /readyz to 503 at once (`Drain.draining`). The worker goes on
+accepting and serving for `server.drain_delay_s`, so a balancer that health-checks /readyz marks
+it down while it still answers; then uvicorn stops accepting, closes idle kept-alive
+connections, lets in-flight requests finish (their responses close their connections) for up to
+`server.drain_s`, and cancels what is left. Without the delay, a connection the kernel accepted
+just before the listener closed, or a request on a kept-alive connection that uvicorn had not
+read yet, is reset: a balancer cannot always tell that from a failure after the request ran.
+SIGINT (Ctrl-C) skips the delay.
 
 With `--workers N` the supervisor process holds the listening socket too: while it is open the
 kernel keeps completing handshakes that no worker will accept, and those connections are reset
 when the supervisor exits. `Supervisor` closes its copy and signals the workers the moment
-SIGTERM arrives, so new connections are refused (a load balancer retries them elsewhere)
-instead of queued and dropped.
+SIGTERM arrives, so once the workers close theirs new connections are refused (a load balancer
+retries them elsewhere) instead of queued and dropped.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ STARTUP_FAILURE = 3  # uvicorn's exit status when a server could not start
 
 
 class Drain:
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
         self.draining = False
+        self._delayed: threading.Timer | None = None
 
     def install(self) -> None:
         """Chain onto uvicorn's SIGTERM/SIGINT handlers; call once the worker's server has set them."""
@@ -45,8 +52,16 @@ class Drain:
                 if not self.draining:
                     self.draining = True
                     log.info(json.dumps({"event": "draining", "signal": signal.Signals(signum).name}))
-                if callable(previous):
-                    previous(signum, frame)
+                if not callable(previous):
+                    return
+                if signum == signal.SIGTERM and self.delay_s > 0:
+                    # A repeated SIGTERM (the supervisor forwards its own) waits for the same timer.
+                    if self._delayed is None:
+                        self._delayed = threading.Timer(self.delay_s, previous, (signum, None))
+                        self._delayed.daemon = True
+                        self._delayed.start()
+                    return
+                previous(signum, frame)  # uvicorn's handler only sets flags: safe from the timer too
 
             signal.signal(sig, handler)
 

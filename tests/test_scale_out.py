@@ -87,8 +87,9 @@ class HAProxy:
         self._dir = tempfile.TemporaryDirectory(prefix="rvr-haproxy-")
         config = Path(self._dir.name) / "haproxy.cfg"
         servers = "\n".join(f"  server p{i} 127.0.0.1:{port} check" for i, port in enumerate(backends))
-        # What a production config would say: health checks on /readyz, and a request whose
-        # connection was refused or closed before any answer is sent again, to the other server.
+        # What a production config would say: health checks on /readyz (a slow answer from a busy
+        # instance is not a dead one: `timeout check`), and a request whose connection was refused
+        # or closed before any answer is sent again, to the other server.
         config.write_text(f"""
 global
   maxconn 1024
@@ -97,6 +98,7 @@ defaults
   timeout connect 2s
   timeout client 60s
   timeout server 60s
+  timeout check 2s
   retries 3
   option redispatch 1
   retry-on conn-failure empty-response response-timeout
@@ -149,6 +151,7 @@ def cluster_config(api_base: str) -> dict[str, Any]:
             ],
             "state": {"backend": "redis", "url": "os.environ/REDIS_URL", "prefix": PREFIX},
             "drain_s": 10,
+            "drain_delay_s": 3,  # > check interval + check timeout: HAProxy marks the instance down first
         },
         "upstreams": ups,
         "routes": [
@@ -435,3 +438,24 @@ def test_sigterm_turns_readyz_to_503_and_chains_to_the_server_handler() -> None:
         signal.signal(signal.SIGINT, previous_int)
     assert seen == [signal.SIGTERM] and drain.draining
     assert asyncio.run(readyz()) == (503, {"status": "draining"})
+
+
+def test_sigterm_with_a_drain_delay_answers_503_first_and_stops_the_server_once_later() -> None:
+    from proxy.drain import Drain
+
+    seen: list[float] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(time.monotonic()))
+    previous_int = signal.getsignal(signal.SIGINT)
+    drain = Drain(delay_s=0.5)
+    try:
+        drain.install()
+        sent = time.monotonic()
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # the supervisor forwards its own: still one stop
+        assert drain.draining and not seen  # unready at once, still serving
+        wait_until(lambda: bool(seen), "the delayed stop never reached the server's handler", timeout=5)
+        time.sleep(0.6)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+    assert len(seen) == 1 and seen[0] - sent >= 0.5
