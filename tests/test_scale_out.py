@@ -360,15 +360,22 @@ def test_sigterm_under_load_fails_no_request(cluster: Cluster) -> None:
     # Last: it stops one instance. Slow requests (0.4 s) are in flight on it when SIGTERM lands.
     load = Load(cluster, ["slow", "echo"], threads=8)
     leaving = cluster.instances[0]
+    # One slow request straight to the leaving instance, so one is surely in flight there (the
+    # balancer may have sent none there just then).
+    direct = ThreadPoolExecutor(1)
     try:
         time.sleep(1.0)
         assert leaving.process is not None
+        in_flight = direct.submit(ask, cluster.client("KEY_LOAD", f"{leaving.base_url}/v1"), "slow")
+        time.sleep(0.1)
         leaving.process.send_signal(signal.SIGTERM)
+        assert in_flight.result(20).choices[0].message.content
         assert leaving.process.wait(20) == 0
         done = load.ok
         wait_until(lambda: load.ok > done + 20, "the load stopped after one instance left")
     finally:
         load.stop()
+        direct.shutdown()
     assert not load.failures, load.failures[:5]
     log = leaving.log()
     assert '"event": "draining"' in log
