@@ -19,7 +19,7 @@ gives the 95% interval of learned − majority. Also: % of oracle, the few-shot 
 share of candidates whose answer is one of the request's few-shot answers, and of the wrong
 candidates), and a PNG of accuracy against n per selector with the oracle curve.
 
-    python bench/select_bench.py --tasks add1,legs,gcd,sum2     # pools from bench/gold_pools.py
+    python bench/select_bench.py --tasks add1,legs,gcd,sum2,capitals     # pools from bench/gold_pools.py
 
 Writes bench/results/select_bench.{md,json,png}.
 """
@@ -44,8 +44,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from bench import capitals  # noqa: E402
 from bench.replay import PoolServices, load_pools  # noqa: E402
-from strategies.answers import answer_key  # noqa: E402
+from strategies.answers import answer_key, compile_patterns  # noqa: E402
 from strategies.cluster_features import shot_answers  # noqa: E402
 from strategies.contract import Candidate, StrategyRequest  # noqa: E402
 from strategies.learned_selection import ClusterRow, LearnedSelector, NotFittable, SelectorState, fit_selector  # noqa: E402
@@ -58,8 +59,16 @@ RESULTS = ROOT / "bench" / "results"
 NS = (1, 2, 4, 8, 16)
 HEADLINE_N = 8
 SELECTORS = ("majority", "weighted", "learned")
-MAJORITY = [{"type": "self_consistency"}]
-WEIGHTED = [{"type": "self_consistency"}, {"type": "mbr"}]
+# How a route would extract each task's answers: the default extraction reads numbers only.
+PATTERNS: dict[str, list[str]] = {"capitals": [capitals.ANSWER_PATTERN]}
+
+
+def majority_verifiers(task: str) -> list[dict[str, Any]]:
+    return [{"type": "self_consistency", "patterns": PATTERNS.get(task, [])}]
+
+
+def weighted_verifiers(task: str) -> list[dict[str, Any]]:
+    return [*majority_verifiers(task), {"type": "mbr"}]
 
 
 def strategy(variants: list[str], n: int, verifiers: list[dict[str, Any]], mode: str) -> BestOfN:
@@ -91,18 +100,21 @@ async def serve(best: BestOfN, item: dict[str, Any], render: dict[str, Any]) -> 
 
 
 def group_of(item: dict[str, Any]) -> str:
-    """add1 items are resampled by (a, b) pair: its few-shot seeds are not independent items."""
-    return item["id"].split("-", 2)[-1] if item["task"] == "add1" else item["id"]
+    """add1 and capitals items are resampled by (a, b) pair or country: their few-shot seeds are
+    not independent items."""
+    return item["id"].split("-", 2)[-1] if item["task"] in ("add1", "capitals") else item["id"]
 
 
 def copy_rate(items: Sequence[dict[str, Any]]) -> tuple[float, float]:
     """(share of all candidates, share of wrong candidates) whose answer is a few-shot answer."""
     total = copied = wrong = wrong_copied = 0
     for item in items:
-        shots = shot_answers(item["messages"], answer_key)
+        patterns = compile_patterns(PATTERNS.get(item["task"], []))
+        key_of = lambda c: answer_key(c, patterns)  # noqa: E731
+        shots = shot_answers(item["messages"], key_of)
         for samples in item["pool"].values():
             for s in samples:
-                key = answer_key(Candidate(0, "x", {"role": "assistant", "content": s["text"]}))
+                key = key_of(Candidate(0, "x", {"role": "assistant", "content": s["text"]}))
                 hit = key is not None and key in shots
                 total += 1
                 copied += hit
@@ -124,7 +136,9 @@ async def run_task(items: list[dict[str, Any]], seed: int, ns: Sequence[int]) ->
     models: dict[int, list[dict[str, Any]]] = {}
     for n in ns:
         scores: dict[str, list[float]] = defaultdict(list)
-        majority, weighted = strategy(variants, n, MAJORITY, "weighted"), strategy(variants, n, WEIGHTED, "weighted")
+        task = items[0]["task"]
+        majority = strategy(variants, n, majority_verifiers(task), "weighted")
+        weighted = strategy(variants, n, weighted_verifiers(task), "weighted")
         rows: list[list[ClusterRow]] = [[], []]
         for item, render, util, f in zip(items, renders, utilities, fold, strict=True):
             m = await serve(majority, item, render)
@@ -144,7 +158,7 @@ async def run_task(items: list[dict[str, Any]], seed: int, ns: Sequence[int]) ->
         models[n] = [m.public() if m is not None else {} for m in fitted]
         learners = []
         for model in fitted:
-            best = strategy(variants, n, WEIGHTED, "learned")
+            best = strategy(variants, n, weighted_verifiers(task), "learned")
             reason = None if model is not None else "not fittable on the training half"
             best.selector_state = (lambda s=SelectorState(model, reason): s)
             learners.append(best)
@@ -236,7 +250,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pools", type=Path, default=RESULTS / "pools")
-    p.add_argument("--tasks", default="add1,legs,gcd,sum2", type=lambda s: s.split(","))
+    p.add_argument("--tasks", default="add1,legs,gcd,sum2,capitals", type=lambda s: s.split(","))
+    p.add_argument("--variants", type=lambda s: s.split(","), default=None,
+                   help="use only these of the pools' prompt variants (default: all)")
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=12)
     p.add_argument("--out", type=Path, default=RESULTS / "select_bench")
@@ -251,6 +267,11 @@ async def main(args: argparse.Namespace) -> None:
             print(f"{task}: no pool at {path}, skipped", file=sys.stderr)
             continue
         items = load_pools(path)
+        if args.variants:
+            missing = set(args.variants) - set(items[0]["pool"]) if items else set()
+            if missing:
+                raise SystemExit(f"{task}: the pool has no variant {sorted(missing)}")
+            items = [{**i, "pool": {v: i["pool"][v] for v in args.variants}} for i in items]
         if len(items) < 4:
             print(f"{task}: {len(items)} pooled items, too few, skipped", file=sys.stderr)
             continue
