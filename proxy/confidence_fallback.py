@@ -28,19 +28,21 @@ async def confident(
     router: Router, route: Route, work: StrategyRequest, services: RequestServices, outcome: Outcome, run: RunOne
 ) -> Outcome:
     settings = getattr(route.settings.strategy, "selection", None)
-    threshold = settings.min_confidence if settings is not None else None
-    if threshold is None or outcome.confidence is None or outcome.confidence >= threshold:
+    if settings is None or settings.min_confidence is None:
+        return outcome
+    threshold = settings.min_confidence
+    if outcome.confidence is None or outcome.confidence >= threshold:
         return outcome
     note = {"confidence": outcome.confidence, "min_confidence": threshold}
-    if settings is not None and settings.fallback_route is not None:
+    if settings.fallback_route is not None:
         other = router.routes[settings.fallback_route]
         answer = await run(other, work, services.for_upstream(other.upstream))
         answer.usage = outcome.usage + answer.usage  # the client's request spent both
         answer.low_confidence = {**note, "action": "route", "route": other.name}
         metrics.LOW_CONFIDENCE.labels(route.name, "route").inc()
         return answer
-    message = settings.abstain_message if settings is not None else None
-    outcome.abstention = Candidate(len(outcome.candidates), ABSTAIN_VARIANT, {"role": "assistant", "content": message}, "stop")
+    content = {"role": "assistant", "content": settings.abstain_message}
+    outcome.abstention = Candidate(len(outcome.candidates), ABSTAIN_VARIANT, content, "stop")
     outcome.low_confidence = {**note, "action": "abstain"}
     metrics.LOW_CONFIDENCE.labels(route.name, "abstain").inc()
     return outcome
