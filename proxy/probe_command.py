@@ -63,9 +63,8 @@ def selection_table(state: SelectorState, mode: str) -> str:
     lines.append(f"  {'signal':<24} {'AUROC':>6} {'weight':>8}")
     weights = dict(zip(model.signals, model.weights, strict=True))
     for signal, value in sorted(model.auroc.items()):
-        auc = "-" if value is None else f"{value:.3f}"
         weight = f"{weights[signal]:+.3f}" if signal in weights else "dropped"
-        lines.append(f"  {signal:<24} {auc:>6} {weight:>8}")
+        lines.append(f"  {signal:<24} {_fraction(value):>6} {weight:>8}")
     return "\n".join(lines)
 
 
