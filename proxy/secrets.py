@@ -57,12 +57,14 @@ def plain_text_secrets(raw: Mapping[str, Any]) -> list[str]:
         found.append(path)
 
     server = raw.get("server")
-    for i, key in enumerate((server.get("api_keys") or []) if isinstance(server, Mapping) else []):
+    if not isinstance(server, Mapping):
+        server = {}
+    for i, key in enumerate(server.get("api_keys") or []):
         check(key, f"server.api_keys.{i}")
-    for i, entry in enumerate((server.get("keys") or []) if isinstance(server, Mapping) else []):
+    for i, entry in enumerate(server.get("keys") or []):
         if isinstance(entry, Mapping):
             check(entry.get("key"), f"server.keys.{i}.key")
-    state = server.get("state") if isinstance(server, Mapping) else None
+    state = server.get("state")
     if isinstance(state, Mapping) and url_password(state.get("url")):
         check(state.get("url"), "server.state.url")
     for i, upstream in enumerate(raw.get("upstreams") or []):
