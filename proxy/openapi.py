@@ -184,6 +184,7 @@ _INT = {"type": "integer"}
 _COUNT = {"type": "integer", "minimum": 0}
 _SCORE = {"anyOf": [{"type": "number"}, _NULL]}
 _STRINGS = {"type": "array", "items": _STRING}
+_INTERVAL = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}  # [low, high]
 
 USAGE = {
     "type": "object",
@@ -260,10 +261,7 @@ RISK = {
         "k_ref": _INT,
         **{k: _SCORE for k in ("baseline", "residual", "candidate", "prompt", "verifier", "aeu", "selected_score")},
         "residual_terms": _STRINGS,
-        "intervals": {
-            "type": "object",
-            "additionalProperties": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
-        },
+        "intervals": {"type": "object", "additionalProperties": _INTERVAL},
         "sources": {"type": "object", "additionalProperties": {"enum": ["request", "route"]}},
         "calibration": {"$ref": _REF.format(model="Calibration")},
     },
@@ -276,7 +274,7 @@ _ESTIMATE = {
             "required": ["estimate", "ci90", "method", "lambda"],
             "properties": {
                 "estimate": {"type": "number"},
-                "ci90": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+                "ci90": _INTERVAL,
                 "method": {"enum": ["ppi++", "classical", "wilson"]},
                 "lambda": {"type": "number"},
             },
@@ -297,7 +295,7 @@ CALIBRATION = {
         "n_gold": _COUNT,
         "window_requests": _COUNT,
         "min_gold_for_ppi": _COUNT,
-        "rho": {"anyOf": [{"type": "number"}, _NULL]},
+        "rho": _SCORE,
         **{k: _ESTIMATE for k in ("residual", "baseline", "candidate", "prompt", "verifier")},
         "verifier_bias": {
             "anyOf": [
@@ -306,7 +304,7 @@ CALIBRATION = {
                     "required": ["estimate", "ci95"],
                     "properties": {
                         "estimate": {"type": "number"},
-                        "ci95": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+                        "ci95": _INTERVAL,
                     },
                     "additionalProperties": False,
                 },
