@@ -75,7 +75,10 @@ def shot_answers(messages: Sequence[Message], answer_of: AnswerOf) -> set[str]:
 
 def token_confidence(token_logprobs: Sequence[float] | None, window: int = CONF_WINDOW) -> tuple[float, float]:
     """(mean, lowest-window) confidence of one answer as probabilities; NaN without logprobs."""
-    values = np.array([float(x) for x in token_logprobs or () if x is not None and math.isfinite(float(x))])
+    # One conversion in numpy, not a Python loop: this runs for every candidate each round, and
+    # reasoning traces carry thousands of tokens. A missing logprob (None) becomes NaN and is dropped.
+    values = np.array(token_logprobs or (), dtype=float)
+    values = values[np.isfinite(values)]
     if values.size == 0:
         return math.nan, math.nan
     mean = float(np.exp(values.mean()))
