@@ -57,15 +57,10 @@ class Cluster:
         return self.key != NO_ANSWER
 
 
-def few_shot_turns(messages: Sequence[Message]) -> list[int]:
-    """Indices of the assistant turns that are few-shot examples (`strategies.variants.shot_pairs`)."""
-    return [assistant for _, assistant in shot_pairs(messages)]
-
-
 def shot_answers(messages: Sequence[Message], answer_of: AnswerOf) -> set[str]:
-    """The extracted answers of the request's few-shot assistant turns."""
+    """The extracted answers of the request's few-shot assistant turns (`strategies.variants.shot_pairs`)."""
     keys = set()
-    for i in few_shot_turns(messages):
+    for _, i in shot_pairs(messages):
         text = content_text(messages[i].get("content"))
         key = answer_of(Candidate(-1, "shot", {"role": "assistant", "content": text}))
         if key:
@@ -132,10 +127,3 @@ def build_clusters(
         clusters.append(Cluster(key, tuple(members), min(rank)[2], features))
     clusters.sort(key=lambda c: (not c.answered, -len(c.members), c.members[0]))
     return clusters
-
-
-def cluster_of(clusters: Sequence[Cluster], index: int) -> Cluster:
-    for cluster in clusters:
-        if index in cluster.members:
-            return cluster
-    raise ValueError(f"candidate {index} is in no cluster")
