@@ -179,13 +179,19 @@ def _finite(value: float | None) -> float:
     return math.nan if value is None or not math.isfinite(value) else float(value)
 
 
-def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with np.errstate(invalid="ignore"):
-        center = np.where(np.isfinite(x).any(axis=0), np.nanmean(np.where(np.isfinite(x), x, np.nan), axis=0), 0.0)
-        spread = np.nanstd(np.where(np.isfinite(x), x, np.nan), axis=0)
-    scale = np.where(np.isfinite(spread) & (spread > 1e-12), spread, 1.0)
+def _zscore(x: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Standardised values; a missing one (NaN) enters as the center, i.e. 0."""
     z = (x - center) / scale
-    return np.where(np.isfinite(z), z, 0.0), center, scale
+    return np.where(np.isfinite(z), z, 0.0)
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`x` from `_matrix`: every value is finite or NaN."""
+    with np.errstate(invalid="ignore"):
+        center = np.where(np.isfinite(x).any(axis=0), np.nanmean(x, axis=0), 0.0)
+        spread = np.nanstd(x, axis=0)
+    scale = np.where(np.isfinite(spread) & (spread > 1e-12), spread, 1.0)
+    return _zscore(x, center, scale), center, scale
 
 
 def _fit_on(rows: Sequence[ClusterRow], signals: Sequence[str], l2: float) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
@@ -198,8 +204,7 @@ def _fit_on(rows: Sequence[ClusterRow], signals: Sequence[str], l2: float) -> tu
 
 def _predict(rows: Sequence[ClusterRow], signals: Sequence[str], w: np.ndarray, b: float,
              center: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    z = (_matrix(rows, signals) - center) / scale
-    return _sigmoid(np.where(np.isfinite(z), z, 0.0) @ w + b)
+    return _sigmoid(_zscore(_matrix(rows, signals), center, scale) @ w + b)
 
 
 def _folds(items: Sequence[str], k: int, seed: int) -> list[set[str]]:
