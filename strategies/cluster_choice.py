@@ -14,13 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from strategies.cluster_features import Cluster, build_clusters
+from strategies.cluster_features import AnswerOf, Cluster, build_clusters
 from strategies.contract import Candidate, Message
 from strategies.learned_selection import SelectorState, rank_clusters
 from strategies.selection import Selection
 from strategies.settings import SelectionSettings
 
-AnswerOf = Callable[[Candidate], "str | None"]
 StateSource = Callable[[], SelectorState]
 
 

@@ -57,15 +57,10 @@ class Cluster:
         return self.key != NO_ANSWER
 
 
-def few_shot_turns(messages: Sequence[Message]) -> list[int]:
-    """Indices of the assistant turns that are few-shot examples (`strategies.variants.shot_pairs`)."""
-    return [assistant for _, assistant in shot_pairs(messages)]
-
-
 def shot_answers(messages: Sequence[Message], answer_of: AnswerOf) -> set[str]:
-    """The extracted answers of the request's few-shot assistant turns."""
+    """The extracted answers of the request's few-shot assistant turns (`strategies.variants.shot_pairs`)."""
     keys = set()
-    for i in few_shot_turns(messages):
+    for _, i in shot_pairs(messages):
         text = content_text(messages[i].get("content"))
         key = answer_of(Candidate(-1, "shot", {"role": "assistant", "content": text}))
         if key:
@@ -75,7 +70,10 @@ def shot_answers(messages: Sequence[Message], answer_of: AnswerOf) -> set[str]:
 
 def token_confidence(token_logprobs: Sequence[float] | None, window: int = CONF_WINDOW) -> tuple[float, float]:
     """(mean, lowest-window) confidence of one answer as probabilities; NaN without logprobs."""
-    values = np.array([float(x) for x in token_logprobs or () if x is not None and math.isfinite(float(x))])
+    # One conversion in numpy, not a Python loop: this runs for every candidate each round, and
+    # reasoning traces carry thousands of tokens. A missing logprob (None) becomes NaN and is dropped.
+    values = np.array(token_logprobs or (), dtype=float)
+    values = values[np.isfinite(values)]
     if values.size == 0:
         return math.nan, math.nan
     mean = float(np.exp(values.mean()))
@@ -129,10 +127,3 @@ def build_clusters(
         clusters.append(Cluster(key, tuple(members), min(rank)[2], features))
     clusters.sort(key=lambda c: (not c.answered, -len(c.members), c.members[0]))
     return clusters
-
-
-def cluster_of(clusters: Sequence[Cluster], index: int) -> Cluster:
-    for cluster in clusters:
-        if index in cluster.members:
-            return cluster
-    raise ValueError(f"candidate {index} is in no cluster")

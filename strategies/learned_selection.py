@@ -179,27 +179,29 @@ def _finite(value: float | None) -> float:
     return math.nan if value is None or not math.isfinite(value) else float(value)
 
 
-def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with np.errstate(invalid="ignore"):
-        center = np.where(np.isfinite(x).any(axis=0), np.nanmean(np.where(np.isfinite(x), x, np.nan), axis=0), 0.0)
-        spread = np.nanstd(np.where(np.isfinite(x), x, np.nan), axis=0)
-    scale = np.where(np.isfinite(spread) & (spread > 1e-12), spread, 1.0)
+def _zscore(x: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Standardised values; a missing one (NaN) enters as the center, i.e. 0."""
     z = (x - center) / scale
-    return np.where(np.isfinite(z), z, 0.0), center, scale
+    return np.where(np.isfinite(z), z, 0.0)
 
 
-def _fit_on(rows: Sequence[ClusterRow], signals: Sequence[str], l2: float) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
-    x = _matrix(rows, signals)
-    y = np.array([r.correct for r in rows], dtype=float)
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`x` from `_matrix`: every value is finite or NaN."""
+    with np.errstate(invalid="ignore"):
+        center = np.where(np.isfinite(x).any(axis=0), np.nanmean(x, axis=0), 0.0)
+        spread = np.nanstd(x, axis=0)
+    scale = np.where(np.isfinite(spread) & (spread > 1e-12), spread, 1.0)
+    return _zscore(x, center, scale), center, scale
+
+
+def _fit_on(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     z, center, scale = _standardise(x)
     w, b = fit_logistic(z, y, l2)
     return w, b, center, scale
 
 
-def _predict(rows: Sequence[ClusterRow], signals: Sequence[str], w: np.ndarray, b: float,
-             center: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    z = (_matrix(rows, signals) - center) / scale
-    return _sigmoid(np.where(np.isfinite(z), z, 0.0) @ w + b)
+def _predict(x: np.ndarray, w: np.ndarray, b: float, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return _sigmoid(_zscore(x, center, scale) @ w + b)
 
 
 def _folds(items: Sequence[str], k: int, seed: int) -> list[set[str]]:
@@ -239,29 +241,31 @@ def fit_selector(
     dropped = tuple(n for n in names if n not in signals)
     if not signals:
         raise NotFittable(f"no signal reaches probe AUROC {floor} (or {1 - floor:.2f} the other way)")
+    # The kept signals' matrix is built once and the folds index into it: rebuilding it from
+    # the rows for every fold and L2 was most of a fit's time.
+    x, labels = _matrix(rows, signals), y.astype(float)
     items = sorted({r.item for r in rows})
     k = min(folds, len(items))
     best_l2, best_loss = grid[0], math.inf
     held: dict[float, np.ndarray] = {}
     if k >= 2:
-        parts = _folds(items, k, seed)
+        tests = [np.array([r.item in part for r in rows]) for part in _folds(items, k, seed)]
         for l2 in grid:
             predicted = np.zeros(len(rows))
-            for part in parts:
-                train = [r for r in rows if r.item not in part]
-                test_idx = [i for i, r in enumerate(rows) if r.item in part]
-                if not train or not test_idx or len({r.correct for r in train}) < 2:
-                    predicted[test_idx] = float(np.mean([r.correct for r in train])) if train else 0.5
+            for test in tests:
+                train = ~test
+                if not train.any() or not test.any() or y[train].all() or not y[train].any():
+                    predicted[test] = float(labels[train].mean()) if train.any() else 0.5
                     continue
-                w, b, c, s = _fit_on(train, signals, l2)
-                predicted[test_idx] = _predict([rows[i] for i in test_idx], signals, w, b, c, s)
-            loss = log_loss(predicted, y.astype(float))
+                w, b, c, s = _fit_on(x[train], labels[train], l2)
+                predicted[test] = _predict(x[test], w, b, c, s)
+            loss = log_loss(predicted, labels)
             held[l2] = predicted
             if loss < best_loss - 1e-12:
                 best_l2, best_loss = l2, loss
-    w, b, center, scale = _fit_on(rows, signals, best_l2)
+    w, b, center, scale = _fit_on(x, labels, best_l2)
     if not math.isfinite(best_loss):
-        best_loss = log_loss(_predict(rows, signals, w, b, center, scale), y.astype(float))
+        best_loss = log_loss(_predict(x, w, b, center, scale), labels)
     cv_accuracy = _top_right(rows, held[best_l2]) if best_l2 in held else None
     votes = np.array([r.features.get("vote_share", 0.0) for r in rows], dtype=float)
     return LearnedSelector(

@@ -156,19 +156,15 @@ class FewShotVariant:
             order = order[1:] + order[:1]
         if self.drop_one and len(order) >= 3:
             order.pop(rng.randrange(len(order)))
-        pairs = [(out[u], out[a]) for u, a in slots]
-        placed: dict[int, list[Message]] = {}
-        for slot, source in zip(slots, order, strict=False):
-            placed[slot[0]] = list(pairs[source])
+        sources = [slots[j] for j in order]
+        placed = {u: [out[su], out[sa]] for (u, _), (su, sa) in zip(slots, sources, strict=False)}
+        in_slots = {i for slot in slots for i in slot}
         rebuilt: list[Message] = []
-        skip = {a for _, a in slots}
         for i, message in enumerate(out):
-            if i in skip:
-                continue
-            if any(i == u for u, _ in slots):
-                rebuilt.extend(placed.get(i, []))  # a slot past the kept examples stays empty
-                continue
-            rebuilt.append(message)
+            if i not in in_slots:
+                rebuilt.append(message)
+            else:  # an example's turns: its slot's new pair, or nothing past the kept examples
+                rebuilt.extend(placed.get(i, []))
         return rebuilt
 
 
