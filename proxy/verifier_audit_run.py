@@ -206,8 +206,10 @@ async def audit_verifier(
 @contextlib.asynccontextmanager
 async def connection_pool() -> AsyncIterator[httpx.AsyncClient]:
     """The pool serving opens per worker (proxy/app.py `lifespan`): litellm sends through it."""
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-    async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
+    from proxy.app import POOL_LIMITS
+    from proxy.stream_tap import connection_pool as serving_pool
+
+    async with serving_pool(POOL_LIMITS) as http:
         use_connection_pool(http)
         try:
             yield http
