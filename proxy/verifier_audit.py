@@ -133,22 +133,16 @@ def matches_family(family: str, domains: set[str]) -> bool:
 async def _audit(
     config: Any, router: Any, chosen: list[Any], pairs: list[Any], args: argparse.Namespace
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from proxy.verifier_audit_run import (
-        audit_verifier,
-        connection_pool,
-        progress_bar,
-        record_json,
-    )
+    from proxy.progress import Progress
+    from proxy.verifier_audit_run import audit_verifier, connection_pool, record_json
 
     verifiers, rows = [], []
     async with connection_pool() as http:  # one pool for the whole audit: litellm keeps its clients
         for target in chosen:
-            bar: Any = None if args.no_progress else progress_bar(len(pairs), f"audit {target.name}")
+            bar = None if args.no_progress else Progress(len(pairs), f"audit {target.name}")
             records = await audit_verifier(
                 router, target, pairs, http, args.concurrency, progress=bar.update if bar is not None else None
             )
-            if bar is not None:
-                bar.close()
             verifiers.append(_verifier_result(target, records))
             rows += [record_json(r, target.name) for r in records]
     return {"verifiers": verifiers}, rows
