@@ -106,7 +106,7 @@ def audit_command(args: argparse.Namespace) -> int:
 
 
 def _pairs(args: argparse.Namespace) -> tuple[list[Any], str, dict[str, dict[str, str]]]:
-    from proxy.verifier_audit_data import SOURCES, AuditDataError, builtin_pairs, load_pairs_file, select
+    from proxy.verifier_audit_data import SOURCES, AuditDataError, builtin_pairs, load_pairs_file, matches, select
 
     if args.pairs:
         pairs = load_pairs_file(args.pairs)
@@ -122,12 +122,9 @@ def _pairs(args: argparse.Namespace) -> tuple[list[Any], str, dict[str, dict[str
         known = ", ".join(sorted({p.domain for p in pairs}))
         raise AuditDataError(f"--domains {args.domains!r} matches no pairs; domains: {known}")
     used = {p.domain for p in picked}
-    sources = {family: s for family, s in sources.items() if family == "operator" or matches_family(family, used)}
+    sources = {family: s for family, s in sources.items()
+               if family == "operator" or any(matches(d, [family]) for d in used)}
     return picked, origin, sources
-
-
-def matches_family(family: str, domains: set[str]) -> bool:
-    return any(d == family or d.startswith(family + "_") for d in domains)
 
 
 async def _audit(

@@ -249,12 +249,6 @@ def builtin_pairs(root: Path | None = None) -> list[Pair]:
     return pairs
 
 
-def licences(root: Path | None = None) -> dict[str, str]:
-    """Each wheel's licence text, for the report, checked like the data."""
-    root = audit_data_dir() if root is None else root
-    return {w.requirement: read_checked(root, w, w.licence_file).decode("utf-8") for w in WHEELS}
-
-
 # ---- conversion -------------------------------------------------------------------------
 
 _IN_THE_IMAGE = re.compile(r"\s+(?:in|of|from) the image\b", re.IGNORECASE)

@@ -29,7 +29,6 @@ from proxy.verifier_audit_store import fingerprint
 from proxy.upstream import use_connection_pool
 from strategies.contract import Candidate, Message, Reply, RewardReply, VerifyContext, failure_cause
 from strategies.verifier_audit_stats import (
-    FLAGS,
     Decision,
     accuracy,
     agreement_with_others,
@@ -84,8 +83,8 @@ def targets(config: Config, router: Router, route: str | None = None, verifier: 
             names.add(spec.name)
             if spec.type not in AUDITED_KINDS or (verifier is not None and spec.name != verifier):
                 continue
-            key = f"{spec.name}/{fingerprint(config, spec)}"
-            target = found.setdefault(key, Target(built_verifier, fingerprint(config, spec)))
+            print_ = fingerprint(config, spec)
+            target = found.setdefault(f"{spec.name}/{print_}", Target(built_verifier, print_))
             target.routes.append(r.name)
     if verifier is not None and not found:
         raise AuditError(
@@ -367,4 +366,4 @@ def record_json(record: PairRecord, verifier_name: str) -> dict[str, Any]:
     }
 
 
-__all__ = ["AUDITED_KINDS", "FLAGS", "AuditError", "PairRecord", "Target", "audit_verifier", "summarize"]
+__all__ = ["AUDITED_KINDS", "AuditError", "PairRecord", "Target", "audit_verifier", "summarize"]
