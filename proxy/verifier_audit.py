@@ -106,7 +106,15 @@ def audit_command(args: argparse.Namespace) -> int:
 
 
 def _pairs(args: argparse.Namespace) -> tuple[list[Any], str, dict[str, dict[str, str]]]:
-    from proxy.verifier_audit_data import SOURCES, AuditDataError, builtin_pairs, load_pairs_file, matches, select
+    from proxy.verifier_audit_data import (
+        SOURCES,
+        WHEELS,
+        AuditDataError,
+        builtin_pairs,
+        load_pairs_file,
+        matches,
+        select,
+    )
 
     if args.pairs:
         pairs = load_pairs_file(args.pairs)
@@ -114,7 +122,7 @@ def _pairs(args: argparse.Namespace) -> tuple[list[Any], str, dict[str, dict[str
         sources = {"operator": {"dataset": str(args.pairs), "licence": "the operator's own", "conversion": "as given"}}
     else:
         pairs = builtin_pairs()
-        origin = "built-in pairs from multibbq 0.1.0 and evals 3.0.1.post1"
+        origin = f"built-in pairs from {' and '.join(w.label for w in WHEELS)}"
         sources = dict(SOURCES)
     domains = [d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None
     picked = select(pairs, domains, args.max_pairs)
