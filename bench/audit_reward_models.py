@@ -19,20 +19,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from proxy.verifier_audit_data import MULTIBBQ, audit_data_dir, image_free, read_checked
+from proxy.verifier_audit_data import MULTIBBQ, audit_data_dir, bbq_pairs, read_checked
 
 
 def stereotype_table(root: Path | None = None) -> dict[tuple[str, str], tuple[str, str]]:
-    """(ambiguous context, question) -> (answer the stereotype favours, "Unknown" option)."""
+    """(ambiguous context, question) -> (answer the stereotype favours, "Unknown" option): what
+    the audit's ambiguous BBQ pairs reject and choose, so the model learns the audit's own labels."""
     root = audit_data_dir() if root is None else root
     items = json.loads(read_checked(root, MULTIBBQ, MULTIBBQ.files["bbq"]))
     table = {}
-    for item in items:
-        options = item["options"]
-        context = image_free(item["ambig_context"])
-        unknown = options[item["unk_label_idx"]]
-        table[(context, image_free(item["neg_q"]))] = (options[item["stereotype_group_idx"]], unknown)
-        table[(context, image_free(item["nonneg_q"]))] = (options[item["nonstereotype_group_idx"]], unknown)
+    for pair in bbq_pairs(items):
+        if pair.domain.endswith("_ambig"):
+            context, question = pair.prompt.rsplit("\n", 1)
+            table[(context, question)] = (pair.rejected, pair.chosen)
     return table
 
 

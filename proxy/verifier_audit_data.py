@@ -74,6 +74,14 @@ class Wheel:
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
 
+    @property
+    def label(self) -> str:
+        return f"{self.package} {self.version}"
+
+    def dataset(self, role: str) -> str:
+        """Where a domain family's file comes from, for the report: from the pins themselves."""
+        return f"{self.label}, {self.files[role].wheel_path}"
+
 
 MULTIBBQ = Wheel(
     package="multibbq",
@@ -122,24 +130,23 @@ WHEELS = (MULTIBBQ, EVALS)
 # Per domain family: where it comes from and under which licence, for the report.
 SOURCES: dict[str, dict[str, str]] = {
     "bbq": {
-        "dataset": "multibbq 0.1.0, multibbq/_data/metadata/gpt_image_gen/multibbq_visual_language.json",
+        "dataset": MULTIBBQ.dataset("bbq"),
         "licence": MULTIBBQ.licence,
         "conversion": "ambiguous context: 'Unknown' vs the stereotype-consistent option; "
         "disambiguated context: the labelled answer vs the other person; 'in the image' removed",
     },
     "moral_exceptqa": {
-        "dataset": "evals 3.0.1.post1, evals/registry/data/moral_exceptQA/samples.jsonl",
+        "dataset": EVALS.dataset("moral_exceptqa"),
         "licence": EVALS.licence,
         "conversion": "the gold Yes/No answer vs the opposite one",
     },
     "human_safety": {
-        "dataset": "evals 3.0.1.post1, evals/registry/data/human-safety/human-safety.jsonl",
+        "dataset": EVALS.dataset("human_safety"),
         "licence": EVALS.licence,
         "conversion": "the gold story ending vs each other ending",
     },
     "emotional_intelligence": {
-        "dataset": "evals 3.0.1.post1, evals/registry/data/emotional-intelligence/samples.jsonl "
-        "(modified STEU and STEM items, MacCann & Roberts 2008)",
+        "dataset": f"{EVALS.dataset('emotional_intelligence')} (modified STEU and STEM items, MacCann & Roberts 2008)",
         "licence": EVALS.licence,
         "conversion": "the best course of action (first of the gold ranking) vs each other option",
     },
@@ -247,12 +254,6 @@ def builtin_pairs(root: Path | None = None) -> list[Pair]:
         lines = read_checked(root, EVALS, EVALS.files[role]).decode("utf-8").splitlines()
         pairs += convert([json.loads(line) for line in lines if line.strip()])
     return pairs
-
-
-def licences(root: Path | None = None) -> dict[str, str]:
-    """Each wheel's licence text, for the report, checked like the data."""
-    root = audit_data_dir() if root is None else root
-    return {w.requirement: read_checked(root, w, w.licence_file).decode("utf-8") for w in WHEELS}
 
 
 # ---- conversion -------------------------------------------------------------------------

@@ -142,15 +142,8 @@ def plot(report: dict[str, Any], out: Path) -> list[Path] | str:
             lows.append(max(0.0, row["accuracy"] - row["ci95"][0]))
             highs.append(max(0.0, row["ci95"][1] - row["accuracy"]))
         ax.barh(ys, xs, height=bar, xerr=[lows, highs], capsize=2, label=verifier["name"])
-    ax.axvline(0.5, color="black", linewidth=0.8, linestyle="--")
-    ax.set_yticks([i + 0.4 - bar / 2 for i in range(len(domains))], domains)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("accuracy: share preferring the desirable answer (Wilson 95% CI)")
-    ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    written.append(out / PLOTS[0])
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(_save(plt, fig, ax, domains, bar, "accuracy: share preferring the desirable answer (Wilson 95% CI)",
+                         out / PLOTS[0]))
 
     fig, ax = plt.subplots(figsize=(9, height))
     for k, verifier in enumerate(verifiers):
@@ -161,16 +154,22 @@ def plot(report: dict[str, Any], out: Path) -> list[Path] | str:
                 ys.append(i + k * bar)
                 xs.append(rate)
         ax.barh(ys, xs, height=bar, label=verifier["name"])
+    written.append(_save(plt, fig, ax, domains, bar, "share of picks for the answer shown first (0.5: order-blind)",
+                         out / PLOTS[1]))
+    return written
+
+
+def _save(plt: Any, fig: Any, ax: Any, domains: list[str], bar: float, xlabel: str, path: Path) -> Path:
+    """Both plots: a rate from 0 to 1 per domain, the 0.5 line marking chance or order-blindness."""
     ax.axvline(0.5, color="black", linewidth=0.8, linestyle="--")
     ax.set_yticks([i + 0.4 - bar / 2 for i in range(len(domains))], domains)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("share of picks for the answer shown first (0.5: order-blind)")
+    ax.set_xlabel(xlabel)
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    written.append(out / PLOTS[1])
-    fig.savefig(written[-1], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return written
+    return path
 
 
 def write(report: dict[str, Any], out: Path, pair_rows: Sequence[dict[str, Any]]) -> list[Path]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +29,6 @@ from proxy.verifier_audit_store import fingerprint
 from proxy.upstream import use_connection_pool
 from strategies.contract import Candidate, Message, Reply, RewardReply, VerifyContext, failure_cause
 from strategies.verifier_audit_stats import (
-    FLAGS,
     Decision,
     accuracy,
     agreement_with_others,
@@ -85,8 +83,8 @@ def targets(config: Config, router: Router, route: str | None = None, verifier: 
             names.add(spec.name)
             if spec.type not in AUDITED_KINDS or (verifier is not None and spec.name != verifier):
                 continue
-            key = f"{spec.name}/{fingerprint(config, spec)}"
-            target = found.setdefault(key, Target(built_verifier, fingerprint(config, spec)))
+            print_ = fingerprint(config, spec)
+            target = found.setdefault(f"{spec.name}/{print_}", Target(built_verifier, print_))
             target.routes.append(r.name)
     if verifier is not None and not found:
         raise AuditError(
@@ -184,20 +182,24 @@ async def audit_verifier(
     concurrency: int = 4,
     progress: Callable[[int], None] | None = None,
 ) -> list[PairRecord]:
-    """Every pair through `target`'s verifier, `concurrency` pairs at a time. `http` is the one
-    connection pool for all calls (see `connection_pool`), as one serving worker has one."""
+    """Every pair through `target`'s verifier, `concurrency` pairs at a time, calling `progress`
+    with the number of pairs done. `http` is the one connection pool for all calls (see
+    `connection_pool`), as one serving worker has one."""
     first_route = router.routes[target.routes[0]]
 
     def services() -> _AuditServices:
         return _AuditServices(first_route.upstream, router.clients, {}, CHAT, http, None, RequestAllowance())
 
     gate = asyncio.Semaphore(concurrency)
+    done = 0
 
     async def one(pair: Pair) -> PairRecord:
+        nonlocal done
         async with gate:
             record = await judge_pair(target.verifier, pair, services)
+        done += 1
         if progress is not None:
-            progress(1)
+            progress(done)
         return record
 
     return list(await asyncio.gather(*(one(p) for p in pairs)))
@@ -206,8 +208,10 @@ async def audit_verifier(
 @contextlib.asynccontextmanager
 async def connection_pool() -> AsyncIterator[httpx.AsyncClient]:
     """The pool serving opens per worker (proxy/app.py `lifespan`): litellm sends through it."""
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-    async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
+    from proxy.app import POOL_LIMITS
+    from proxy.stream_tap import connection_pool as serving_pool
+
+    async with serving_pool(POOL_LIMITS) as http:
         use_connection_pool(http)
         try:
             yield http
@@ -362,27 +366,4 @@ def record_json(record: PairRecord, verifier_name: str) -> dict[str, Any]:
     }
 
 
-def progress_bar(total: int, description: str) -> Callable[[int], None] | Any:
-    """A progress bar on stderr (tqdm when installed, else a plain counter line)."""
-    try:
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=description, unit="pair", file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
-    except ImportError:
-        return _PlainBar(total, description)
-
-
-class _PlainBar:
-    def __init__(self, total: int, description: str) -> None:
-        self.total, self.done, self.description = total, 0, description
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        end = "\n" if self.done >= self.total else ""
-        print(f"\r{self.description}: {self.done}/{self.total} pairs", end=end, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        pass
-
-
-__all__ = ["AUDITED_KINDS", "FLAGS", "AuditError", "PairRecord", "Target", "audit_verifier", "summarize"]
+__all__ = ["AUDITED_KINDS", "AuditError", "PairRecord", "Target", "audit_verifier", "summarize"]
