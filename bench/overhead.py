@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 import yaml
-from processes import ROOT, Child, free_port, start_proxy
+from processes import ROOT, Child, free_port, install_uvloop, start_proxy
 
 MODEL = "bench"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
@@ -359,12 +359,7 @@ def main() -> int:
     args = parser.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
 
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
 
     litellm_bin = None if args.no_litellm else find_litellm_proxy(args.litellm_proxy_bin)
     workdir = Path(tempfile.mkdtemp(prefix="rvr-overhead-"))

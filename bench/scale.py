@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from overhead import API_KEY, MODEL, LoadClient, Service, drive, percentile, start_upstream
-from processes import ROOT, free_port, start_proxy
+from processes import ROOT, free_port, install_uvloop, start_proxy
 
 BACKENDS = ("memory", "redis")
 DIRECT = "upstream alone"  # the ceiling: load generator and upstream with no proxy between them
@@ -115,6 +115,7 @@ defaults
   timeout connect 2s
   timeout client 60s
   timeout server 60s
+  timeout check 2s
   retries 3
   option redispatch 1
   retry-on conn-failure empty-response response-timeout
@@ -384,12 +385,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
     workdir = Path(tempfile.mkdtemp(prefix="rvr-scale-"))
     services: list[Service] = []
     started = time.time()

@@ -152,7 +152,7 @@ async def run_task(items: list[dict[str, Any]], seed: int, ns: Sequence[int]) ->
         fitted: list[LearnedSelector | None] = []
         for train in (1, 0):  # the model that selects on fold 0 is fitted on fold 1, and back
             try:
-                fitted.append(fit_selector([r for r in rows[train] if True]))
+                fitted.append(fit_selector(rows[train]))
             except NotFittable:
                 fitted.append(None)
         models[n] = [m.public() if m is not None else {} for m in fitted]

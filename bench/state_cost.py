@@ -13,20 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import socket
 import statistics
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
 
+from processes import free_port
 from proxy.scale_settings import StateSettings
 from proxy.shared_state import Counter, MemoryState, RedisState, SharedState
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def measure(state: SharedState, calls: int, repeats: int) -> dict[str, float]:

@@ -94,15 +94,6 @@ CALIBRATION_STATUS = Gauge(
 )
 GOLD_ITEMS = Gauge("rvr_gold_items", "Gold probe items in the route's window.", ["route"], multiprocess_mode="mostrecent")
 
-
-def render() -> tuple[bytes, str]:
-    """The exposition text, summed over workers in multiprocess mode."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
-
 # --- scale out: shared state and per-key limits (proxy/shared_state.py, proxy/limits.py) ---------
 
 # livemin: 0 as soon as any live worker cannot reach the state backend.
@@ -154,3 +145,12 @@ LOW_CONFIDENCE = Counter(
     "Client requests answered by the route's low-confidence fallback (another route, or abstention).",
     ["route", "action"],
 )
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text, summed over workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -113,7 +113,7 @@ backend proxies
 {servers}
 """)
         self.process = subprocess.Popen(
-            [need("haproxy"), "-f", str(config), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [need("haproxy"), "-f", str(config), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         wait_until(self._up, "haproxy did not start")
 
