@@ -67,9 +67,7 @@ def sim_utility(text: str, item: dict[str, Any]) -> float:
 async def sim_records(beta: float, items: int, seed: int, workdir: Path, concurrency: int) -> list[GoldRecord]:
     from proxy.app import Proxy
     from proxy.config import parse_config
-    from proxy.upstream import use_connection_pool
-    from proxy.stream_tap import connection_pool
-    import httpx
+    from proxy.upstream import litellm_pool
 
     probe_file = workdir / f"sim-{beta}.jsonl"
     task = f"discrete-b{beta}"
@@ -90,9 +88,8 @@ async def sim_records(beta: float, items: int, seed: int, workdir: Path, concurr
             }],
         }, {"SIM_KEY": "sk-sim"})
         proxy = Proxy(config)
-        async with connection_pool(httpx.Limits(max_keepalive_connections=64)) as http:
+        async with litellm_pool() as http:
             proxy.http = http
-            use_connection_pool(http)
             runner = proxy.probe_runner("sim-best")
             records: list[GoldRecord] = []
             queue = list(runner.items)
@@ -104,7 +101,6 @@ async def sim_records(beta: float, items: int, seed: int, workdir: Path, concurr
                     done = await asyncio.gather(*(runner.run_item(item) for item in batch), return_exceptions=True)
                     records += [r for r in done if isinstance(r, GoldRecord)]
                     bar.update(len(batch))
-            use_connection_pool(None)
     finally:
         sim.stop()
     return records

@@ -50,17 +50,15 @@ from proxy.requests import RequestBody, parse_body
 from proxy.responses import completion, new_id, rvr_body
 from proxy.routing import Route, Router
 from proxy.services import RequestServices
-from proxy.stream_tap import connection_pool
 from proxy.shared_learning import SharedLearning
 from proxy.shared_state import build_state
 from proxy.streaming import END, error_event, relay, replay, resumed
-from proxy.upstream import use_connection_pool
+from proxy.upstream import litellm_pool
 from strategies.contract import NoCandidatesError, Outcome, RequestNotServed, StrategyRequest
 
 log = logging.getLogger("rvr_proxy")
 T = TypeVar("T")
 KEEPALIVE_S = 2.0
-POOL_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=256)  # one pool per worker
 
 
 class Proxy:
@@ -414,13 +412,8 @@ def create_app(config: Config) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # One connection pool per worker for every upstream call, never one per call: litellm
-        # builds a fresh client for each text completion unless given one, and leaks its
-        # session (10,856 unclosed-session warnings in a 10-minute soak). Its event streams are
-        # tapped (proxy.stream_tap), so a passthrough stream relays the upstream's own chunks.
-        async with connection_pool(POOL_LIMITS) as http:
+        async with litellm_pool() as http:
             proxy.http = http
-            use_connection_pool(http)
             await proxy.state.start()  # never fails: an unreachable Redis means memory until it answers
             proxy.drain.install()
             probing = [asyncio.ensure_future(runner.loop(proxy.idle)) for runner in proxy.background_probes()]
@@ -430,7 +423,6 @@ def create_app(config: Config) -> FastAPI:
                 for task in probing:
                     task.cancel()
                 await asyncio.gather(*probing, return_exceptions=True)
-                use_connection_pool(None)
                 await proxy.state.close()
 
     # No slash redirects: a redirect is built from the client's Host header, before auth.

@@ -74,21 +74,16 @@ def _fraction(value: float | None) -> str:
 
 async def _run(config: Config, route: str, items: int | None, out: Path | None) -> int:
     # litellm's import is slow; only commands that call upstreams pay it
-    from proxy.app import POOL_LIMITS, Proxy
-    from proxy.stream_tap import connection_pool
-    from proxy.upstream import use_connection_pool
+    from proxy.app import Proxy
+    from proxy.upstream import litellm_pool
 
     proxy = Proxy(config)
-    async with connection_pool(POOL_LIMITS) as http:  # the pool serving uses, so probes call upstreams alike
+    async with litellm_pool() as http:  # the pool serving uses, so probes call upstreams alike
         proxy.http = http
-        use_connection_pool(http)
-        try:
-            runner = proxy.probe_runner(route)
-            count = items if items is not None else len(runner.items)
-            bar = Progress(count, f"probing {route}")
-            summary = await runner.run(count, on_item=lambda s: bar.update(s.attempted, f"{s.tokens} tokens"))
-        finally:
-            use_connection_pool(None)
+        runner = proxy.probe_runner(route)
+        count = items if items is not None else len(runner.items)
+        bar = Progress(count, f"probing {route}")
+        summary = await runner.run(count, on_item=lambda s: bar.update(s.attempted, f"{s.tokens} tokens"))
     calibration = proxy.calibration[route].snapshot()
     print(table(summary, calibration))
     if route in proxy.selection:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,7 +28,7 @@ from proxy.config import UpstreamSettings
 from proxy.errors import CallCeilingReached, ProxyError, UpstreamFailed, UpstreamRejected, UpstreamTimedOut
 from proxy.allowance import CURRENT
 from proxy.secrets import Redactor
-from proxy.stream_tap import ACTIVE, Tap
+from proxy.stream_tap import ACTIVE, Tap, connection_pool
 from proxy.upstream_errors import translate
 from strategies.contract import Message, Usage
 
@@ -39,9 +40,23 @@ OPERATOR_KEYS = frozenset({"model", "api_base", "base_url", "api_key", "api_vers
 RESPONSE_FIELDS = ("system_fingerprint", "service_tier")
 
 
-def use_connection_pool(client: httpx.AsyncClient | None) -> None:
-    """Make litellm send through `client` (it reads the module-level `aclient_session`)."""
-    litellm.aclient_session = client
+# One pool per worker for every upstream call, never one per call: litellm builds a fresh
+# client for each text completion unless given one, and leaks its session (10,856
+# unclosed-session warnings in a 10-minute soak).
+POOL_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+
+
+@asynccontextmanager
+async def litellm_pool(limits: httpx.Limits = POOL_LIMITS) -> AsyncIterator[httpx.AsyncClient]:
+    """The connection pool litellm sends every upstream call through while this is open (it
+    reads the module-level `aclient_session`). Its event streams are tapped (proxy.stream_tap),
+    so a passthrough stream relays the upstream's own chunks."""
+    async with connection_pool(limits) as http:
+        litellm.aclient_session = http
+        try:
+            yield http
+        finally:
+            litellm.aclient_session = None
 
 
 class Transport(Protocol):

@@ -139,10 +139,11 @@ async def _audit(
     config: Any, router: Any, chosen: list[Any], pairs: list[Any], args: argparse.Namespace
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from proxy.progress import Progress
-    from proxy.verifier_audit_run import audit_verifier, connection_pool, record_json
+    from proxy.upstream import litellm_pool
+    from proxy.verifier_audit_run import audit_verifier, record_json
 
     verifiers, rows = [], []
-    async with connection_pool() as http:  # one pool for the whole audit: litellm keeps its clients
+    async with litellm_pool() as http:  # one pool for the whole audit: litellm keeps its clients
         for target in chosen:
             bar = None if args.no_progress else Progress(len(pairs), f"audit {target.name}")
             records = await audit_verifier(

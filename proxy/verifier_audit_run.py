@@ -11,9 +11,8 @@ cache. A judge is given all its templates (`add_views`) so that each configured 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +25,6 @@ from proxy.routing import Router
 from proxy.services import RequestServices
 from proxy.verifier_audit_data import Pair
 from proxy.verifier_audit_store import fingerprint
-from proxy.upstream import use_connection_pool
 from strategies.contract import Candidate, Message, Reply, RewardReply, VerifyContext, failure_cause
 from strategies.verifier_audit_stats import (
     Decision,
@@ -184,7 +182,7 @@ async def audit_verifier(
 ) -> list[PairRecord]:
     """Every pair through `target`'s verifier, `concurrency` pairs at a time, calling `progress`
     with the number of pairs done. `http` is the one connection pool for all calls (see
-    `connection_pool`), as one serving worker has one."""
+    `proxy.upstream.litellm_pool`), as one serving worker has one."""
     first_route = router.routes[target.routes[0]]
 
     def services() -> _AuditServices:
@@ -203,20 +201,6 @@ async def audit_verifier(
         return record
 
     return list(await asyncio.gather(*(one(p) for p in pairs)))
-
-
-@contextlib.asynccontextmanager
-async def connection_pool() -> AsyncIterator[httpx.AsyncClient]:
-    """The pool serving opens per worker (proxy/app.py `lifespan`): litellm sends through it."""
-    from proxy.app import POOL_LIMITS
-    from proxy.stream_tap import connection_pool as serving_pool
-
-    async with serving_pool(POOL_LIMITS) as http:
-        use_connection_pool(http)
-        try:
-            yield http
-        finally:
-            use_connection_pool(None)
 
 
 # ---- summarizing ------------------------------------------------------------------------
