@@ -652,11 +652,11 @@ def _generation(endpoint: Endpoint, auth: bool, max_body_bytes: int | None, mode
     return operation
 
 
-def _status(value: str) -> dict[str, Any]:
+def _status(*values: str) -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["status"],
-        "properties": {"status": {"const": value}},
+        "properties": {"status": {"const": values[0]} if len(values) == 1 else {"enum": list(values)}},
         "additionalProperties": False,
     }
 
@@ -707,7 +707,9 @@ def _model_path(routes: Sequence[str], auth: bool) -> dict[str, Any]:
 def _service_paths(routes: Sequence[str], auth: bool, metrics_auth: bool) -> dict[str, Any]:
     """The paths beside generation: models, health, readiness, metrics, this document."""
     models = _json({"$ref": _REF.format(model="ModelList")}, "The routes this proxy serves, as models.")
-    ready = {"200": _json(_status("ready"), "Ready to serve."), "503": _json(_status("starting"), "Still starting.")}
+    ready = {"200": _json(_status("ready"), "Ready to serve."), "503": _json(
+        _status("starting", "draining"), "Still starting, or draining after SIGTERM (proxy/drain.py)."
+    )}
     metrics = {
         "description": "Prometheus metrics in the text exposition format.",
         "content": {"text/plain": {"schema": _STRING}},
