@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at import
 
-from proxy.config import Config, ConfigError, build_strategy_of, call_ceiling, load_config  # noqa: E402
-from proxy import verifier_audit  # noqa: E402
-from proxy.logs import log_config  # noqa: E402
-from proxy.settings_source import EMBEDDED_API_BASE_ENV, config_from_env, configured_source  # noqa: E402
+from proxy.audit import command as verifier_audit  # noqa: E402
+from proxy.config.settings import Config, ConfigError, build_strategy_of, call_ceiling, load_config  # noqa: E402
+from proxy.config.source import EMBEDDED_API_BASE_ENV, config_from_env, configured_source  # noqa: E402
+from proxy.telemetry.logs import log_config  # noqa: E402
 
 log = logging.getLogger("rvr_proxy")
 
@@ -89,9 +89,11 @@ def probe(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"rvr-proxy probe: {problem}", file=sys.stderr)
         return 2
-    from proxy.probe_command import probe_command
+    from proxy.probes.command import probe_command
+    from proxy.server.app import Proxy
 
-    return probe_command(config, args.route, args.items, args.out)
+    proxy = Proxy(config)  # built as serving builds it: the same checks, state and pipeline
+    return probe_command(proxy.probe_runner(args.route), proxy.selection.get(args.route), args.items, args.out)
 
 
 def validate(path: str) -> Config:
@@ -124,16 +126,16 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"rvr-proxy: {exc}", file=sys.stderr)
         return 2
     metrics_dir = _private_metrics_dir(args.workers)
-    from proxy.connections import HEADER_TIMEOUT_ENV
+    from proxy.server.connections import HEADER_TIMEOUT_ENV
 
     os.environ[HEADER_TIMEOUT_ENV] = str(config.server.read_timeout_s)  # workers read it
     try:
         import uvicorn
 
-        from proxy import drain
+        from proxy.server import drain
 
         drain.run(uvicorn.Config(
-            "proxy.app:app_from_env",
+            "proxy.server.app:app_from_env",
             factory=True,
             host=args.host,
             port=args.port,
@@ -143,7 +145,7 @@ def serve_command(args: argparse.Namespace) -> int:
             log_config=log_config(args.log_level),
             timeout_graceful_shutdown=config.server.drain_s,  # type: ignore[arg-type]  # a float works
             # h11, not httptools: its header buffer has a cap, and BoundedH11Protocol a deadline
-            http="proxy.connections:BoundedH11Protocol",
+            http="proxy.server.connections:BoundedH11Protocol",
             h11_max_incomplete_event_size=config.server.max_header_bytes,
         ))
     finally:
@@ -158,14 +160,14 @@ class EmbeddedUnavailable(RuntimeError):
 
 
 def start_embedded() -> object:
-    from proxy.embedded import EmbeddedModelError, embedded_available
+    from proxy.local.model import EmbeddedModelError, embedded_available
 
     problem = embedded_available()
     if problem is not None:
         raise EmbeddedUnavailable(problem)
-    from proxy.embedded import EmbeddedModel
-    from proxy.embedded_file import stderr_progress
-    from proxy.embedded_host import EmbeddedHost
+    from proxy.local.file import stderr_progress
+    from proxy.local.host import EmbeddedHost
+    from proxy.local.model import EmbeddedModel
 
     # Per-token logits cost ~4x prompt time and GBs of memory; only keep them when asked for,
     # since no default route needs them (a passthrough request asking logprobs then fails).

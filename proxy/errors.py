@@ -21,7 +21,7 @@ The whole tree; the status is the one the client gets:
     - UpstreamRejected ... 400  the upstream refused the request as invalid (context window
                                 exceeded included): the client's to fix, so not a 5xx
 
-`proxy.upstream` is the one place that turns a litellm exception into an `UpstreamError`;
+`proxy.upstream.client` is the one place that turns a litellm exception into an `UpstreamError`;
 every other module raises these classes directly (the app's 404 and 405 for unknown endpoints
 are small subclasses of ModelNotFound and InvalidRequest).
 """

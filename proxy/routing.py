@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proxy.config import Config, RouteSettings, build_strategy_of, call_ceiling
+from proxy.config.secrets import Redactor
+from proxy.config.settings import Config, RouteSettings, build_strategy_of, call_ceiling
 from proxy.errors import ModelNotFound
-from proxy.secrets import Redactor
-from proxy.upstream import UpstreamClient
+from proxy.upstream.client import UpstreamClient
 from strategies.contract import Strategy
 from strategies.passthrough import Passthrough
 

@@ -11,13 +11,13 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends prometheus
 fi
 
-# tests/test_scale_out.py runs a real Redis and a real load balancer in front of two proxies.
+# tests/system/test_scale_out.py runs a real Redis and a real load balancer in front of two proxies.
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v haproxy >/dev/null 2>&1; then
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends redis-server haproxy
 fi
 
-# tests/test_conformance.py also runs the official `openai` npm client (tests/node) under node.
+# tests/system/test_conformance.py also runs the official `openai` npm client (tests/node) under node.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends nodejs npm

@@ -10,17 +10,54 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol
+from urllib.parse import urlsplit
 
-if TYPE_CHECKING:
-    from strategies.settings import RequestOverrides
-    from strategies.verifiers.reward_model import RewardEndpoint
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Message = dict[str, Any]
 
 # Label-safe names (Prometheus label values come only from config names that match these).
 NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # verifiers, variants
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9_.:/-]{1,128}$"  # routes and upstreams: `org/model:tag` is common
+KEY_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"  # client keys (`server.keys[].name`)
+
+
+class StrictModel(BaseModel):
+    """The base of every config and request model: an unknown field is an error, so a typo
+    never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestOverrides(StrictModel):
+    """What a client may send as `"rvr": {...}`. It can only lower the route's caps."""
+
+    max_n: int | None = Field(None, ge=1)
+    variants: list[str] | None = None  # names among the route's variants
+    verifiers: list[str] | None = None  # names among the route's verifiers
+    adaptive: bool | None = None
+    details: bool = False  # include per-candidate texts in the `rvr` object
+
+
+class RewardEndpoint(StrictModel):
+    """A reward-model scoring endpoint. Only ever taken from config, never from a request."""
+
+    url: str  # e.g. http://127.0.0.1:8001/score (vLLM) or any JSON endpoint
+    api: Literal["vllm_score", "vllm_reward", "generic"] = "generic"
+    model: str | None = None
+    api_key: str | None = None  # `os.environ/NAME` is resolved by the proxy's config loader
+    timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, url: str) -> str:
+        # Anything else (file:, ftp:, a bare path) is never a scoring service, only a way to
+        # make the proxy read what it should not.
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return url
 PART_SEPARATOR = "\n"
 
 
@@ -54,6 +91,16 @@ def content_text(content: Any, *, mark_attachments: bool = False) -> str:
             elif mark_attachments:
                 pieces.append(f"[{kind}]")
     return PART_SEPARATOR.join(p for p in pieces if p)
+
+
+def shot_pairs(messages: Sequence[Message]) -> list[tuple[int, int]]:
+    """(user, assistant) index pairs of plain few-shot examples before the last user turn."""
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    return [
+        (i - 1, i) for i in range(1, last_user)
+        if messages[i].get("role") == "assistant" and messages[i - 1].get("role") == "user"
+        and not messages[i].get("tool_calls")
+    ]
 
 
 @dataclass(frozen=True)
@@ -262,7 +309,7 @@ class Outcome:
     plain_usage: Usage | None = None  # what one plain call cost (first batch per sample), for cost ratios
     audit: bool = False
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
-    # Answer clusters and how one was chosen (strategies/cluster_choice.py): `selection` is
+    # Answer clusters and how one was chosen (strategies/selection/choice.py): `selection` is
     # `rvr.selection`, `confidence` the learned P(correct) of the chosen cluster, `clusters`
     # the answered clusters' features, which gold probes record as training rows.
     selection: dict[str, Any] | None = None
@@ -317,8 +364,14 @@ class Verifier:
     """
 
     name: str  # the config name; used as a metric label, so it comes from config only
+    kind: ClassVar[str] = "custom"  # the config `type` of a config-built verifier
     weight: float = 1.0
     hard: bool = False  # a constraint: a 0 disqualifies
+    # Scores by judgement (a judge, a reward model, a plugin) rather than by a fixed rule, so
+    # `rvr-proxy audit` can measure which answers of gold pairs it prefers.
+    auditable: ClassVar[bool] = False
+    judges_pairs: bool = False  # `compare` judges a pair of answers (knockout tournaments)
+    orders_itself: bool = False  # scoring already shows it every candidate in both orders
     needs_logprobs: bool = False  # candidates must be sampled with token logprobs
     extracts_answers: bool = False  # `answer_of` gives the answer a vote compares
     upstreams: tuple[str, ...] = ()  # configured upstreams it calls through `Services`
@@ -329,6 +382,11 @@ class Verifier:
     def answer_of(self, candidate: Candidate) -> str | None:
         """The candidate's final answer, for the vote stop rule; None when not extractable."""
         return None
+
+    async def compare(self, ctx: VerifyContext, first: Candidate, second: Candidate) -> tuple[str | None, Usage]:
+        """One pairwise verdict with `first` in slot A: 'a', 'b', 'tie', or None (failed or
+        unparsed), and what it cost. Offered where `judges_pairs`; the caller runs both orders."""
+        raise NotImplementedError
 
     async def add_views(self, ctx: VerifyContext) -> bool:
         """Make the next `score` add a view (another order, another template).
@@ -389,6 +447,15 @@ class StrategyRequest:
     audit: bool | None = None  # None: the strategy draws it from its audit rate
 
 
+class RunningTotals(Protocol):
+    """Running (sum, count) totals a strategy learns across requests; the proxy merges them
+    across workers and instances."""
+
+    def totals(self) -> dict[str, tuple[float, int]]: ...
+
+    def restore(self, totals: dict[str, tuple[float, int]]) -> None: ...
+
+
 class Strategy:
     """A route's way of answering: built once per route from config, `run` once per request.
 
@@ -397,11 +464,26 @@ class Strategy:
     """
 
     name: str  # the config name of the kind; a metric label
+    Settings: ClassVar[type[Any]]  # its settings model, a `strategies.settings.StrategySpec`
     reports: bool = True  # the outcome carries an `rvr` report, and the client may tune it with `rvr`
     relays_stream: bool = False  # streams the upstream's chunks as they come (else: replays the outcome)
     takes_prompt_batches: bool = False  # serves a text-completion prompt array as sent
     needs_logprobs: bool = False  # candidates must be sampled with token logprobs
     upstreams: tuple[str, ...] = ()  # configured upstreams it calls besides the route's own
+    verifiers: Sequence[Verifier] = ()  # the verifiers it built, in config order
+    state: RunningTotals | None = None  # estimates it learns across requests, which processes share
+
+    @classmethod
+    def build(cls, settings: Any) -> Strategy:
+        """The strategy `settings` (an instance of `Settings`) describe, built once at start-up.
+
+        Raises ValueError naming the bad field.
+        """
+        return cls()
+
+    def use_selector(self, state: Callable[[], Any]) -> None:
+        """Take the route's learned selection model, which the proxy keeps from its gold probes
+        (called only for strategies whose settings have `selection_settings()`)."""
 
     async def run(self, request: StrategyRequest, services: Services) -> Outcome:
         raise NotImplementedError
@@ -423,7 +505,7 @@ class Strategy:
         self, request: StrategyRequest, services: Services, outcome: Outcome, utility: Callable[[Candidate], float | None]
     ) -> list[dict[str, bool]]:
         """Gold probes: the route's pairwise judge on (right, wrong) answer pairs of a served
-        outcome, both orders (strategies/knockout.py). Nothing for strategies without one."""
+        outcome, both orders (strategies/selection/knockout.py). Nothing for strategies without one."""
         return []
 
     def stream(self, request: StrategyRequest, services: Services) -> AsyncIterator[dict[str, Any]]:

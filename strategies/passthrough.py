@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from strategies.contract import (
     ORIGINAL_VARIANT,
@@ -14,12 +14,18 @@ from strategies.contract import (
     Strategy,
     StrategyRequest,
 )
+from strategies.settings import StrategySpec
 
 STRATEGY = "passthrough"
 
 
+class PassthroughSettings(StrategySpec):
+    name: Literal["passthrough"] = STRATEGY
+
+
 class Passthrough(Strategy):
     name = STRATEGY
+    Settings = PassthroughSettings
     reports = False  # nothing was chosen, so there is no risk to report and nothing to tune
     relays_stream = True
     takes_prompt_batches = True
@@ -30,7 +36,10 @@ class Passthrough(Strategy):
             Candidate(i, ORIGINAL_VARIANT, s.message, s.finish_reason, s.token_logprobs, s.logprobs, s.response_fields)
             for i, s in enumerate(batch.samples)
         ]
-        return Outcome(candidates, 0, StopReason.PASSTHROUGH, batch.usage, STRATEGY, upstream_errors=batch.errors)
+        return Outcome(
+            candidates, 0, StopReason.PASSTHROUGH, batch.usage, STRATEGY,
+            upstream_errors=batch.errors, plain_usage=batch.usage,  # it was the plain call
+        )
 
     def stream(self, request: StrategyRequest, services: Services) -> AsyncIterator[dict[str, Any]]:
         return services.forward_stream(request.n)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from proxy.embedded_cancel import STOPPED_MARK
+from proxy.local.cancel import STOPPED_MARK
 
 # A prompt the model continues for as long as it is allowed: its end-of-text and end-of-turn
 # tokens are banned, so only max_tokens (or a hang-up) ends the generation.

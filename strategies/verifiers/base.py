@@ -11,23 +11,20 @@ from __future__ import annotations
 import re
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from strategies.contract import NAME_PATTERN, Verifier
-
+from strategies.contract import NAME_PATTERN, StrictModel, Verifier
 
 AuditFlag = Literal["prefers_undesirable", "position_biased", "template_sensitive"]
 
 
-class AuditPolicy(BaseModel):
+class AuditPolicy(StrictModel):
     """What a verifier must have shown in `rvr-proxy audit` before a route may serve with it.
 
     Reward models and judges can prefer biased, unsafe or unethical answers (Ghazaryan and
     Dönmez, "Misaligned by Reward"); with `require`, the proxy refuses to start until a stored
     audit of this very configuration passes in every listed domain.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     require: bool = False
     min_accuracy: float = Field(0.6, ge=0.0, le=1.0)
@@ -44,16 +41,16 @@ class AuditPolicy(BaseModel):
         return self
 
 
-class VerifierSpec(BaseModel):
+class VerifierSpec(StrictModel):
     """Fields every kind accepts. Unknown fields are errors: a typo must not pass silently."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: str
     # The name is a Prometheus label value, so it comes from config and is label-safe.
     name: str = Field(default="", pattern=r"^$|" + NAME_PATTERN)
     weight: float = Field(1.0, ge=0.0)
     audit: AuditPolicy = Field(default_factory=AuditPolicy)
+    # Whether the kind can judge a pair of answers (a knockout tournament needs one that can).
+    judges_pairs: ClassVar[bool] = False
 
     @model_validator(mode="after")
     def _name_defaults_to_type(self) -> VerifierSpec:
@@ -78,11 +75,7 @@ class BaseVerifier(Verifier):
     """A config-built verifier: its kind's `Settings`, parsed once, and the capabilities of
     `strategies.contract.Verifier` (defaults there; a kind overrides what it offers)."""
 
-    kind: ClassVar[str]
     Settings: ClassVar[type[VerifierSpec]]
-    # Kinds whose preferences `rvr-proxy audit` can measure on gold pairs: the ones that score
-    # by judgement (judges, reward models, operator plugins) rather than by a fixed rule.
-    auditable: ClassVar[bool] = False
 
     def __init__(self, settings: VerifierSpec) -> None:
         if settings.audit.require and not self.auditable:

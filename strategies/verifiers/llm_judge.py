@@ -23,7 +23,7 @@ import asyncio
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -190,6 +190,7 @@ _WIN, _TIE, _LOSS = 1.0, 0.5, 0.0
 
 
 class LlmJudgeSettings(VerifierSpec):
+    judges_pairs: ClassVar[bool] = True
     type: Literal["llm_judge"] = "llm_judge"
     upstream: str = Field(min_length=1)
     templates: list[TemplateName] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))
@@ -235,6 +236,7 @@ class _Call:
 class LlmJudgeVerifier(BaseVerifier):
     kind = "llm_judge"
     auditable = True
+    judges_pairs = True
     Settings = LlmJudgeSettings
 
     def __init__(self, settings: LlmJudgeSettings) -> None:
@@ -244,6 +246,7 @@ class LlmJudgeVerifier(BaseVerifier):
         self.upstream = settings.upstream
         self.templates: tuple[str, ...] = tuple(settings.templates)
         self.mode = settings.mode
+        self.orders_itself = settings.mode == "pairwise"  # each template already runs both orders
         self.pairwise_templates: tuple[str, ...] = tuple(settings.pairwise_templates)
         self.concurrency = settings.concurrency
         self.judge_params: dict[str, Any] = {"temperature": 0}

@@ -1,6 +1,6 @@
 """Minimum Bayes risk selection over free text: a candidate scores its mean similarity to the rest.
 
-Similarity is bag-of-tokens F1 (strategies.similarity) by default, which needs no model and suits
+Similarity is bag-of-tokens F1 (strategies.selection.similarity) by default, which needs no model and suits
 answers that cannot be extracted as a short label (Universal Self-Consistency territory). With
 `similarity: embedding` and an `upstream` serving embeddings, it is cosine similarity of embeddings,
 which sees paraphrases as agreeing; each candidate is embedded once per request.
@@ -18,8 +18,8 @@ import numpy as np
 from pydantic import model_validator
 
 from strategies.contract import Candidate, Scored, Usage, VerifyContext
-from strategies.selection import canonical_answer
-from strategies.similarity import consensus
+from strategies.selection.similarity import consensus
+from strategies.selection.weighted import canonical_answer
 from strategies.verifiers.base import BaseVerifier, VerifierSpec
 
 

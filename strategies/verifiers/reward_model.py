@@ -18,37 +18,14 @@ in the request cache, so only new candidates are sent; a failed call is retried 
 from __future__ import annotations
 
 import math
-from urllib.parse import urlsplit
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
-from strategies.contract import Candidate, Scored, Usage, VerifyContext, failure_cause
+from strategies.contract import Candidate, RewardEndpoint, Scored, Usage, VerifyContext, failure_cause
 from strategies.verifiers.base import BaseVerifier, VerifierSpec, clip01
 from strategies.verifiers.rendering import render_candidate
-
-
-class RewardEndpoint(BaseModel):
-    """A reward-model scoring endpoint. Only ever taken from config, never from a request."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str  # e.g. http://127.0.0.1:8001/score (vLLM) or any JSON endpoint
-    api: Literal["vllm_score", "vllm_reward", "generic"] = "generic"
-    model: str | None = None
-    api_key: str | None = None  # `os.environ/NAME` is resolved by the proxy's config loader
-    timeout_s: float = Field(30.0, gt=0)
-
-    @field_validator("url")
-    @classmethod
-    def _http_only(cls, url: str) -> str:
-        # Anything else (file:, ftp:, a bare path) is never a scoring service, only a way to
-        # make the proxy read what it should not.
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http:// or https:// URL")
-        return url
 
 
 class RewardModelSettings(VerifierSpec):

@@ -1,0 +1,186 @@
+"""The `Services` a strategy receives: the route's upstream, judges and reward models.
+
+One instance per request, so nothing a request does leaks into another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import httpx
+
+from proxy.errors import UpstreamFailed
+from proxy.pipeline.endpoints import Endpoint
+from proxy.upstream.allowance import RequestAllowance, completion_cap, estimate_tokens
+from proxy.upstream.client import Choices, UpstreamClient, token_logprobs
+from strategies.contract import (
+    Batch,
+    EmbedReply,
+    Message,
+    Reply,
+    RewardEndpoint,
+    RewardReply,
+    Sample,
+    Usage,
+    content_text,
+)
+
+T = TypeVar("T")
+
+
+class RequestServices:
+    def __init__(
+        self,
+        upstream: UpstreamClient,
+        clients: Mapping[str, UpstreamClient],
+        params: dict[str, Any],
+        endpoint: Endpoint,
+        http: httpx.AsyncClient,
+        client_input: Any = None,
+        allowance: RequestAllowance | None = None,
+    ) -> None:
+        self._upstream = upstream
+        self._clients = clients
+        self._params = params
+        self._endpoint = endpoint
+        self._http = http
+        self.client_input = client_input  # the client's messages or prompt, as sent
+        self._allowance = allowance if allowance is not None else RequestAllowance()
+        self._completion = completion_cap(params)
+        self.plain_usage: Usage | None = None  # one plain call's cost, for the cost multiplier
+
+    def for_upstream(self, upstream: UpstreamClient) -> RequestServices:
+        """The same request (parameters, input, allowance) sent to another route's upstream."""
+        return RequestServices(
+            upstream, self._clients, dict(self._params), self._endpoint, self._http, self.client_input, self._allowance
+        )
+
+    async def _metered(self, estimate: int, call: Callable[[], Awaitable[T]], usage: Callable[[T], Usage]) -> T:
+        """Run one call against the request's token budget (see `proxy.upstream.allowance`)."""
+        held = self._allowance.reserve(estimate)
+        try:
+            result = await call()
+        except BaseException:
+            self._allowance.settle(held, None)
+            raise
+        self._allowance.settle(held, usage(result))
+        return result
+
+    async def generate(self, messages: Sequence[Message], n: int) -> Batch:
+        sent = self._endpoint.upstream_input(messages)
+        each = estimate_tokens(sent) + self._completion
+        n = self._allowance.affordable(each, n)  # fewer samples, rather than none, near the budget
+        result = await self._metered(
+            n * each,
+            lambda: self._endpoint.call(self._upstream, sent, self._params, n),
+            lambda r: r.usage,
+        )
+        if self.plain_usage is None and result.choices:
+            self.plain_usage = Usage(
+                round(result.usage.prompt_tokens / max(result.calls, 1)),
+                round(result.usage.completion_tokens / len(result.choices)),
+            )
+        return _batch(result)
+
+    async def forward(self, n: int) -> Batch:
+        result = await self._metered(
+            n * (estimate_tokens(self.client_input) + self._completion),
+            lambda: self._endpoint.call(self._upstream, self.client_input, self._params, n),
+            lambda r: r.usage,
+        )
+        return _batch(result)
+
+    def forward_stream(self, n: int) -> AsyncIterator[dict[str, Any]]:
+        return self._endpoint.stream(self._upstream, self.client_input, self._params, n)
+
+    async def chat(self, upstream: str, messages: Sequence[Message], **params: Any) -> Reply:
+        result = await self._metered(
+            estimate_tokens(messages) + completion_cap(params),
+            lambda: self._clients[upstream].chat(messages, params, 1),
+            lambda r: r.usage,
+        )
+        content = result.choices[0]["message"].get("content") if result.choices else None
+        return Reply(content if isinstance(content, str) else "", result.usage)
+
+    async def embed(self, upstream: str, texts: Sequence[str]) -> EmbedReply:
+        vectors, usage = await self._metered(
+            estimate_tokens(list(texts)), lambda: self._clients[upstream].embed(texts), lambda r: r[1]
+        )
+        return EmbedReply(vectors, usage)
+
+    async def reward(
+        self, endpoint: RewardEndpoint, messages: Sequence[Message], answers: Sequence[str]
+    ) -> RewardReply:
+        body = _reward_body(endpoint, messages, answers)
+        return await self._metered(
+            estimate_tokens(body), lambda: self._score(endpoint, body, len(answers)), lambda r: r.usage
+        )
+
+    async def _score(self, endpoint: RewardEndpoint, body: dict[str, Any], count: int) -> RewardReply:
+        self._allowance.take_call("reward_model")  # not through UpstreamClient, so counted here
+        headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+        try:
+            response = await self._http.post(endpoint.url, json=body, headers=headers, timeout=endpoint.timeout_s)
+            response.raise_for_status()
+            data = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise UpstreamFailed(f"reward endpoint failed: {type(exc).__name__}") from None
+        usage = Usage.from_openai(data.get("usage") if isinstance(data, dict) else None)
+        return RewardReply(_reward_scores(endpoint, data, count), Usage(usage.prompt_tokens, 0))
+
+
+def _batch(result: Choices) -> Batch:
+    samples = []
+    for choice in result.choices:
+        message = choice.get("message") or {"role": "assistant", "content": choice.get("text", "")}
+        samples.append(
+            Sample(
+                message,
+                choice.get("finish_reason"),
+                token_logprobs(choice.get("logprobs")),
+                choice.get("logprobs"),
+                choice.get("response") or {},
+            )
+        )
+    return Batch(samples, result.usage, result.errors)
+
+
+def _conversation(messages: Sequence[Message]) -> str:
+    return "\n".join(f"{m.get('role')}: {content_text(m.get('content'))}" for m in messages)
+
+
+def _reward_body(endpoint: RewardEndpoint, messages: Sequence[Message], answers: Sequence[str]) -> dict[str, Any]:
+    query = _conversation(messages)
+    if endpoint.api == "vllm_score":  # vLLM /score: one query against many documents
+        body: dict[str, Any] = {"text_1": query, "text_2": list(answers)}
+    elif endpoint.api == "vllm_reward":  # vLLM /pooling on a reward model: one text per answer
+        body = {"input": [f"{query}\nassistant: {a}" for a in answers]}
+    else:
+        body = {"messages": list(messages), "responses": list(answers)}
+    if endpoint.model:
+        body["model"] = endpoint.model
+    return body
+
+
+def _reward_scores(endpoint: RewardEndpoint, data: Any, count: int) -> list[float | None]:
+    scores: list[float | None] = [None] * count
+    if endpoint.api == "generic":
+        raw = data.get("scores") if isinstance(data, dict) else None
+        for i, value in enumerate((raw or [])[:count]):
+            scores[i] = _number(value)
+        return scores
+    for position, item in enumerate((data.get("data") if isinstance(data, dict) else None) or []):
+        if not isinstance(item, dict):
+            continue
+        index = item.get("index", position)
+        value = item.get("score", item.get("data"))
+        if isinstance(index, int) and 0 <= index < count:
+            scores[index] = _number(value)
+    return scores
+
+
+def _number(value: Any) -> float | None:
+    while isinstance(value, list) and value:  # pooling outputs nest: take the last (reward) value
+        value = value[-1]
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

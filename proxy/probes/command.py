@@ -1,0 +1,99 @@
+"""`rvr-proxy probe --config F --route R [--items N] [--out FILE]`: one probe run, then the table.
+
+The run goes through the same `ProbeRunner.run` as the background loop, with the same budget,
+and its gold records join the route's (in `server.state_dir` when that is set, so a serving
+proxy picks them up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from proxy.probes.runner import ProbeRunner, RunSummary
+from proxy.probes.selection import RouteSelection
+from proxy.telemetry.progress import Progress
+from strategies.risk.calibration import COMPONENTS, surrogate
+from strategies.selection.learned import SelectorState
+
+
+def _mean(values: list[float]) -> str:
+    return f"{sum(values) / len(values):.3f}" if values else "-"
+
+
+def table(summary: RunSummary, calibration: dict[str, Any]) -> str:
+    """What one run measured, and the route's calibration with every gold item it has now."""
+    errors = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.errors.items())) or "none"
+    lines = [
+        f"route {summary.route}: {summary.attempted} items probed, {summary.recorded} recorded, "
+        f"errors: {errors}; {summary.tokens} upstream tokens",
+    ]
+    if summary.stopped:
+        lines.append(f"stopped early: {summary.stopped}")
+    lines += [
+        "",
+        f"{'component':<10} {'gold (this run)':>15} {'online (this run)':>17}   calibrated, 90% interval ({calibration['n_gold']} gold items)",
+    ]
+    for component in COMPONENTS:
+        gold = [r.truth(component) for r in summary.records]
+        online = [surrogate(r.online, component) for r in summary.records]
+        est = calibration.get(component)
+        shown = f"{est['estimate']:.3f} [{est['ci90'][0]:.3f}, {est['ci90'][1]:.3f}] ({est['method']})" if est else "-"
+        lines.append(f"{component:<10} {_mean(gold):>15} {_mean(online):>17}   {shown}")
+    bias = calibration.get("verifier_bias")
+    status = f"status: {calibration['status']}"
+    if bias:
+        status += f"; verifier bias (gold − online residual) {bias['estimate']:.3f} [{bias['ci95'][0]:.3f}, {bias['ci95'][1]:.3f}] (95%)"
+    if calibration.get("rho") is not None:
+        status += f"; rho {calibration['rho']:.2f}"
+    lines += ["", status]
+    return "\n".join(lines)
+
+
+def selection_table(state: SelectorState, mode: str) -> str:
+    """The learned-selection model the probe clusters give now: each signal's AUROC and weight."""
+    lines = ["", f"selection (mode {mode}): learned model from the probe clusters"]
+    model = state.model
+    if model is None:
+        return "\n".join([*lines, f"  none yet: {state.reason}"])
+    lines.append(f"  {model.n_items} items, {model.n_clusters} clusters, L2 {model.l2:g}; held-out top-cluster accuracy "
+                 f"{_fraction(model.cv_accuracy)} (largest cluster: {_fraction(model.cv_vote_accuracy)})")
+    lines.append(f"  {'signal':<24} {'AUROC':>6} {'weight':>8}")
+    weights = dict(zip(model.signals, model.weights, strict=True))
+    for signal, value in sorted(model.auroc.items()):
+        weight = f"{weights[signal]:+.3f}" if signal in weights else "dropped"
+        lines.append(f"  {signal:<24} {_fraction(value):>6} {weight:>8}")
+    return "\n".join(lines)
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+async def _run(
+    runner: ProbeRunner, selection: RouteSelection | None, items: int | None, out: Path | None
+) -> int:
+    # litellm's import is slow; only commands that call upstreams pay it
+    from proxy.upstream.client import litellm_pool
+
+    route = runner.route.name
+    async with litellm_pool() as http:  # the pool serving uses, so probes call upstreams alike
+        runner.pipeline.http = http
+        count = items if items is not None else len(runner.items)
+        bar = Progress(count, f"probing {route}")
+        summary = await runner.run(count, on_item=lambda s: bar.update(s.attempted, f"{s.tokens} tokens"))
+    print(table(summary, runner.calibration.snapshot()))
+    if selection is not None:
+        print(selection_table(selection.state(), selection.settings.mode))
+    if out is not None:
+        with out.open("w", encoding="utf-8") as handle:
+            for record in summary.records:
+                handle.write(json.dumps(record.as_dict()) + "\n")
+    return 0 if summary.recorded else 1
+
+
+def probe_command(runner: ProbeRunner, selection: RouteSelection | None, items: int | None, out: str | None) -> int:
+    """Run `runner` (the serving proxy's own, built from the same config) once, then print."""
+    return asyncio.run(_run(runner, selection, items, Path(out) if out else None))

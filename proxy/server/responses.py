@@ -1,0 +1,156 @@
+"""OpenAI response objects built from one Outcome."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from proxy.pipeline.endpoints import Endpoint
+from strategies.contract import Candidate, Outcome, Usage
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        **{name: dict(counts) for name, counts in usage.details.items()},
+    }
+
+
+def returned(outcome: Outcome, n: int) -> list[Candidate]:
+    """The candidates a client gets: the best `n`, the chosen one first, ties in sampling order.
+
+    A passthrough outcome has no scores, so its `n` choices come back in the upstream's order.
+    An abstention (`selection.min_confidence` not met) is the one choice.
+    """
+    if outcome.abstention is not None:
+        return [outcome.abstention]
+    order = sorted(
+        range(len(outcome.candidates)),
+        key=lambda i: (i != outcome.selected, -(_score(outcome, i))),
+    )
+    return [outcome.candidates[i] for i in order[:n]]
+
+
+def _score(outcome: Outcome, i: int) -> float:
+    value = outcome.scores[i] if i < len(outcome.scores) else None
+    return value if value is not None else float("-inf")
+
+
+def completion(
+    outcome: Outcome, route: str, n: int, rvr: dict[str, Any] | None, endpoint: Endpoint
+) -> dict[str, Any]:
+    """The endpoint's response object (`chat.completion` or `text_completion`)."""
+    chosen = returned(outcome, n)
+    choices = [
+        {
+            "index": i,
+            **endpoint.choice(candidate),
+            "finish_reason": candidate.finish_reason or "stop",
+            "logprobs": candidate.logprobs,
+        }
+        for i, candidate in enumerate(chosen)
+    ]
+    body: dict[str, Any] = {
+        "id": new_id(endpoint.id_prefix),
+        "object": endpoint.object,
+        "created": int(time.time()),
+        "model": route,
+        "choices": choices,
+        "usage": usage_body(outcome.usage),
+        **(chosen[0].response_fields if chosen else {}),  # what the upstream said of the answer
+    }
+    if rvr is not None:
+        body["rvr"] = rvr
+    return body
+
+
+def rvr_body(
+    outcome: Outcome, route: str, details: bool, calibration: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The `rvr` extension: what the strategy did, why it stopped, and what its numbers rest on."""
+    risk = outcome.risk.as_dict() if outcome.risk is not None else None
+    if risk is not None and calibration is not None:
+        risk["calibration"] = calibration
+    body: dict[str, Any] = {
+        "summary": summary(outcome, calibration),
+        "route": route,
+        "strategy": outcome.strategy,
+        "candidates": len(outcome.candidates),
+        "selected": outcome.selected,
+        "stop_reason": outcome.stop_reason.value,
+        "variants": list(outcome.variants),
+        "scores": list(outcome.scores),
+        "views": {name: list(values) for name, values in outcome.view_scores.items()},
+        "candidate_variants": [c.variant for c in outcome.candidates],
+        "verifier_disagreement": outcome.verifier_disagreement,
+        "upstream_errors": outcome.upstream_errors,
+        "verifier_errors": verifier_errors(outcome),
+        "audit": outcome.audit,
+        "timings_ms": {k: round(v * 1000, 2) for k, v in outcome.timings.items()},
+        "risk": risk,
+    }
+    if outcome.selection is not None:
+        body["confidence"] = outcome.confidence
+        # clusters carry the candidates' answers, so they come only with the candidate texts
+        body["selection"] = outcome.selection if details else {
+            k: outcome.selection.get(k) for k in ("mode", "fallback_reason", "confidence")
+        }
+    if outcome.low_confidence is not None:
+        body["low_confidence"] = outcome.low_confidence
+    if details:
+        body["candidate_texts"] = [c.text for c in outcome.candidates]
+    return body
+
+
+def verifier_errors(outcome: Outcome) -> dict[str, dict[str, Any]]:
+    """Per verifier with any: runs that failed whole, scores left missing, and the last cause."""
+    errors: dict[str, dict[str, Any]] = {}
+    for name, tally in outcome.verifier_outcomes.items():
+        failed, missing = tally.get("failed", 0), tally.get("missing", 0)
+        if failed or missing:
+            errors[name] = {"failed": failed, "missing": missing, "cause": outcome.verifier_causes.get(name)}
+    return errors
+
+
+def summary(outcome: Outcome, calibration: dict[str, Any] | None = None) -> str:
+    """One line a person can read: what was sampled, what was chosen, what the numbers rest on."""
+    n = len(outcome.candidates)
+    scored = [s for s in outcome.scores if s is not None]
+    parts = [f"{n} candidate{'s' if n != 1 else ''} from {len(outcome.variants)} prompt variant(s)"]
+    if not scored:
+        parts.append("no verifier scored any, so agreement among them chose")
+    else:
+        parts.append(f"{len(scored)} scored, #{outcome.selected} chosen")
+        if len(set(scored)) == 1 and n > 1:
+            parts.append("all scored alike, so the verifiers saw no difference to act on")
+    parts.append(f"stopped: {outcome.stop_reason.value.replace('_', ' ')}")
+    missing = sum(e["missing"] + e["failed"] for e in verifier_errors(outcome).values())
+    if missing:
+        parts.append(f"{missing} verifier call(s) failed or unparsed")
+    if outcome.upstream_errors:
+        parts.append(f"{outcome.upstream_errors} upstream call(s) failed")
+    risk = outcome.risk
+    if risk is not None and risk.residual is not None and risk.baseline is not None:
+        parts.append(f"risk {risk.residual:.2f} left of {risk.baseline:.2f} ({_anchoring(calibration)})")
+    return "; ".join(parts)
+
+
+def _anchoring(calibration: dict[str, Any] | None) -> str:
+    """How far the online numbers can be trusted, in words."""
+    status = calibration["status"] if calibration is not None else "no_gold"
+    if status == "no_gold":
+        return "the verifiers' own estimate, uncalibrated: not checked against gold answers"
+    assert calibration is not None
+    gold = f"{calibration['n_gold']} gold items"
+    residual = calibration.get("residual")
+    anchored = f"; gold-anchored residual {residual['estimate']:.2f}" if residual else ""
+    if status == "uncalibrated":
+        return f"the verifiers' own estimate, uncalibrated: {gold} disagree with it{anchored}"
+    return f"the verifiers' own estimate, consistent with {gold}{anchored}"

@@ -1,0 +1,104 @@
+"""The one place an Outcome becomes metrics and a log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.telemetry import metrics
+from strategies.contract import Outcome, Usage
+
+log = logging.getLogger("rvr_proxy.requests")
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    endpoint: str
+    route: str = "-"  # a config name, or "-" before a route was resolved
+    strategy: str = "-"
+    started: float = field(default_factory=time.perf_counter)
+    status: int = 200
+    outcome: Outcome | None = None
+    usage: Usage = field(default_factory=Usage)  # streaming passthrough fills this itself
+    error: str | None = None
+    prompt: Any = None  # only logged when the config says so
+    streamed_choices: int = 0  # choices of a relayed stream, which has no Outcome
+
+
+def finish(record: RequestRecord, log_prompts: bool) -> None:
+    duration = time.perf_counter() - record.started
+    outcome = record.outcome
+    usage = outcome.usage if outcome is not None else record.usage
+    if record.route != "-":
+        _observe(record, duration, usage)
+    line: dict[str, Any] = {
+        "request_id": record.request_id,
+        "endpoint": record.endpoint,
+        "route": record.route,
+        "strategy": record.strategy,
+        "status": record.status,
+        "latency_ms": round(duration * 1000, 2),
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+    }
+    if outcome is not None:
+        line["candidates"] = len(outcome.candidates)
+        line["stop_reason"] = outcome.stop_reason.value
+        if outcome.risk is not None:
+            line["residual"] = outcome.risk.residual
+        if outcome.verifier_causes:  # judge and reward failures, named, so the log says why
+            line["verifier_errors"] = dict(outcome.verifier_causes)
+    if record.error:
+        line["error"] = record.error
+    if log_prompts and record.prompt is not None:
+        line["prompt"] = record.prompt
+    log.info(json.dumps(line, default=str))
+
+
+def _observe(record: RequestRecord, duration: float, usage: Usage) -> None:
+    route = record.route
+    status = "success" if record.status < 400 else ("client_error" if record.status < 500 else "error")
+    metrics.REQUESTS.labels(route, record.strategy, status).inc()
+    metrics.REQUEST_DURATION.labels(route, record.strategy).observe(duration)
+    metrics.TOKENS.labels(route, "prompt").inc(usage.prompt_tokens)
+    metrics.TOKENS.labels(route, "completion").inc(usage.completion_tokens)
+    outcome = record.outcome
+    if outcome is None:
+        return
+    metrics.CANDIDATES.labels(route).observe(len(outcome.candidates))
+    metrics.STOPS.labels(route, outcome.stop_reason.value).inc()
+    _observe_plain_cost(route, outcome)
+    if outcome.audit:
+        metrics.AUDITS.labels(route).inc()
+        metrics.AUDIT_TOKENS.labels(route).inc(usage.total_tokens)
+    for verifier, tally in outcome.verifier_outcomes.items():
+        for result, count in tally.items():
+            metrics.VERIFIER_RUNS.labels(route, verifier, result).inc(count)
+    selected = outcome.scores[outcome.selected] if outcome.selected < len(outcome.scores) else None
+    if selected is not None:
+        metrics.SELECTED_SCORE.labels(route).observe(selected)
+    if outcome.verifier_disagreement is not None:
+        metrics.VERIFIER_DISAGREEMENT.labels(route).observe(outcome.verifier_disagreement)
+    risk = outcome.risk
+    if risk is None:
+        return
+    recovered = None
+    if risk.baseline is not None and risk.residual is not None:
+        recovered = risk.baseline - risk.residual
+    values = {**{component: getattr(risk, component) for component in metrics.RISK_TERMS}, "recovered": recovered}
+    for component in metrics.RISK_COMPONENTS:
+        value = values[component]
+        if value is not None:  # unknown stays unobserved: never recorded as 0
+            metrics.RISK.labels(route, component).observe(value)
+
+
+def _observe_plain_cost(route: str, outcome: Outcome) -> None:
+    """What one plain call would have cost: the denominator of the cost multiplier."""
+    plain = outcome.plain_usage
+    if plain is not None:
+        metrics.PASSTHROUGH_TOKENS.labels(route, "prompt").inc(plain.prompt_tokens)
+        metrics.PASSTHROUGH_TOKENS.labels(route, "completion").inc(plain.completion_tokens)

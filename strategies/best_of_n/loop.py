@@ -1,0 +1,528 @@
+"""The adaptive best-of-N loop (method §4): sample in doublings, verify, select, stop, assess.
+
+The number of candidates doubles from batch to batch (2 → 4 → 8 …: each batch after the first
+is as large as everything so far), because the no-gain rule predicts the gain of exactly that
+step, `D_n · ρ`. Every call of a batch runs concurrently; candidates are spread round-robin
+over the prompt variants.
+
+Hard caps bind between batches: the first batch is never cut by the deadline (it is the
+answer), later ones keep whatever arrived in time; the next batch is shrunk to what the token
+budget can still pay for at the cost per candidate seen so far. Fixed-N requests (`adaptive`
+off, and every audit request) sample their whole budget as one batch, so only missing samples
+are refilled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import numpy as np
+
+from strategies.answers import answer_key
+from strategies.best_of_n import stopping
+from strategies.best_of_n.settings import MAX_VIEW_ROUNDS, BestOfNSettings
+from strategies.best_of_n.variants import Variant, build_variants
+from strategies.contract import (
+    Batch,
+    BudgetExhausted,
+    Candidate,
+    Message,
+    NoCandidatesError,
+    Outcome,
+    OverrideError,
+    RequestOverrides,
+    Scored,
+    Services,
+    StopReason,
+    Strategy,
+    StrategyRequest,
+    Usage,
+    Verifier,
+    VerifyContext,
+    failure_cause,
+    topped_up,
+)
+from strategies.risk import estimators as risk
+from strategies.risk.estimators import RouteRiskState
+from strategies.selection.choice import Choice, StateSource, choose
+from strategies.selection.knockout import measure_pairs, tournament
+from strategies.selection.weighted import Selection, VerifierResult, select, view_key
+from strategies.verifiers import build_verifiers
+
+STRATEGY = "best_of_n"
+
+Clock = Callable[[], float]
+AnswerOf = Callable[[Candidate], "str | None"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The request's effective settings: the route's, narrowed by the client's overrides."""
+
+    max_n: int
+    adaptive: bool
+    variants: list[Variant]
+    verifiers: list[Verifier]
+
+
+_Named = TypeVar("_Named", Variant, Verifier)
+
+
+def _subset(available: Sequence[_Named], wanted: list[str] | None, kind: str) -> list[_Named]:
+    if wanted is None:
+        return list(available)
+    names = [item.name for item in available]
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise OverrideError(f"unknown {kind} {unknown}; this route has {names}")
+    return [item for item in available if item.name in set(wanted)]
+
+
+def plan_request(
+    settings: BestOfNSettings,
+    overrides: RequestOverrides | None,
+    variants: Sequence[Variant],
+    verifiers: Sequence[Verifier],
+    audit: bool,
+) -> Plan:
+    """Overrides can only lower caps and narrow the route's variants and verifiers."""
+    overrides = overrides or RequestOverrides.model_validate({})
+    chosen_variants = _subset(variants, overrides.variants, "variants")
+    if not chosen_variants:
+        raise OverrideError("at least one variant is needed")
+    chosen_verifiers = _subset(verifiers, overrides.verifiers, "verifiers")
+    cap = settings.audit_max_n if audit else settings.max_n
+    if overrides.max_n is not None:
+        cap = min(cap, overrides.max_n)
+    # audit requests measure the route, so they sample the whole budget, never stop early
+    adaptive = False if audit else (settings.adaptive if overrides.adaptive is None else overrides.adaptive)
+    return Plan(cap, adaptive, chosen_variants, chosen_verifiers)
+
+
+def round_robin(start: int, size: int, variants: Sequence[str]) -> dict[str, int]:
+    """How many of candidates start..start+size−1 each variant produces, candidate i → i mod V."""
+    shares = dict.fromkeys(variants, 0)
+    for i in range(start, start + size):
+        shares[variants[i % len(variants)]] += 1
+    return {name: count for name, count in shares.items() if count}
+
+
+@dataclass
+class _Run:
+    """Per-request state; lives in the call, never in the module."""
+
+    messages: Sequence[Message]
+    services: Services
+    clock: Clock
+    started: float
+    candidates: list[Candidate] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    errors: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    rendered: dict[str, list[Message]] = field(default_factory=dict)
+    last_error: BaseException | None = None
+    over_budget: BudgetExhausted | None = None  # a call the token budget could not pay for
+    view_rounds: int = 0  # times the verifier-first rule added views
+    verifier_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
+    verifier_causes: dict[str, str] = field(default_factory=dict)
+
+    def time(self, step: str, since: float) -> None:
+        self.timings[step] = self.timings.get(step, 0.0) + (self.clock() - since)
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+
+async def _generate_for(run: _Run, variant: Variant, share: int) -> tuple[str, Batch | None]:
+    """One variant's share of a batch; a failure becomes an error count, not an exception."""
+    try:
+        if variant.name not in run.rendered:
+            messages, usage = await variant.render(run.messages, run.services)
+            run.rendered[variant.name] = messages
+            run.usage += usage
+        batch = await run.services.generate(run.rendered[variant.name], share)
+    except BudgetExhausted as refused:  # never sent: not an upstream error
+        run.over_budget = refused
+        return variant.name, None
+    except Exception as error:  # noqa: BLE001 - any upstream failure only costs its share
+        run.errors += 1
+        run.last_error = error
+        return variant.name, None
+    run.usage += batch.usage
+    run.errors += batch.errors
+    return variant.name, batch
+
+
+async def _sample_batch(run: _Run, plan: Plan, size: int, timeout: float | None) -> int:
+    """Run one batch; keeps what finished in time and returns how many candidates it added."""
+    since = run.clock()
+    shares = round_robin(len(run.candidates), size, [v.name for v in plan.variants])
+    by_name = {v.name: v for v in plan.variants}
+    tasks = [asyncio.ensure_future(_generate_for(run, by_name[name], k)) for name, k in shares.items()]
+    try:
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+    except asyncio.CancelledError:  # asyncio.wait never cancels what it waits for: the client left
+        for task in tasks:
+            task.cancel()
+        raise
+    for task in pending:  # past the deadline: what did not arrive is not waited for
+        task.cancel()
+    added = 0
+    for task in tasks:
+        if task not in done:
+            continue
+        name, batch = task.result()
+        for sample in batch.samples if batch else []:
+            run.candidates.append(
+                Candidate(len(run.candidates), name, sample.message, sample.finish_reason,
+                          sample.token_logprobs, sample.logprobs, sample.response_fields)
+            )
+            added += 1
+    run.time("generate", since)
+    return added
+
+
+async def _score_one(verifier: Verifier, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored | str:
+    """The verifier's verdict, or why it could not give one."""
+    try:
+        return await verifier.score(ctx, candidates)
+    except Exception as exc:  # noqa: BLE001 - a broken verifier leaves its views missing, never 0
+        return failure_cause(exc)
+
+
+async def _verify(run: _Run, plan: Plan, ctx: VerifyContext) -> list[VerifierResult]:
+    since = run.clock()
+    verdicts = await asyncio.gather(*(_score_one(v, ctx, run.candidates) for v in plan.verifiers))
+    results = []
+    for verifier, scored in zip(plan.verifiers, verdicts, strict=True):
+        tally = run.verifier_outcomes.setdefault(verifier.name, {})
+        if isinstance(scored, str):
+            tally["failed"] = tally.get("failed", 0) + 1
+            run.verifier_causes[verifier.name] = scored
+            continue
+        tally["ok"] = tally.get("ok", 0) + 1
+        if scored.errors:  # calls inside it that failed or did not parse: missing views
+            tally["missing"] = tally.get("missing", 0) + scored.errors
+            if scored.cause is not None:
+                run.verifier_causes[verifier.name] = scored.cause
+        run.usage += scored.usage
+        results.append(VerifierResult(verifier.name, verifier.weight, scored))
+    run.time("verify", since)
+    return results
+
+
+async def _expand_views(plan: Plan, ctx: VerifyContext) -> bool:
+    grown = await asyncio.gather(*(v.add_views(ctx) for v in plan.verifiers))
+    return any(grown)
+
+
+def _next_size(run: _Run, plan: Plan, settings: BestOfNSettings) -> int:
+    n = len(run.candidates)
+    if not plan.adaptive:
+        size = plan.max_n - n
+    else:
+        size = min(settings.initial_batch if n == 0 else n, plan.max_n - n)
+    if settings.max_tokens_budget is not None and n:
+        per_candidate = run.usage.total_tokens / n
+        if per_candidate > 0:
+            affordable = math.floor((settings.max_tokens_budget - run.usage.total_tokens) / per_candidate)
+            size = min(size, affordable)
+    return size
+
+
+def _caps(run: _Run, plan: Plan, settings: BestOfNSettings) -> stopping.Caps:
+    n = len(run.candidates)
+    return stopping.Caps(
+        n=n,
+        max_n=plan.max_n,
+        tokens_used=run.usage.total_tokens,
+        token_budget=settings.max_tokens_budget,
+        tokens_per_candidate=run.usage.total_tokens / n if n else 0.0,
+        elapsed_s=run.elapsed,
+        deadline_s=settings.deadline_s,
+    )
+
+
+def _evidence(
+    run: _Run, selection: Selection, answer_of: AnswerOf | None, verifier_term: float | None
+) -> stopping.Evidence:
+    scored = [u for u in selection.utility_list() if u is not None]
+    answers = [answer_of(c) for c in run.candidates] if answer_of else None
+    return stopping.Evidence(answers, scored, selection.selected_utility, verifier_term)
+
+
+def _verifier_term(selection: Selection, rng: np.random.Generator, resamples: int) -> float | None:
+    m = selection.matrix
+    return risk.verifier_term(m.scores, m.weights, m.eligible, selection.index, rng, resamples)
+
+
+def _view_scores(results: Sequence[VerifierResult], n: int) -> dict[str, list[float | None]]:
+    return {
+        view_key(r.name, view): (list(values) + [None] * n)[:n]
+        for r in results
+        for view, values in r.scored.views.items()
+    }
+
+
+@dataclass(frozen=True)
+class _Round:
+    """The verdict on all candidates so far."""
+
+    results: list[VerifierResult]
+    selection: Selection
+    decision: stopping.Decision
+    choice: Choice
+    knockout: dict[str, Any] | None = None  # the tournament's report, when one is configured
+
+
+Chooser = Callable[[_Run, Selection], "tuple[Selection, Choice]"]
+
+
+async def _judge(
+    run: _Run, plan: Plan, settings: BestOfNSettings, ctx: VerifyContext,
+    rng: np.random.Generator, answer_of: AnswerOf | None, chooser: Chooser,
+) -> _Round:
+    """Verify, select and decide; verify better first while the views disagree most (§4.4)."""
+    while True:
+        results = await _verify(run, plan, ctx)
+        since = run.clock()
+        selection, choice = chooser(run, select(run.candidates, results))
+        v_term = _verifier_term(selection, rng, settings.bootstrap)
+        decision = stopping.decide(
+            settings.stop, _evidence(run, selection, answer_of, v_term),
+            _caps(run, plan, settings), adaptive=plan.adaptive,
+        )
+        run.time("select", since)
+        if not decision.verify_first or run.view_rounds >= MAX_VIEW_ROUNDS:
+            return _Round(results, selection, decision, choice)
+        run.view_rounds += 1
+        if not await _expand_views(plan, ctx):
+            return _Round(results, selection, decision, choice)
+
+
+def _deadline_left(run: _Run, settings: BestOfNSettings) -> float | None:
+    """Seconds left for the next batch; the first batch is never cut (it is the answer)."""
+    if not run.candidates or settings.deadline_s is None:
+        return None
+    return settings.deadline_s - run.elapsed
+
+
+class BestOfN(Strategy):
+    """Adaptive best-of-N over the route's variants, reranked by its verifiers (method §4).
+
+    Built once per route; `run` keeps all per-request state in the call. `rng` makes a fresh
+    generator per request, `clock` measures deadlines; both are seams for tests.
+    """
+
+    name = STRATEGY
+    Settings = BestOfNSettings
+
+    def __init__(
+        self,
+        settings: BestOfNSettings,
+        verifiers: Sequence[Verifier],
+        variants: Sequence[Variant],
+        *,
+        state: RouteRiskState | None = None,
+        answer_of: AnswerOf | None = None,
+        rng: Callable[[], np.random.Generator] = np.random.default_rng,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.verifiers = list(verifiers)
+        self.variants = list(variants)
+        self.state = state
+        # The vote stop rule counts the answers of the first verifier that extracts them.
+        voters = [v.answer_of for v in self.verifiers if v.extracts_answers]
+        self.answer_of = answer_of if answer_of is not None else (voters[0] if voters else None)
+        self.needs_logprobs = any(v.needs_logprobs for v in self.verifiers)
+        # Clusters group by the voters' answers, else by the default extraction.
+        self.cluster_key: AnswerOf = self.answer_of if self.answer_of is not None else answer_key
+        # The route's learned model, kept by the proxy with the probe data; None: weighted.
+        self.selector_state: StateSource | None = None
+        self.upstreams = settings.upstreams()
+        self._rng = rng
+        self._clock = clock
+
+    @classmethod
+    def build(cls, settings: BestOfNSettings) -> BestOfN:
+        verifiers = build_verifiers(settings.verifiers)
+        try:
+            variants = build_variants(settings.variants, settings.paraphrase_upstream)
+        except ValueError as exc:
+            raise ValueError(f"variants: {exc}") from None
+        return cls(settings, verifiers, variants, state=RouteRiskState())
+
+    def use_selector(self, state: StateSource) -> None:
+        self.selector_state = state
+
+    async def run(self, request: StrategyRequest, services: Services) -> Outcome:
+        """Sample until a stop rule fires, return the selected candidate with its risk report.
+
+        Raises `OverrideError` for overrides naming what the route lacks and `NoCandidatesError`
+        when no upstream call produced a single candidate.
+        """
+        settings = self.settings
+        rng = self._rng()
+        audit = request.audit
+        if audit is None:  # drawn only when auditing is on, so seeded runs stay comparable
+            audit = settings.audit_rate > 0 and bool(rng.random() < settings.audit_rate)
+        plan = plan_request(settings, request.overrides, self.variants, self.verifiers, audit)
+        ctx = VerifyContext(request.messages, services, response_format=request.response_format)
+        run = _Run(request.messages, services, self._clock, started=self._clock())
+        verdict: _Round | None = None
+        stop: StopReason | None = None
+        while stop is None:
+            remaining = _deadline_left(run, settings)
+            if remaining is not None and remaining <= 0:
+                stop = StopReason.DEADLINE
+                break
+            added = await _sample_batch(run, plan, _next_size(run, plan, settings), remaining)
+            if not run.candidates and run.over_budget is not None:
+                raise run.over_budget  # not even the first answer fits the budget
+            if not run.candidates:
+                raise NoCandidatesError(
+                    f"all {run.errors} upstream call(s) failed; none produced a candidate"
+                ) from run.last_error
+            verdict = await _judge(run, plan, settings, ctx, rng, self.answer_of, self._choose)
+            stop = verdict.decision.stop
+            if stop is None and run.over_budget is not None:
+                stop = StopReason.TOKEN_BUDGET
+            if stop is None and added == 0:
+                stop = StopReason.UPSTREAM_ERRORS  # a whole batch failed: do not hammer it again
+            if stop is None and _next_size(run, plan, settings) <= 0:
+                stop = StopReason.TOKEN_BUDGET  # the next candidate would not fit the budget
+        assert verdict is not None  # the first batch always produces a verdict or raises
+        verdict = await self._knockout(run, plan, verdict, ctx)
+        return _outcome(run, plan, settings, verdict, stop, rng, audit, self.state)
+
+    def _judge_of(self, plan: Plan | None = None) -> Verifier | None:
+        knockout = self.settings.selection.knockout
+        verifiers = plan.verifiers if plan is not None else self.verifiers
+        if knockout is None:
+            return None
+        return next((v for v in verifiers if v.name == knockout.judge and v.judges_pairs), None)
+
+    async def _knockout(self, run: _Run, plan: Plan, verdict: _Round, ctx: VerifyContext) -> _Round:
+        """The top clusters' tournament, where the probes found the judge good enough in both orders."""
+        knockout = self.settings.selection.knockout
+        if knockout is None:
+            return verdict
+        state = self.selector_state() if self.selector_state is not None else None
+        gate = state.judge_gate if state is not None else None
+        judge = self._judge_of(plan)
+        report: dict[str, Any] = {"gate": gate.as_dict() if gate is not None else None, "matches": []}
+        if gate is None or not gate.enabled or judge is None:
+            report["played"] = False
+            return replace(verdict, knockout=report)
+        choice, selection = verdict.choice, verdict.selection
+        eligible = selection.matrix.eligible
+        ranked = [j for j, c in enumerate(choice.clusters) if c.answered and eligible[c.representative]]
+
+        def strength(j: int) -> tuple[bool, float]:
+            chosen = selection.index in choice.clusters[j].members  # the current choice defends first
+            if choice.probabilities is not None:
+                return chosen, choice.probabilities[j]
+            rank = selection.ranking[choice.clusters[j].representative]
+            return chosen, float(rank) if not np.isnan(rank) else -1.0
+
+        seeds = sorted(ranked, key=strength, reverse=True)[: knockout.top]
+        if len(seeds) < 2:
+            report["played"] = False
+            return replace(verdict, knockout=report)
+        since = run.clock()
+        winner, matches, usage = await tournament(judge, ctx, [run.candidates[choice.clusters[j].representative] for j in seeds])
+        run.usage += usage
+        run.time("knockout", since)
+        report.update(played=True, matches=matches, seeds=seeds, winner_cluster=seeds[winner])
+        best = choice.clusters[seeds[winner]]
+        confidence = choice.probabilities[seeds[winner]] if choice.probabilities is not None else None
+        return replace(
+            verdict, selection=replace(selection, index=best.representative),
+            choice=replace(choice, confidence=confidence), knockout=report,
+        )
+
+    async def judge_pairs(
+        self, request: StrategyRequest, services: Services, outcome: Outcome, utility: Callable[[Candidate], float | None]
+    ) -> list[dict[str, bool]]:
+        """The knockout judge on the served outcome's right cluster against up to two wrong ones."""
+        judge = self._judge_of()
+        if judge is None:
+            return []
+        reps = [outcome.candidates[row["representative"]] for row in outcome.clusters]
+        scored = [(c, utility(c)) for c in reps]
+        right = [c for c, u in scored if u is not None and u >= 1.0]
+        wrong = [c for c, u in scored if u is not None and u < 1.0]
+        if not right or not wrong:
+            return []
+        ctx = VerifyContext(request.messages, services, response_format=request.response_format)
+        pairs, _ = await measure_pairs(judge, ctx, right[0], wrong[:2])  # what they cost is charged where every call is
+        return pairs
+
+    def _choose(self, run: _Run, selection: Selection) -> tuple[Selection, Choice]:
+        return choose(run.candidates, selection, run.messages, self.cluster_key, self.settings.selection,
+                      self.selector_state)
+
+    async def reference(
+        self, request: StrategyRequest, services: Services, k: int, served: Sequence[Candidate] = ()
+    ) -> list[Candidate]:
+        """`k` candidates from every variant of the route, the first variant first (see `Strategy`)."""
+
+        async def one(variant: Variant) -> list[Candidate]:
+            messages, _ = await variant.render(request.messages, services)
+            return await topped_up(services, messages, variant.name, k, served)
+
+        batches = await asyncio.gather(*(one(v) for v in self.variants))
+        ordered = [c for batch in batches for c in batch]
+        return [replace(c, index=i) for i, c in enumerate(ordered)]
+
+
+def _outcome(
+    run: _Run,
+    plan: Plan,
+    settings: BestOfNSettings,
+    verdict: _Round,
+    stop: StopReason,
+    rng: np.random.Generator,
+    audit: bool,
+    route_state: RouteRiskState | None,
+) -> Outcome:
+    since = run.clock()
+    selection = verdict.selection
+    m = selection.matrix
+    report = risk.assess(
+        selection.utility_list(), [c.variant for c in run.candidates], selection.index,
+        m.scores, m.weights, m.eligible, rng,
+        k_ref=settings.k_ref, resamples=settings.bootstrap, route=route_state,
+    )
+    if route_state is not None:
+        route_state.observe(report)
+    run.time("risk", since)
+    return Outcome(
+        candidates=run.candidates,
+        selected=selection.index,
+        stop_reason=stop,
+        usage=run.usage,
+        strategy=STRATEGY,
+        scores=selection.utility_list(),
+        view_scores=_view_scores(verdict.results, len(run.candidates)),
+        variants=[v.name for v in plan.variants],
+        risk=report,
+        verifier_disagreement=report.verifier if report.sources.get("verifier") == "request" else None,
+        upstream_errors=run.errors,
+        verifier_outcomes=run.verifier_outcomes,
+        verifier_causes=run.verifier_causes,
+        audit=audit,
+        timings=dict(run.timings),
+        selection=verdict.choice.report(selection.index) | (
+            {"knockout": verdict.knockout} if verdict.knockout is not None else {}
+        ),
+        confidence=verdict.choice.confidence,
+        clusters=verdict.choice.training_rows(),
+    )

@@ -1,0 +1,116 @@
+"""A best_of_n route's settings: caps, batches, variants, verifiers, stop rules and selection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from strategies.contract import NAME_PATTERN, StrictModel
+from strategies.selection.settings import SelectionSettings
+from strategies.settings import StrategySpec
+from strategies.verifiers import VerifierSettings
+from strategies.verifiers.base import VerifierSpec
+from strategies.verifiers.self_consistency import SelfConsistencySettings
+
+MAX_VIEW_ROUNDS = 4  # how often one request may answer "verifier first" before sampling again
+
+
+class StopSettings(StrictModel):
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)  # vote posterior needed to stop (§4.1)
+    min_gain: float = Field(0.01, ge=0.0)  # epsilon for the predicted gain of a doubling (§4.2)
+    good_enough: float | None = Field(None, ge=0.0, le=1.0)  # tau (§4.3); None disables
+    verifier_first: bool = True  # §4.4
+
+
+class VariantTemplate(StrictModel):
+    """A user-defined way of asking; `{prompt}` is replaced by the last user message."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    template: str | None = None
+    system: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_something(self) -> VariantTemplate:
+        if self.template is None and self.system is None:
+            raise ValueError("a variant needs `template` and/or `system`")
+        if self.template is not None and "{prompt}" not in self.template:
+            raise ValueError("`template` must contain {prompt}")
+        return self
+
+
+class BestOfNSettings(StrategySpec):
+    name: Literal["best_of_n"] = "best_of_n"
+    max_n: int = Field(8, ge=1, le=512)  # hard cap on candidates per request
+    initial_batch: int = Field(2, ge=1, le=512)
+    adaptive: bool = True  # False samples exactly max_n (fixed best-of-N)
+    variants: list[str | VariantTemplate] = Field(default_factory=lambda: list[str | VariantTemplate](["original"]))
+    paraphrase_upstream: str | None = None  # needed by the `paraphrase` variant
+    verifiers: list[VerifierSettings] = Field(
+        default_factory=lambda: list[VerifierSettings]([SelfConsistencySettings()])
+    )
+    stop: StopSettings = Field(default_factory=StopSettings)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    max_tokens_budget: int | None = Field(None, ge=1)  # all upstream tokens of one request
+    deadline_s: float | None = Field(None, gt=0)
+    k_ref: int = Field(64, ge=2, le=4096)
+    bootstrap: int = Field(200, ge=10, le=5000)
+    audit_rate: float = Field(0.0, ge=0.0, le=1.0)
+    audit_max_n: int = Field(16, ge=2, le=512)  # budget of one audit request
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> BestOfNSettings:
+        self.initial_batch = min(self.initial_batch, self.max_n)
+        if not self.variants:
+            raise ValueError("variants must not be empty")
+        seen: set[str] = set()
+        for j, verifier in enumerate(self.verifiers):
+            if verifier.name in seen:  # names key views and metric labels
+                raise ValueError(
+                    f"verifiers.{j}.name: {verifier.name!r} is already used; give each verifier a distinct `name`"
+                )
+            seen.add(verifier.name)
+        knockout = self.selection.knockout
+        if knockout is not None and not any(
+            v.name == knockout.judge and v.judges_pairs for v in self.verifiers
+        ):
+            raise ValueError(f"selection.knockout.judge: {knockout.judge!r} is not an llm_judge verifier of this route")
+        return self
+
+    def upstream_references(self) -> list[tuple[str, str]]:
+        """(key path, upstream name) of every configured upstream this strategy calls."""
+        refs = [("paraphrase_upstream", self.paraphrase_upstream)] if self.paraphrase_upstream else []
+        refs += [(f"verifiers.{j}", name) for j, v in enumerate(self.verifiers) for name in v.upstreams()]
+        return refs
+
+    def route_references(self) -> list[tuple[str, str]]:
+        fallback = self.selection.fallback_route
+        return [("selection.fallback_route", fallback)] if fallback is not None else []
+
+    def verifier_specs(self) -> Sequence[VerifierSpec]:
+        return self.verifiers
+
+    def selection_settings(self) -> SelectionSettings:
+        return self.selection
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(secret for verifier in self.verifiers for secret in verifier.secrets())
+
+    def reference_k(self) -> int | None:
+        return self.k_ref
+
+    def token_budget(self) -> int | None:
+        return self.max_tokens_budget
+
+    def upstream_calls(self, choices: int) -> int:
+        """Calls one request needs at most, before retries, if every candidate is its own call.
+
+        Batches double, so a request verifies at most log2(candidates) + 1 times, plus the
+        verifier-first rounds; each verifier says what one request costs it.
+        """
+        candidates = max(self.max_n, self.audit_max_n)
+        rounds = candidates.bit_length() + 1 + MAX_VIEW_ROUNDS
+        paraphrases = sum(1 for variant in self.variants if variant == "paraphrase")
+        verifying = sum(verifier.upstream_calls(candidates, rounds) for verifier in self.verifiers)
+        return candidates + paraphrases + verifying

@@ -1,0 +1,51 @@
+"""How a best_of_n route picks its answer among the candidates' answer clusters."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from strategies.contract import NAME_PATTERN, StrictModel
+
+
+class KnockoutSettings(StrictModel):
+    """A knockout tournament among the top answer clusters, judged pairwise in both orders
+    (Chen et al., arXiv 2411.19477). It runs only while the route's gold probes measure the
+    judge picking the right answer of a (right, wrong) pair with at least `min_accuracy` in
+    each order, over at least `min_pairs` pairs; a judge at chance only adds noise."""
+
+    judge: str = Field(pattern=NAME_PATTERN)  # the `name` of one of the route's llm_judge verifiers
+    top: int = Field(4, ge=2, le=8)  # clusters that enter
+    min_pairs: int = Field(20, ge=4)
+    min_accuracy: float = Field(0.6, gt=0.5, lt=1.0)
+
+
+class SelectionSettings(StrictModel):
+    """How a best_of_n route picks its answer among the candidates' answer clusters.
+
+    `weighted`: the weighted mean of the verifiers' normalized scores (strategies/selection/weighted.py).
+    `learned`: the cluster with the highest P(correct) under a model fitted on the route's gold
+    probe clusters (strategies/selection/learned.py); `weighted` until `min_items` probe items
+    exist. `min_confidence` (learned only): below it the proxy answers with `fallback_route`'s
+    answer or with `abstain_message`, exactly one of which must be set.
+    """
+
+    mode: Literal["weighted", "learned"] = "weighted"
+    min_items: int = Field(50, ge=4)
+    min_confidence: float | None = Field(None, gt=0.0, lt=1.0)
+    fallback_route: str | None = None
+    abstain_message: str | None = Field(None, min_length=1, max_length=4000)
+    knockout: KnockoutSettings | None = None
+
+    @model_validator(mode="after")
+    def _fallback_is_clear(self) -> SelectionSettings:
+        if self.min_confidence is None:
+            if self.fallback_route is not None or self.abstain_message is not None:
+                raise ValueError("fallback_route/abstain_message need `min_confidence`")
+            return self
+        if self.mode != "learned":
+            raise ValueError("min_confidence needs mode `learned`: only the learned model gives a calibrated confidence")
+        if (self.fallback_route is None) == (self.abstain_message is None):
+            raise ValueError("min_confidence needs exactly one of `fallback_route` and `abstain_message`")
+        return self
