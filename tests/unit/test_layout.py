@@ -115,6 +115,11 @@ def test_every_package_says_what_it_owns(package: str) -> None:
     assert docstring, f"{package}/__init__.py needs a docstring saying what the package owns"
 
 
+def test_every_folder_of_code_is_a_package() -> None:
+    folders = {p.parent for package in PACKAGES for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts}
+    assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").is_file()) == []
+
+
 def test_proxy_is_a_map_of_packages_not_a_flat_folder() -> None:
     top = sorted(p.name for p in (ROOT / "proxy").glob("*.py") if p.name != "__init__.py")
     assert top == ["cli.py", "errors.py", "routing.py"]
