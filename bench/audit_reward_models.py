@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from proxy.verifier_audit_data import MULTIBBQ, audit_data_dir, bbq_pairs, read_checked
+from proxy.audit.data import MULTIBBQ, audit_data_dir, bbq_pairs, read_checked
 
 
 def stereotype_table(root: Path | None = None) -> dict[tuple[str, str], tuple[str, str]]:

@@ -25,6 +25,7 @@ Then two targets:
 
     python bench/compare_strategies.py                     # ~4–6 min on 2 cores
     python bench/compare_strategies.py --discrete 200 --scored 100 --latency-repeats 20
+    python bench/compare_strategies.py --smoke             # a quick check of the whole path (~1 min)
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -43,11 +43,14 @@ from typing import Any
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_upstream import parse_marker, prompt, reward_views, sim_and_proxy, upstream  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
+
+from bench.common import add_smoke, apply_smoke, markdown_table, median
+from bench.sim_upstream import parse_marker, prompt, reward_views, sim_and_proxy, upstream
 
 VARIANTS = ["original", "step_by_step", "reread", "expert"]
 JUDGE = "judge-s0.15-p0.15"  # judge noise σ=0.15, position bias +0.15 for slot A
+SMOKE = {"discrete": 12, "scored": 8, "judge_items": 3, "latency": 0.02, "concurrency": 8, "latency_repeats": 2}
 
 
 @dataclass
@@ -161,7 +164,7 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--discrete", type=int, default=400, help="items of the discrete task")
     parser.add_argument("--scored", type=int, default=200, help="items of the scored task")
@@ -171,9 +174,11 @@ def main() -> int:
     parser.add_argument("--latency-repeats", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="", help="comma-separated route names (default: all)")
-    args = parser.parse_args()
+    add_smoke(parser, "12 discrete, 8 scored and 3 judge items, 0.02 s sim latency, 2 latency repeats")
+    args = apply_smoke(parser.parse_args(argv), SMOKE)
     started = time.monotonic()
     results: dict[str, list[Result]] = {}
+    failed = 0
     with tempfile.TemporaryDirectory(prefix="rvr-strategies-") as tmp:
         workdir = Path(tmp)
         selected = [r for r in routes("") if not args.only or r.name in args.only.split(",")]
@@ -183,6 +188,7 @@ def main() -> int:
         with sim_and_proxy(workdir, args.seed, args.latency, config) as (_, proxy_base):
 
             async def drive() -> dict[str, list[float]]:
+                nonlocal failed
                 limits = httpx.Limits(max_connections=max(args.concurrency, 4))
                 async with httpx.AsyncClient(base_url=proxy_base, timeout=120, limits=limits) as client:
                     lat = await latency_side_by_side(client, args.latency_repeats)
@@ -193,29 +199,32 @@ def main() -> int:
                             items = min(items, args.judge_items)
                         trial = {"discrete": 10, "scored": 11, "easy": 12}[route.task]
                         results[route.name] = await run_route(client, route, items, trial, args.concurrency)
+                        failed += items - len(results[route.name])
                         print(f"[{route.name}] {len(results[route.name])} requests in {time.monotonic() - t0:.1f}s", file=sys.stderr)
                     return lat
 
             lat = asyncio.run(drive())
     report(args, [r for r in routes("http://x") if r.name in results], results, lat, time.monotonic() - started)
-    return 0
+    if failed:
+        print(f"{failed} request(s) failed (see above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def report(args: argparse.Namespace, rs: list[Route], results: dict[str, list[Result]], lat: dict[str, list[float]],
            elapsed: float) -> None:
     print("## Strategies on the simulated upstream (bench/compare_strategies.py)\n")
+    smoke = " (--smoke: these numbers measure nothing)" if args.smoke else ""
     print(f"`python bench/compare_strategies.py --discrete {args.discrete} --scored {args.scored} --latency {args.latency} "
           f"--concurrency {args.concurrency} --latency-repeats {args.latency_repeats} --seed {args.seed}` — {elapsed:.0f} s "
           f"on this machine. Sim: {args.latency} s per generation call (parallel), /score 0.02 s, judge 0.05 s. "
-          f"Latency columns are at {args.concurrency} requests in flight.\n")
+          f"Latency columns are at {args.concurrency} requests in flight{smoke}.\n")
     for task, metric in (("easy", "accuracy %"), ("discrete", "accuracy %"), ("scored", "mean utility")):
         chosen = [r for r in rs if r.task == task]
         if not chosen:
             continue
         n_items = max(len(results[r.name]) for r in chosen)
         print(f"### {task} task ({n_items} items; llm_judge routes: the first {args.judge_items})\n")
-        print(f"| route | strategy | {metric} ± se | candidates / req | tokens / req | latency median s | latency p90 s | stop reasons |")
-        print("|---|---|---|---|---|---|---|---|")
+        rows = []
         for r in chosen:
             res = results[r.name]
             u = np.array([x.utility for x in res])
@@ -226,9 +235,11 @@ def report(args: argparse.Namespace, rs: list[Route], results: dict[str, list[Re
             for x in res:
                 stops[x.stop] = stops.get(x.stop, 0) + 1
             stop_text = ", ".join(f"{k} {v}" for k, v in sorted(stops.items(), key=lambda kv: -kv[1]))
-            print(f"| {r.name} | {r.label} | {value} | {np.mean([x.candidates for x in res]):.2f} | "
-                  f"{np.mean([x.tokens for x in res]):.0f} | {pct([x.latency for x in res], 50):.3f} | "
-                  f"{pct([x.latency for x in res], 90):.3f} | {stop_text} |")
+            rows.append([r.name, r.label, value, f"{np.mean([x.candidates for x in res]):.2f}",
+                         f"{np.mean([x.tokens for x in res]):.0f}", f"{pct([x.latency for x in res], 50):.3f}",
+                         f"{pct([x.latency for x in res], 90):.3f}", stop_text])
+        print(markdown_table(["route", "strategy", f"{metric} ± se", "candidates / req", "tokens / req",
+                              "latency median s", "latency p90 s", "stop reasons"], rows))
         print()
     paired(results, "e-adaptive-sc", "e-fixed16-sc", "easy accuracy, no variants")
     paired(results, "e-adaptive-sc-var", "e-fixed16-sc-var", "easy accuracy, 4 variants")
@@ -237,12 +248,10 @@ def report(args: argparse.Namespace, rs: list[Route], results: dict[str, list[Re
     paired(results, "s-adaptive-rm", "s-fixed16-rm", "scored mean utility, reward model", points=False)
     print("\n### Best-of-8 wall time vs one call (side by side, one request at a time)\n")
     print(f"{args.latency_repeats} interleaved repeats after 2 warm-up rounds; sim latency {args.latency} s per call.\n")
-    print("| request | median s | p90 s | median / single |")
-    print("|---|---|---|---|")
-    single = statistics.median(lat["lat-single"])
-    for name, label, *_ in LATENCY_ROUTES:
-        med = statistics.median(lat[name])
-        print(f"| {label} | {med:.3f} | {pct(lat[name], 90):.3f} | {med / single:.2f}× |")
+    single = median(lat["lat-single"])
+    rows = [[label, f"{median(lat[name]):.3f}", f"{pct(lat[name], 90):.3f}", f"{median(lat[name]) / single:.2f}×"]
+            for name, label, *_ in LATENCY_ROUTES]
+    print(markdown_table(["request", "median s", "p90 s", "median / single"], rows))
 
 
 def paired(results: dict[str, list[Result]], adaptive: str, fixed: str, what: str, points: bool = True) -> None:

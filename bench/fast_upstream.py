@@ -6,6 +6,8 @@ aiohttp): Content-Length and chunked request bodies, pipelined requests, `Connec
 No streaming. Run it in its own process so it never shares a GIL with the load generator:
 
     python bench/fast_upstream.py --port 9100     # prints "READY <port>" once listening
+
+Started by bench/overhead.py and bench/scale.py (`bench.common.start_fast_upstream`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import argparse
 import asyncio
 import json
 import socket
+import sys
 import time
+from pathlib import Path
 
-from processes import run_server
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
+
+from bench.common import run_server
 
 CHAT = json.dumps({
     "id": "chatcmpl-bench",

@@ -40,12 +40,16 @@ import random
 import re
 import socket
 import struct
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from processes import run_server
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
+
+from bench.common import run_server
 
 FAULTS = ("http_500", "http_429", "timeout", "reset", "cut", "clean_end", "garbage")
 # Faults after which a relayed stream cannot have finished: a client that still sees [DONE]

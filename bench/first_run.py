@@ -4,10 +4,11 @@
     python bench/first_run.py --limit 10            # a quick look
     python bench/first_run.py --out /tmp/first_run.md --records /tmp/first_run.json
     python bench/first_run.py --report-only /tmp/first_run.json   # re-render (also a partial run)
+    python bench/first_run.py --smoke               # 6 questions: a check of the whole path
 
 What it does: starts `rvr-proxy serve` with nothing configured (no --config, no RVR_CONFIG /
 RVR_UPSTREAM_* in its environment), exactly as a first-time user runs it, so the proxy starts the
-embedded Gemma 3 270M base model via llama.cpp and serves the routes of proxy/default_config.yaml:
+embedded Gemma 3 270M base model via llama.cpp and serves the routes of proxy/config/default_config.yaml:
 `gemma` (passthrough) and `gemma-best` (best-of-8, self_consistency, confidence stop). Then it
 sends every question, phrased as a user would type it, as a one-message chat to both routes (same
 order; `gemma` first, then `gemma-best`) through the official openai SDK with max_tokens=16 and
@@ -24,7 +25,7 @@ Scoring rule (a reply is correct when):
   case-insensitive whole word;
 - yes/no gold: the first whole word "yes" or "no" in the reply (case-insensitive) equals the gold;
   a reply with neither is wrong.
-A failed request counts as wrong and is reported.
+A failed request counts as wrong and is reported, and the exit status is then 1.
 
 Table: per category and overall: n, accuracy of each route, the paired difference
 (gemma-best - gemma) with a 95% percentile interval from a paired bootstrap over questions
@@ -47,17 +48,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench.processes import Child, free_port  # noqa: E402
-from strategies.answers import extract_answer  # noqa: E402
+from bench.common import ROOT, Child, add_smoke, apply_smoke, free_port, markdown_table
+from strategies.answers import extract_answer
 
+SMOKE = {"limit": 6, "bootstrap": 200}  # the first 6 questions hold all three categories
 ROUTES = ("gemma", "gemma-best")
 CATEGORIES = ("arithmetic", "facts", "yes/no")
-# What a zero-config start must not inherit from the caller's shell (as tests/proxy_process.py).
+# What a zero-config start must not inherit from the caller's shell.
 CONFIG_ENV = ("RVR_CONFIG", "RVR_UPSTREAM_API_BASE", "RVR_UPSTREAM_MODEL")
 
 
@@ -229,7 +228,7 @@ def correct(q: Question, reply: str | None) -> bool:
 
 
 def start_default_proxy(workdir: Path) -> tuple[Child, str]:
-    """`rvr-proxy serve` with no config: the embedded model and proxy/default_config.yaml."""
+    """`rvr-proxy serve` with no config: the embedded model and proxy/config/default_config.yaml."""
     port = free_port()
     command = [sys.executable, "-m", "proxy.cli", "serve", "--port", str(port), "--log-level", "warning"]
     child = Child("proxy", command, workdir, env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1"},
@@ -289,11 +288,9 @@ def bootstrap_diff(a: Any, b: Any, resamples: int, seed: int) -> tuple[float, fl
 def table(records: list[dict[str, Any]], resamples: int, seed: int) -> str:
     import numpy as np
 
-    lines = [
-        "| category | n | gemma acc | gemma-best acc | diff (best - gemma) [95% CI] "
-        "| gemma-best mean candidates | gemma-best mean tokens | gemma mean tokens | errors (gemma / best) |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
-    ]
+    header = ["category", "n", "gemma acc", "gemma-best acc", "diff (best - gemma) [95% CI]",
+              "gemma-best mean candidates", "gemma-best mean tokens", "gemma mean tokens", "errors (gemma / best)"]
+    out = []
     groups = [(c, [r for r in records if r["category"] == c]) for c in CATEGORIES] + [("overall", records)]
     for name, rows in groups:
         if not rows:
@@ -307,12 +304,10 @@ def table(records: list[dict[str, Any]], resamples: int, seed: int) -> str:
             return f"{np.mean(values):.1f}" if values else "n/a"
 
         errors = f"{sum('error' in r['gemma'] for r in rows)} / {sum('error' in r['gemma-best'] for r in rows)}"
-        lines.append(
-            f"| {name} | {len(rows)} | {np.mean(plain):.1%} | {np.mean(best):.1%} "
-            f"| {mean:+.1%} [{lo:+.1%}, {hi:+.1%}] | {avg('gemma-best', 'candidates')} "
-            f"| {avg('gemma-best', 'total_tokens')} | {avg('gemma', 'total_tokens')} | {errors} |"
-        )
-    return "\n".join(lines)
+        out.append([name, len(rows), f"{np.mean(plain):.1%}", f"{np.mean(best):.1%}",
+                    f"{mean:+.1%} [{lo:+.1%}, {hi:+.1%}]", avg("gemma-best", "candidates"),
+                    avg("gemma-best", "total_tokens"), avg("gemma", "total_tokens"), errors])
+    return markdown_table(header, out, "lrrrlrrrr")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap-seed", type=int, default=12345)
     parser.add_argument("--report-only", type=Path, default=None, metavar="RECORDS",
                         help="re-render the table from a --records file (e.g. of an interrupted run); no model")
-    args = parser.parse_args(argv)
+    add_smoke(parser, "the first 6 questions (all three categories), 200 bootstrap resamples")
+    args = apply_smoke(parser.parse_args(argv), SMOKE)
     command = shlex.join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT))
                           else "python", "bench/first_run.py", *(sys.argv[1:] if argv is None else argv)])
 
@@ -379,7 +375,10 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace, command: str
     print(text)
     if args.out:
         args.out.write_text(text)
-    return 0
+    failed = sum("error" in r[route] for r in records for route in ROUTES)
+    if failed:
+        print(f"{failed} request(s) failed (counted wrong in the table)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

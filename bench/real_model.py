@@ -3,10 +3,12 @@
     python bench/real_model.py                 # or: rvr-proxy bench [ARGS]
     python bench/real_model.py --n 8 --tasks arith1          # a quick look (~2 min)
     python bench/real_model.py --report-only bench/results/real_model.json   # re-render only
+    python bench/real_model.py --embedded-latency      # only the embedded model's latency table (below)
+    python bench/real_model.py --smoke                 # both, tiny: a check of the whole path (~3-5 min)
 
 What it does:
 
-1. Starts the embedded model (proxy/embedded.py) twice, both on loopback: `gemma` without
+1. Starts the embedded model (proxy/local/model.py) twice, both on loopback: `gemma` without
    per-token logits (fast) for sampling and judging, and `gemma-logits` with `logits_all` for the
    one route whose verifier needs logprobs (llama.cpp computes a 262k-vocab logit row for every
    prompt token then, ~4x slower prompt processing on 2 cores).
@@ -20,6 +22,26 @@ What it does:
    computed from the scored candidates; plus the oracle best-of-N curve from the pooled samples.
 
 Writes bench/results/real_model.{md,png,json}. Needs the `local` and `bench` extras.
+
+`--embedded-latency` measures the embedded model server instead (issue 15, item 5): how long a
+short answer takes, by OpenMP wait policy and after an abandoned request, with and without
+stopping generation on hang-up. Every row starts its own model server (`EmbeddedModel`, the
+proxy's settings: n_ctx 2048, threads = usable cores, no per-token logits) on the cached model
+file, then per repeat (`--latency-repeats`):
+
+- `short`: POST /v1/completions, "The sky is", max_tokens 8, temperature 0; the time to the
+  complete reply.
+- `after abandoned`: first a request the model would continue for 300 tokens (end-of-text
+  banned), hung up once the server has used 1 s of CPU on it; then the `short` request, timed
+  from the hang-up to its complete reply.
+
+Rows: `OMP_WAIT_POLICY` ACTIVE (llama.cpp's threads spin; what the proxy ran before) and
+PASSIVE (the proxy's default now), and PASSIVE without the hang-up patch
+(`stop_on_disconnect=False`, the server as llama-cpp-python ships it). Medians and ranges in
+seconds; the load average is printed because the machine's other work moves every number.
+
+`--smoke` runs the strategy table on 2 items of each default task (the logprob route on 1), then
+the latency table with 1 repeat, and writes to bench/results/smoke/.
 """
 
 from __future__ import annotations
@@ -39,16 +61,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# `rvr-proxy bench` runs this file with runpy, so it cannot count on bench/ being on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench.processes import Child, start_proxy  # noqa: E402
-from bench.real_tasks import GOLD_ENV, Task, load_task, write_gold  # noqa: E402
-from strategies.risk import expected_max  # noqa: E402
+from bench.common import (
+    ENDLESS,
+    RESULTS,
+    SMOKE_RESULTS,
+    Child,
+    add_smoke,
+    apply_smoke,
+    markdown_table,
+    proc_cpu_seconds,
+    spread,
+    start_proxy,
+    wait_generating,
+)
+from bench.real_tasks import GOLD_ENV, Task, load_task, write_gold
+from strategies.risk.estimators import expected_max
 
-RESULTS = ROOT / "bench" / "results"
+SMOKE = {"n": 2, "logprob_items": 1, "latency_repeats": 1, "out": str(SMOKE_RESULTS)}
 VARIANTS = ["original", "step_by_step", "format_reminder"]
 ORACLE_NS = (1, 2, 4, 8, 16, 32)
 
@@ -185,7 +217,7 @@ async def run(args: argparse.Namespace, tasks: list[Task], chosen: list[Strategy
     import openai
     from tqdm import tqdm
 
-    from proxy.embedded import EmbeddedModel
+    from proxy.local.model import EmbeddedModel
 
     workdir = Path(tempfile.mkdtemp(prefix="rvr-real-bench-"))
     gold = workdir / "gold.json"
@@ -257,7 +289,7 @@ def wanted(strategy: Strategy, index: int, args: argparse.Namespace) -> bool:
 def logits_context(tasks: Sequence[Task], args: argparse.Namespace) -> int:
     """A power of two ≥ 256 that holds the longest rendered prompt (≤ 2 chars per token, which
     over-counts for this tokenizer) plus the answer."""
-    from proxy.chat_prompt import render_chat
+    from proxy.upstream.chat_prompt import render_chat
 
     longest = max(len(render_chat(item.messages).prompt) for task in tasks for item in task.items)
     need = longest // 2 + args.max_tokens + 32
@@ -609,6 +641,73 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------ embedded model latency
+
+SHORT = {"model": "gemma", "prompt": "The sky is", "max_tokens": 8, "temperature": 0}
+LATENCY_ROWS = (  # label, OMP_WAIT_POLICY, stop generating on hang-up, after an abandoned request
+    ("short, OMP_WAIT_POLICY=ACTIVE", "ACTIVE", True, False),
+    ("short, PASSIVE", "PASSIVE", True, False),
+    ("after abandoned, PASSIVE, stop on hang-up", "PASSIVE", True, True),
+    ("after abandoned, PASSIVE, no stop (as shipped)", "PASSIVE", False, True),
+)
+
+
+async def latency_row(policy: str, stop_on_disconnect: bool, repeats: int, abandoned: bool,
+                      threads: int | None) -> list[float]:
+    import contextlib
+
+    import httpx
+
+    from proxy.local.model import EmbeddedModel
+
+    async def short(client: httpx.AsyncClient, api_base: str) -> None:
+        r = await client.post(f"{api_base}/completions", json=SHORT)
+        r.raise_for_status()
+
+    os.environ["OMP_WAIT_POLICY"] = policy  # the child inherits it; the proxy only sets a default
+    model = EmbeddedModel(logits_all=False, stop_on_disconnect=stop_on_disconnect, n_threads=threads)
+    await model.start()
+    times = []
+    try:
+        async with httpx.AsyncClient(timeout=900) as client:
+            await short(client, model.api_base)  # warm-up
+            for _ in range(repeats):
+                if abandoned:
+                    assert model.pid is not None
+                    since = proc_cpu_seconds(model.pid)
+                    body = {"model": "gemma", **ENDLESS, "max_tokens": 300}
+                    long = asyncio.ensure_future(client.post(f"{model.api_base}/completions", json=body))
+                    await wait_generating(model.pid, since)
+                    long.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await long
+                start = time.monotonic()
+                await short(client, model.api_base)
+                times.append(time.monotonic() - start)
+    finally:
+        await model.stop()
+    return times
+
+
+async def embedded_latency(args: argparse.Namespace) -> str:
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    lines = [f"load average before: {os.getloadavg()[0]:.1f}; cores usable: {len(os.sched_getaffinity(0))}", ""]
+    rows = []
+    try:
+        for label, omp, stop, abandoned in LATENCY_ROWS:
+            times = await latency_row(omp, stop, args.latency_repeats, abandoned, args.threads)
+            rows.append([label, len(times), spread(times)])
+            print(f"{label}: {spread(times)} s", file=sys.stderr, flush=True)
+    finally:
+        if policy is None:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+        else:
+            os.environ["OMP_WAIT_POLICY"] = policy
+    lines.append(markdown_table(["case", "n", "median s (range)"], rows, "lrr"))
+    lines += ["", f"load average after: {os.getloadavg()[0]:.1f}"]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------- main
 
 
@@ -649,26 +748,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0, help="per request, seconds")
     p.add_argument("--out", default=str(RESULTS), help="directory for real_model.{md,png,json}")
     p.add_argument("--report-only", metavar="JSON", help="re-render the report from a saved run; runs nothing")
-    return p.parse_args(argv)
+    p.add_argument("--embedded-latency", action="store_true",
+                   help="measure the embedded model's latency by OpenMP policy and after an abandoned request instead")
+    p.add_argument("--latency-repeats", type=int, default=3, help="with --embedded-latency: repeats of each row")
+    add_smoke(p, "2 items per task, the logprob route on 1; then the latency table with 1 repeat")
+    return apply_smoke(p.parse_args(argv), SMOKE)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--"]:  # `rvr-proxy bench -- ARGS`: the CLI passes the separator through
-        argv = argv[1:]
-    args = parse_args(argv)
-    args.argv = argv
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+def strategy_table(args: argparse.Namespace, out: Path) -> int:
+    """The strategy benchmark (or its re-render); 1 when a request failed, 2 when it cannot run."""
     if args.report_only:
         data = json.loads(Path(args.report_only).read_text())
     else:
-        from proxy.embedded import embedded_available
-
-        problem = embedded_available()
-        if problem is not None:
-            print(problem, file=sys.stderr)
-            return 2
         tasks = [load_task(spec.strip(), args.n, args.seed) for spec in args.tasks.split(",") if spec.strip()]
         chosen = strategies(args)
         if args.strategies:
@@ -687,7 +778,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     written = [out / "real_model.md", out / "real_model.png"] + ([] if args.report_only else [out / "real_model.json"])
     print("wrote " + ", ".join(map(str, written)), file=sys.stderr)
+    failed = sum("error" in r for r in data["records"])
+    if failed and not args.report_only:
+        print(f"{failed} request(s) failed (see the table's err counts)", file=sys.stderr)
+        return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `rvr-proxy bench -- ARGS`: the CLI passes the separator through
+        argv = argv[1:]
+    args = parse_args(argv)
+    args.argv = argv
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    latency = args.embedded_latency or (args.smoke and not args.report_only)
+    if latency or not args.report_only:
+        from proxy.local.model import embedded_available
+
+        problem = embedded_available()
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 2
+    status = 0 if args.embedded_latency else strategy_table(args, out)
+    if latency and status != 2:
+        text = "## Embedded model latency\n\n" + asyncio.run(embedded_latency(args))
+        (out / "embedded_latency.md").write_text(text + "\n")
+        print("\n" + text)
+        print(f"wrote {out / 'embedded_latency.md'}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Tasks with ground truth for the real-model benchmark (bench/real_model.py).
+"""Tasks with ground truth for the embedded-model benchmarks: bench/real_model.py, and the pools of
+bench/gold_pools.py that bench/select_bench.py and bench/validate_calibration.py replay.
 
 Every task item is asked as a short chat: three solved examples as earlier user/assistant turns,
 then the question. The proxy renders that to its "Question:/Answer:" transcript for the base model
-(proxy/chat_prompt.py), so the few-shot examples, the prompt variants (which rewrite only the last
+(proxy/upstream/chat_prompt.py), so the few-shot examples, the prompt variants (which rewrite only the last
 user message) and the LLM judge (which sees the whole conversation) all work on one request shape.
 
 Scoring is the task's own: an answer is extracted from the candidate text (`extract_answer`), then
@@ -10,6 +11,9 @@ Scoring is the task's own: an answer is extracted from the candidate text (`extr
 - `rg:<name>`: reasoning-gym's `dataset.score_answer(answer, item)`. Its default scorer gives
   partial credit when the oracle string occurs inside the answer ("12" for "2" scores 0.5), which
   means nothing for numbers, so an item counts as correct only when the scorer returns 1.0.
+
+`capitals` (the capital of 118 countries) is the control task of the selection benchmark, where
+majority vote already works (see its section below).
 
 `gold_verifier` is a plugin verifier (`function: "bench.real_tasks:gold_verifier"`) that scores
 candidates with the task scorer: the "correct verifier" reference route. It reads the gold
@@ -23,6 +27,7 @@ import json
 import os
 import random
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,7 +80,7 @@ _AFTER_EQUALS = re.compile(r"=\s*(-?\d+(?:\.\d+)?)")
 def extract_answer(text: str) -> str | None:
     """The number a short answer gives: the last "answer is N" anywhere (what the format_reminder
     variant asks for); else the number after "=" in the first non-empty line ("3+4=7"); else that
-    line's first number. This is the protocol proxy/chat_prompt.py measured its format with."""
+    line's first number. This is the protocol proxy/upstream/chat_prompt.py measured its format with."""
     phrase = _ANSWER_IS.findall(text)
     if phrase:
         return _canonical(phrase[-1])
@@ -148,6 +153,81 @@ def load_task(spec: str, size: int, seed: int) -> Task:
     if spec.startswith("rg:"):
         return reasoning_gym_task(spec[3:], size, seed)
     raise ValueError(f"unknown task {spec!r}: use arith1 or rg:<reasoning-gym dataset>")
+
+
+# --- capitals: the control task of the selection benchmark ----------------------------------
+#
+# The embedded 270M model names the capital of a well-known country right in most samples, so
+# the vote is usually right and there is little for a learned selector to add: what this task
+# measures is that learned selection does no harm where agreement suffices. Countries whose
+# capital has common variant names, is disputed or equals the country's name are left out.
+#
+# The answer is the first line's leading words ("Paris", "Paris.", "Paris <s>..." and "The capital
+# of France is Paris" all answer Paris); accents and case are ignored, so "Brasilia" answers
+# Brasília. Routes extract it with the same pattern (`CAPITALS_PATTERN`, a self-consistency pattern).
+
+CAPITALS: tuple[tuple[str, str], ...] = (
+    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
+    ("Portugal", "Lisbon"), ("Japan", "Tokyo"), ("China", "Beijing"), ("Russia", "Moscow"),
+    ("Egypt", "Cairo"), ("Greece", "Athens"), ("Ireland", "Dublin"), ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"), ("Finland", "Helsinki"), ("Denmark", "Copenhagen"), ("Poland", "Warsaw"),
+    ("Austria", "Vienna"), ("Hungary", "Budapest"), ("Belgium", "Brussels"), ("the Netherlands", "Amsterdam"),
+    ("the Czech Republic", "Prague"), ("Romania", "Bucharest"), ("Bulgaria", "Sofia"), ("Serbia", "Belgrade"),
+    ("Croatia", "Zagreb"), ("Iceland", "Reykjavik"), ("Latvia", "Riga"), ("Lithuania", "Vilnius"),
+    ("Estonia", "Tallinn"), ("Slovakia", "Bratislava"), ("Slovenia", "Ljubljana"), ("Albania", "Tirana"),
+    ("Cyprus", "Nicosia"), ("Malta", "Valletta"), ("Turkey", "Ankara"), ("Iran", "Tehran"),
+    ("Iraq", "Baghdad"), ("Syria", "Damascus"), ("Lebanon", "Beirut"), ("Jordan", "Amman"),
+    ("Saudi Arabia", "Riyadh"), ("Qatar", "Doha"), ("Oman", "Muscat"), ("Afghanistan", "Kabul"),
+    ("Pakistan", "Islamabad"), ("India", "New Delhi"), ("Nepal", "Kathmandu"), ("Bangladesh", "Dhaka"),
+    ("Thailand", "Bangkok"), ("Vietnam", "Hanoi"), ("Cambodia", "Phnom Penh"), ("Laos", "Vientiane"),
+    ("Malaysia", "Kuala Lumpur"), ("Indonesia", "Jakarta"), ("the Philippines", "Manila"), ("South Korea", "Seoul"),
+    ("North Korea", "Pyongyang"), ("Uzbekistan", "Tashkent"), ("Australia", "Canberra"), ("New Zealand", "Wellington"),
+    ("Fiji", "Suva"), ("Canada", "Ottawa"), ("Cuba", "Havana"), ("Jamaica", "Kingston"),
+    ("Honduras", "Tegucigalpa"), ("Nicaragua", "Managua"), ("Costa Rica", "San José"), ("Colombia", "Bogotá"),
+    ("Venezuela", "Caracas"), ("Ecuador", "Quito"), ("Peru", "Lima"), ("Chile", "Santiago"),
+    ("Argentina", "Buenos Aires"), ("Uruguay", "Montevideo"), ("Paraguay", "Asunción"), ("Brazil", "Brasília"),
+    ("Morocco", "Rabat"), ("Algeria", "Algiers"), ("Tunisia", "Tunis"), ("Libya", "Tripoli"),
+    ("Sudan", "Khartoum"), ("Ethiopia", "Addis Ababa"), ("Kenya", "Nairobi"), ("Uganda", "Kampala"),
+    ("Rwanda", "Kigali"), ("Nigeria", "Abuja"), ("Ghana", "Accra"), ("Senegal", "Dakar"),
+    ("Mali", "Bamako"), ("Niger", "Niamey"), ("Cameroon", "Yaoundé"), ("Angola", "Luanda"),
+    ("Zambia", "Lusaka"), ("Zimbabwe", "Harare"), ("Mozambique", "Maputo"), ("Madagascar", "Antananarivo"),
+    ("Namibia", "Windhoek"), ("Botswana", "Gaborone"), ("Somalia", "Mogadishu"), ("Liberia", "Monrovia"),
+    ("Sierra Leone", "Freetown"), ("Guinea", "Conakry"), ("Gabon", "Libreville"), ("Malawi", "Lilongwe"),
+    ("Switzerland", "Bern"), ("Georgia", "Tbilisi"), ("Armenia", "Yerevan"), ("Azerbaijan", "Baku"),
+    ("Belarus", "Minsk"), ("Bosnia and Herzegovina", "Sarajevo"), ("Montenegro", "Podgorica"), ("North Macedonia", "Skopje"),
+    ("Kyrgyzstan", "Bishkek"), ("Tajikistan", "Dushanbe"), ("Bhutan", "Thimphu"), ("Bahrain", "Manama"),
+    ("the United Kingdom", "London"), ("Eritrea", "Asmara"),
+)
+# The first line's leading words (letters, spaces, hyphens, apostrophes), after an optional
+# "The capital (of X) is".
+CAPITALS_PATTERN = r"^\s*(?:(?i:the\s+capital\s+(?:of\s+[^\n]*?\s+)?is)\s+)?([^\W\d_]+(?:[ '\-][^\W\d_]+)*)"
+_CAPITAL = re.compile(CAPITALS_PATTERN)
+
+
+def capital_question(country: str) -> str:
+    return f"What is the capital of {country}?"
+
+
+def capitals_items(seeds: int) -> list[tuple[str, str, str, list[tuple[str, str]]]]:
+    """(id, question, answer, shots) for every country × `seeds` few-shot sets of three others."""
+    out = []
+    for seed in range(seeds):
+        rng = random.Random(2000 + seed)
+        for country, capital in CAPITALS:
+            others = rng.sample([c for c in CAPITALS if c[0] != country], 3)
+            shots = [(capital_question(c), a) for c, a in others]
+            out.append((f"capitals-s{seed}-{country}", capital_question(country), capital, shots))
+    return out
+
+
+def _normalized(text: str) -> str:
+    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return " ".join(plain.lower().split())
+
+
+def capitals_score(text: str, capital: str) -> float:
+    found = _CAPITAL.match(text)
+    return float(found is not None and _normalized(found.group(1)) == _normalized(capital))
 
 
 # --- the gold verifier plugin --------------------------------------------------------------

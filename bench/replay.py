@@ -55,6 +55,18 @@ class PoolServices:
         raise NotImplementedError("replay serves no reward model")
 
 
+async def render_variants(messages: Sequence[Message], variants: Sequence[str]) -> dict[str, list[Message]]:
+    """The messages each of the proxy's prompt `variants` sends for `messages` (what PoolServices
+    recognises a variant by)."""
+    from strategies.best_of_n.variants import build_variants
+
+    out = {}
+    for variant in build_variants(list(variants), None):
+        rendered, _ = await variant.render(list(messages), None)  # type: ignore[arg-type]
+        out[variant.name] = rendered
+    return out
+
+
 def load_pools(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]

@@ -4,15 +4,16 @@ each with the shared state in Redis and in memory.
     python bench/scale.py                          # 5 rounds, c=64, 2000 requests per measurement
     python bench/scale.py --rounds 3 --requests 1000 --workers 1,2 --lb-instances 0
     python bench/scale.py --no-limits              # a plain key: passthrough then touches Redis ~never
+    python bench/scale.py --smoke                  # a quick check of the whole path (numbers mean nothing)
 
 Starts, once, and keeps running for the whole run:
 
 - the fast loopback upstream (bench/fast_upstream.py, its own process);
-- one `redis-server` (Debian's, the one tests/test_scale_out.py uses) on a free loopback port,
+- one `redis-server` (Debian's, the one tests/system/test_scale_out.py uses) on a free loopback port,
   no persistence;
 - for each backend (`memory`, `redis`): one rvr-proxy instance per `--workers` count, and
   `--lb-instances` instances with `--lb-workers` workers each behind one HAProxy, configured as in
-  tests/test_scale_out.py (round robin, health checks on `/readyz`, retry on connection failure).
+  tests/system/test_scale_out.py (round robin, health checks on `/readyz`, retry on connection failure).
 
 Every proxy has one passthrough route and one client key with `rpm` and `tpm` limits far above
 what the run can reach, so each request does what a limited key costs: an atomic check-and-count
@@ -34,41 +35,69 @@ over rounds. CPU columns are CPU seconds during the measurement divided by reque
 `total_commands_processed` over the measurement divided by requests: it shows the redis targets
 really used Redis.
 
+Then, once the rounds are done, what one call to the shared state costs in this process, with no
+load: `MemoryState` vs `RedisState` on the same redis-server, ms per call (median over
+`--state-repeats` of the mean over `--state-calls` calls) of the calls a request makes: `admit`
+(a key with limits, on arrival), `add_totals` (a best-of-N route's estimate sync) and `get_json`
+(an upstream whose `n` support is unknown).
+
 Everything shares this machine's cores (load generator, upstream, proxies, Redis, HAProxy): with
 2 cores, more than 2 busy processes cannot add throughput, they only share the same 2 cores.
+Exits 1 if any request failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from overhead import API_KEY, MODEL, LoadClient, Service, drive, percentile, start_upstream
-from processes import ROOT, free_port, install_uvloop, start_proxy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
+from bench.common import (
+    API_KEY_REF,
+    Child,
+    LoadClient,
+    add_smoke,
+    apply_smoke,
+    drive,
+    free_port,
+    install_uvloop,
+    key_env,
+    load_average,
+    markdown_table,
+    median,
+    per_round,
+    percentile,
+    stamped,
+    start_fast_upstream,
+    start_proxy,
+    write_json,
+)
+
+MODEL = "bench"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 BACKENDS = ("memory", "redis")
 DIRECT = "upstream alone"  # the ceiling: load generator and upstream with no proxy between them
-KEY_ENV = "RVR_BENCH_KEY"
 # Far above anything a run reaches: the limits are counted on every request, never hit.
 HUGE_LIMITS = {"rpm": 10**9, "tpm": 10**12}
+SMOKE = {"rounds": 1, "requests": 100, "warmup": 10, "level_timeout": 30.0, "workers": "1", "lb_instances": 2,
+         "lb_workers": 1, "state_calls": 50, "state_repeats": 2}
 
 
 # ---- processes ------------------------------------------------------------------------------
 
 
-class RedisServer(Service):
+class RedisServer(Child):
     def __init__(self, workdir: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -96,8 +125,8 @@ class RedisServer(Service):
             return None
 
 
-class HAProxy(Service):
-    """HAProxy as tests/test_scale_out.py configures it, but health checks every second rather than
+class HAProxy(Child):
+    """HAProxy as tests/system/test_scale_out.py configures it, but health checks every second rather than
     every 300 ms: in a benchmark they are load on the shared cores, and nothing here fails over."""
 
     def __init__(self, workdir: Path, backends: list[int]) -> None:
@@ -134,7 +163,7 @@ backend proxies
 
 
 def proxy_config(api_base: str, backend: str, prefix: str, redis_url: str, limits: bool) -> dict[str, Any]:
-    key: dict[str, Any] = {"key": f"os.environ/{KEY_ENV}", "name": "bench", **(HUGE_LIMITS if limits else {})}
+    key: dict[str, Any] = {"key": API_KEY_REF, "name": "bench", **(HUGE_LIMITS if limits else {})}
     server: dict[str, Any] = {"keys": [key]}
     if backend == "redis":
         server["state"] = {"backend": "redis", "url": redis_url, "prefix": prefix}
@@ -153,7 +182,7 @@ class Target:
     backend: str
     workers_total: int
     base: str = ""
-    proxies: list[Service] = field(default_factory=list)
+    proxies: list[Child] = field(default_factory=list)
     balancer: HAProxy | None = None
 
     @property
@@ -162,7 +191,7 @@ class Target:
 
 
 def start_targets(args: argparse.Namespace, api_base: str, redis: RedisServer, workdir: Path,
-                  services: list[Service]) -> list[Target]:
+                  services: list[Child]) -> list[Target]:
     """Instances start two at a time: each worker imports litellm, seconds of CPU, and a dozen
     instances started at once on 2 busy cores miss any sensible ready timeout. Each process started
     is added to `services` at once, so the caller stops it whatever fails."""
@@ -185,8 +214,8 @@ def start_targets(args: argparse.Namespace, api_base: str, redis: RedisServer, w
 
     def start(job: tuple[Target, Path, dict[str, Any], int]) -> None:
         target, directory, config, workers = job
-        service, base = start_proxy(directory, config, env={KEY_ENV: API_KEY}, workers=workers,
-                                    log_level="warning", child_type=Service, ready_timeout=300)
+        service, base = start_proxy(directory, config, env=key_env(), workers=workers, log_level="warning",
+                                    ready_timeout=300)
         services.append(service)
         target.proxies.append(service)
         bases[id(target)].append(base)
@@ -233,7 +262,7 @@ class Measurement:
     error_samples: list[str] = field(default_factory=list)
 
 
-def cpu(services: Sequence[Service]) -> float:
+def cpu(services: Sequence[Child]) -> float:
     return sum(s.cpu_seconds() for s in services)
 
 
@@ -241,11 +270,12 @@ async def measure(args: argparse.Namespace, target: Target, redis: RedisServer, 
     url = f"{target.base}/v1/chat/completions"
     # A fresh client per measurement: no idle connections from one target linger into the next.
     async with LoadClient(args.client, args.concurrency * 2) as client:
-        await drive(client, url, args.concurrency, args.warmup, args.level_timeout)
+        await drive(client, url, BODY, args.concurrency, args.warmup, args.level_timeout)
         balancer = [target.balancer] if target.balancer else []
         cpu0 = (cpu(target.proxies), cpu([redis]), cpu(balancer))
         commands0 = redis.commands_processed() or 0
-        latencies, errors, unsent, wall = await drive(client, url, args.concurrency, args.requests, args.level_timeout)
+        latencies, errors, unsent, wall = await drive(client, url, BODY, args.concurrency, args.requests,
+                                                      args.level_timeout)
         commands = (redis.commands_processed() or 0) - commands0 - 1  # less the INFO call itself
         cpu1 = (cpu(target.proxies), cpu([redis]), cpu(balancer))
     sent = args.requests - unsent
@@ -253,7 +283,7 @@ async def measure(args: argparse.Namespace, target: Target, redis: RedisServer, 
     ms = [x * 1000 for x in latencies]
     return Measurement(
         target.name, target.setup, target.backend, round_no, sent, len(latencies), len(errors), unsent, wall,
-        len(latencies) / wall if wall else 0.0, statistics.median(ms) if ms else float("nan"), percentile(ms, 99),
+        len(latencies) / wall if wall else 0.0, median(ms), percentile(ms, 99),
         per_req[0], per_req[1], per_req[2] if balancer else None, max(commands, 0) / max(sent, 1), errors[:3],
     )
 
@@ -282,10 +312,6 @@ async def run_rounds(args: argparse.Namespace, targets: list[Target], redis: Red
 # ---- report ---------------------------------------------------------------------------------
 
 
-def fmt_rounds(values: list[float], spec: str) -> str:
-    return ", ".join(format(v, spec) for v in values)
-
-
 def summarize(results: list[Measurement], targets: list[Target], baseline_setup: str | None) -> tuple[str, dict[str, Any]]:
     by = {(m.setup, m.backend, m.round): m for m in results}
     rounds = sorted({m.round for m in results})
@@ -293,45 +319,45 @@ def summarize(results: list[Measurement], targets: list[Target], baseline_setup:
     backends = list(dict.fromkeys(t.backend for t in targets if t.setup != DIRECT))
     workers = {t.setup: t.workers_total for t in targets}
     summary: dict[str, Any] = {}
+    both = len(backends) == 2
 
-    def med(values: list[float]) -> float:
-        return statistics.median(values) if values else float("nan")
-
-    main = ["| setup | workers | " + " | ".join(f"{b} req/s" for b in backends)
-            + (" | redis / memory | Redis cost ms/req (per round) | redis CPU ms/req (proxies + redis-server − memory)"
-               if len(backends) == 2 else "")
-            + " | " + " | ".join(f"{b} vs 1 worker" for b in backends) + " |",
-            "|---|---:|" + "---:|" * len(backends) + ("---:|---|---:|" if len(backends) == 2 else "")
-            + "---:|" * len(backends)]
+    header = ["setup", "workers", *(f"{b} req/s" for b in backends)]
+    align = "lr" + "r" * len(backends)
+    if both:
+        header += ["redis / memory", "Redis cost ms/req (per round)",
+                   "redis CPU ms/req (proxies + redis-server − memory)"]
+        align += "rlr"
+    header += [f"{b} vs 1 worker" for b in backends]
+    align += "r" * len(backends)
+    main = []
     for setup in setups:
         entry: dict[str, Any] = {"workers": workers[setup]}
         cells = [setup, str(workers[setup])]
         for backend in backends:
             rps = [by[(setup, backend, n)].rps for n in rounds]
-            entry[f"{backend}_rps"] = med(rps)
+            entry[f"{backend}_rps"] = median(rps)
             entry[f"{backend}_rps_per_round"] = rps
-            cells.append(f"{med(rps):.0f}")
-        if len(backends) == 2:
+            cells.append(f"{median(rps):.0f}")
+        if both:
             ratio = [by[(setup, "redis", n)].rps / by[(setup, "memory", n)].rps for n in rounds]
             cost = [1000 / by[(setup, "redis", n)].rps - 1000 / by[(setup, "memory", n)].rps for n in rounds]
             cpu_cost = [by[(setup, "redis", n)].proxy_cpu_ms + by[(setup, "redis", n)].redis_cpu_ms
                         - by[(setup, "memory", n)].proxy_cpu_ms for n in rounds]
-            entry.update(redis_over_memory=med(ratio), redis_cost_ms=med(cost), redis_cost_ms_per_round=cost,
-                         redis_cpu_cost_ms=med(cpu_cost))
-            cells += [f"{med(ratio):.2f}", f"{med(cost):+.2f} ({fmt_rounds(cost, '+.2f')})", f"{med(cpu_cost):+.2f}"]
+            entry.update(redis_over_memory=median(ratio), redis_cost_ms=median(cost), redis_cost_ms_per_round=cost,
+                         redis_cpu_cost_ms=median(cpu_cost))
+            cells += [f"{median(ratio):.2f}", f"{median(cost):+.2f} ({per_round(cost, '+.2f')})",
+                      f"{median(cpu_cost):+.2f}"]
         for backend in backends:
             if baseline_setup is None:
                 cells.append("—")
                 continue
             scale = [by[(setup, backend, n)].rps / by[(baseline_setup, backend, n)].rps for n in rounds]
-            entry[f"{backend}_vs_1_worker"] = med(scale)
-            cells.append(f"{med(scale):.2f}x")
+            entry[f"{backend}_vs_1_worker"] = median(scale)
+            cells.append(f"{median(scale):.2f}x")
         summary[setup] = entry
-        main.append("| " + " | ".join(cells) + " |")
+        main.append(cells)
 
-    detail = ["| setup | backend | req/s (per round) | median ms | p99 ms | errors | proxy CPU ms/req | "
-              "redis-server CPU ms/req | HAProxy CPU ms/req | Redis cmds/req |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    detail = []
     pairs = [(setup, backend) for setup in setups for backend in backends]
     if any(m.setup == DIRECT for m in results):
         pairs.insert(0, (DIRECT, "none"))
@@ -342,16 +368,70 @@ def summarize(results: list[Measurement], targets: list[Target], baseline_setup:
         errors = sum(m.errors + m.unsent for m in mine)
         entry = summary[setup]
         entry[f"{backend}_errors"] = errors
-        entry[f"{backend}_redis_cmds_per_req"] = med([m.redis_cmds_per_req for m in mine])
+        entry[f"{backend}_redis_cmds_per_req"] = median(m.redis_cmds_per_req for m in mine)
         if setup == DIRECT:
-            entry["rps"] = med([m.rps for m in mine])
-        proxy_cpu = "—" if setup == DIRECT else f"{med([m.proxy_cpu_ms for m in mine]):.2f}"
-        detail.append("| {} | {} | {:.0f} ({}) | {:.1f} | {:.1f} | {}/{} | {} | {:.2f} | {} | {:.2f} |".format(
-            setup, backend, med([m.rps for m in mine]), fmt_rounds([m.rps for m in mine], ".0f"),
-            med([m.median_ms for m in mine]), med([m.p99_ms for m in mine]), errors, sum(m.sent for m in mine),
-            proxy_cpu, med([m.redis_cpu_ms for m in mine]),
-            f"{med(haproxy):.2f}" if haproxy else "—", med([m.redis_cmds_per_req for m in mine])))
-    return "\n".join(main) + "\n\n" + "\n".join(detail), summary
+            entry["rps"] = median(m.rps for m in mine)
+        rps = [m.rps for m in mine]
+        detail.append([
+            setup, backend, f"{median(rps):.0f} ({per_round(rps, '.0f')})",
+            f"{median(m.median_ms for m in mine):.1f}", f"{median(m.p99_ms for m in mine):.1f}",
+            f"{errors}/{sum(m.sent for m in mine)}",
+            "—" if setup == DIRECT else f"{median(m.proxy_cpu_ms for m in mine):.2f}",
+            f"{median(m.redis_cpu_ms for m in mine):.2f}", f"{median(haproxy):.2f}" if haproxy else "—",
+            f"{median(m.redis_cmds_per_req for m in mine):.2f}",
+        ])
+    detail_header = ["setup", "backend", "req/s (per round)", "median ms", "p99 ms", "errors", "proxy CPU ms/req",
+                     "redis-server CPU ms/req", "HAProxy CPU ms/req", "Redis cmds/req"]
+    return (markdown_table(header, main, align) + "\n\n" + markdown_table(detail_header, detail, "lllrrrrrrr"),
+            summary)
+
+
+# ---- what one call to the shared state costs ----------------------------------------------------
+
+
+async def state_costs(redis_url: str, calls: int, repeats: int) -> dict[str, dict[str, float]]:
+    """ms per call, median over `repeats` of the mean over `calls` calls, of the state calls a request
+    makes, on MemoryState and on RedisState (this run's redis-server, its own key prefix): `admit`
+    (a key with limits, on arrival), `add_totals` (a best-of-N route's estimate sync, before and
+    after its run) and `get_json` (an upstream whose `n` support is unknown)."""
+    from proxy.config.scale import StateSettings
+    from proxy.state.base import Counter, SharedState
+    from proxy.state.memory import MemoryState
+    from proxy.state.redis import RedisState
+
+    async def measure(state: SharedState) -> dict[str, float]:
+        counters = [Counter("rl:{bench}:rpm:1", 1, 10**12, 60), Counter("rl:{bench}:tpm:1", 0, 10**12, 60)]
+        operations: dict[str, Callable[[], Awaitable[object]]] = {
+            "admit": lambda: state.admit(counters),
+            "add_totals": lambda: state.add_totals("risk/bench", {"candidate.sum": 0.1, "candidate.count": 1.0}),
+            "get_json": lambda: state.get_json("n_support/bench"),
+        }
+        result = {}
+        for name, call in operations.items():
+            runs = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                for _ in range(calls):
+                    await call()
+                runs.append((time.perf_counter() - started) / calls * 1000)
+            result[name] = median(runs)
+        return result
+
+    redis = RedisState(StateSettings(backend="redis", url=redis_url, prefix="statecost"))
+    await redis.start()
+    try:
+        if not redis.up:
+            raise RuntimeError("the state-cost measurement could not reach redis-server")
+        return {"memory": await measure(MemoryState()), "redis": await measure(redis)}
+    finally:
+        await redis.close()
+
+
+def state_cost_table(costs: dict[str, dict[str, float]], calls: int, repeats: int) -> str:
+    operations = ["admit", "add_totals", "get_json"]
+    rows = [[backend, *(f"{row[op]:.3f}" for op in operations)] for backend, row in costs.items()]
+    return (f"State calls, ms per call (median of {repeats} x {calls} calls, one process, no load):\n\n"
+            + markdown_table(["backend", *operations], rows, "lrrr"))
 
 
 # ---- main -----------------------------------------------------------------------------------
@@ -372,8 +452,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-limits", dest="limits", action="store_false",
                         help="the client key has no limits (passthrough then touches Redis ~never)")
     parser.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp", help="load generator's HTTP client")
-    parser.add_argument("--json", help="write the raw results here (default bench/results/scale-<time>.json)")
-    args = parser.parse_args()
+    parser.add_argument("--state-calls", type=int, default=500,
+                        help="calls per repeat of the state-cost measurement (0: skip it)")
+    parser.add_argument("--state-repeats", type=int, default=5, help="repeats of the state-cost measurement")
+    parser.add_argument("--json", help="write the raw results here (default bench/results/scale-<time>.json; "
+                        "--smoke: bench/results/smoke/)")
+    add_smoke(parser, "1 round of 100 requests; 1 and 2 instances x 1 worker; 50 state calls x 2")
+    args = apply_smoke(parser.parse_args(), SMOKE)
     args.workers = [int(x) for x in args.workers.split(",") if x]
     args.backends = [b for b in args.backends.split(",") if b]
     if unknown := set(args.backends) - set(BACKENDS):
@@ -387,10 +472,10 @@ def main() -> int:
     args = parse_args()
     install_uvloop()
     workdir = Path(tempfile.mkdtemp(prefix="rvr-scale-"))
-    services: list[Service] = []
+    services: list[Child] = []
     started = time.time()
     try:
-        upstream, api_base = start_upstream(workdir)
+        upstream, api_base = start_fast_upstream(workdir)
         services.append(upstream)
         redis = RedisServer(workdir)
         services.append(redis)
@@ -401,7 +486,7 @@ def main() -> int:
               f"({os.cpu_count()} cores)\n")
         print(f"load generator: {args.client}, one process | rounds: {args.rounds} | {args.requests} requests per "
               f"measurement (+{args.warmup} warm-up) | key limits: {'rpm+tpm, never reached' if args.limits else 'none'}"
-              f" | load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n", flush=True)
+              f" | load average before: {load_average()}\n", flush=True)
         results = asyncio.run(run_rounds(args, targets, redis))
         table, summary = summarize(results, targets, baseline)
         print("\n" + table + "\n")
@@ -411,11 +496,13 @@ def main() -> int:
               "'vs 1 worker' = req/s over the 1-worker instance's with the same backend, in the same round.")
         print(f"All on one {os.cpu_count()}-core machine: load generator, upstream, proxies, redis-server and HAProxy "
               "share the cores, so past 2 busy processes, more workers share the cores rather than add to them.")
-        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {time.time() - started:.0f} s")
-        out = Path(args.json) if args.json else ROOT / "bench" / "results" / f"scale-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"args": vars(args), "summary": summary, "results": [asdict(m) for m in results]},
-                                  indent=2))
+        costs = asyncio.run(state_costs(redis.url, args.state_calls, args.state_repeats)) if args.state_calls else {}
+        if costs:
+            print("\n" + state_cost_table(costs, args.state_calls, args.state_repeats) + "\n")
+        print(f"load average after: {load_average()}; {time.time() - started:.0f} s")
+        out = write_json(Path(args.json) if args.json else stamped("scale", args),
+                         {"args": vars(args), "summary": summary, "state_cost_ms": costs,
+                          "results": [asdict(m) for m in results]})
         print(f"raw results: {out}")
         failed = sum(m.errors + m.unsent for m in results)
         return 1 if failed else 0

@@ -20,8 +20,30 @@ share of candidates whose answer is one of the request's few-shot answers, and o
 candidates), and a PNG of accuracy against n per selector with the oracle curve.
 
     python bench/select_bench.py --tasks add1,legs,gcd,sum2,capitals     # pools from bench/gold_pools.py
+    python bench/select_bench.py --pools bench/results/pools-logprobs --tasks add1   # + conf_mean, conf_low
+    python bench/select_bench.py --tasks add1 --judge-items 60         # + the same-model judge's signal
+    python bench/select_bench.py --smoke      # builds small add1 and capitals pools first (embedded model)
 
 Writes bench/results/select_bench.{md,json,png}.
+
+The same-model judge (`--judge-items N`, off by default): how well does the embedded model judge
+its own answers? For each task's first N items (shuffled with `--judge-seed`), every distinct
+extracted answer is put to the embedded Gemma 3 270M as a yes/no question, rendered as the proxy
+renders a chat for a completion upstream (proxy.upstream.chat_prompt):
+
+    Question: What is 1 plus 7?
+    Proposed answer: 9
+    Is the proposed answer correct? Reply yes or no.
+    Answer:
+
+P(yes) = P(yes or Yes) / P(yes, Yes, no or No), read by teacher forcing (bench/gold_pools.py's
+`Scorer`). The report gives the AUROC of P(yes) for right against wrong answer clusters, next to
+the vote share's on the same clusters: a judge signal is worth a learned weight only where it
+ranks answers better than votes. The replay serves no judge, so the selectors above never use it.
+
+`--smoke` first builds small pools with bench/gold_pools.py (8 items each of add1 and capitals,
+8 samples per item, token logprobs added), then runs everything above on them, judge included,
+writing to bench/results/smoke/.
 """
 
 from __future__ import annotations
@@ -29,7 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
+import math
 import random
 import sys
 from collections import Counter, defaultdict
@@ -39,28 +61,33 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench import capitals  # noqa: E402
-from bench.replay import PoolServices, load_pools  # noqa: E402
-from strategies.answers import answer_key, compile_patterns  # noqa: E402
-from strategies.cluster_features import shot_answers  # noqa: E402
-from strategies.contract import Candidate, StrategyRequest  # noqa: E402
-from strategies.learned_selection import ClusterRow, LearnedSelector, NotFittable, SelectorState, fit_selector  # noqa: E402
-from strategies.registry import build_strategy  # noqa: E402
-from strategies.sampling import BestOfN  # noqa: E402
-from strategies.settings import BestOfNSettings  # noqa: E402
-from strategies.variants import build_variants  # noqa: E402
+from bench.common import RESULTS, SMOKE_RESULTS, add_smoke, apply_smoke
+from bench.real_tasks import CAPITALS_PATTERN, capitals_score
+from bench.replay import PoolServices, load_pools, render_variants
+from strategies.answers import answer_key, compile_patterns
+from strategies.best_of_n.loop import BestOfN
+from strategies.best_of_n.settings import BestOfNSettings
+from strategies.registry import build_strategy
+from strategies.contract import Candidate, StrategyRequest
+from strategies.selection.clusters import shot_answers
+from strategies.selection.learned import (
+    ClusterRow,
+    LearnedSelector,
+    NotFittable,
+    SelectorState,
+    auroc,
+    fit_selector,
+)
 
-RESULTS = ROOT / "bench" / "results"
 NS = (1, 2, 4, 8, 16)
 HEADLINE_N = 8
 SELECTORS = ("majority", "weighted", "learned")
 # How a route would extract each task's answers: the default extraction reads numbers only.
-PATTERNS: dict[str, list[str]] = {"capitals": [capitals.ANSWER_PATTERN]}
+PATTERNS: dict[str, list[str]] = {"capitals": [CAPITALS_PATTERN]}
+SMOKE_TASKS = ("add1", "capitals")
+SMOKE = {"tasks": list(SMOKE_TASKS), "resamples": 200, "judge_items": 4, "out": SMOKE_RESULTS / "select_bench"}
 
 
 def majority_verifiers(task: str) -> list[dict[str, Any]]:
@@ -80,14 +107,6 @@ def strategy(variants: list[str], n: int, verifiers: list[dict[str, Any]], mode:
     assert isinstance(built, BestOfN)
     built._rng = lambda: np.random.default_rng(0)  # risk bootstraps only; selection is deterministic
     return built
-
-
-async def rendered(item: dict[str, Any], variants: list[str]) -> dict[str, list[dict[str, Any]]]:
-    out = {}
-    for variant in build_variants(variants, None):
-        messages, _ = await variant.render(item["messages"], None)  # type: ignore[arg-type]
-        out[variant.name] = messages
-    return out
 
 
 def utility_of(item: dict[str, Any]) -> dict[tuple[str, str], float]:
@@ -126,7 +145,7 @@ def copy_rate(items: Sequence[dict[str, Any]]) -> tuple[float, float]:
 
 async def run_task(items: list[dict[str, Any]], seed: int, ns: Sequence[int]) -> dict[str, Any]:
     variants = list(items[0]["pool"])
-    renders = [await rendered(item, variants) for item in items]
+    renders = [await render_variants(item["messages"], variants) for item in items]
     utilities = [utility_of(item) for item in items]
     groups = sorted({group_of(i) for i in items})
     random.Random(seed).shuffle(groups)
@@ -160,7 +179,7 @@ async def run_task(items: list[dict[str, Any]], seed: int, ns: Sequence[int]) ->
         for model in fitted:
             best = strategy(variants, n, weighted_verifiers(task), "learned")
             reason = None if model is not None else "not fittable on the training half"
-            best.selector_state = (lambda s=SelectorState(model, reason): s)
+            best.use_selector(lambda s=SelectorState(model, reason): s)
             learners.append(best)
         for item, render, util, f in zip(items, renders, utilities, fold, strict=True):
             out = await serve(learners[f], item, render)
@@ -247,6 +266,59 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+# ---- the same-model judge's signal (--judge-items) ------------------------------------------------
+
+
+def p_yes(scorer: Any, question: str, answer: str) -> float:
+    """P(yes) of the embedded model asked whether `answer` answers `question`, by teacher forcing."""
+    from proxy.upstream.chat_prompt import render_chat
+
+    prompt = render_chat([{"role": "user", "content": (
+        f"{question}\nProposed answer: {answer}\nIs the proposed answer correct? Reply yes or no."
+    )}]).prompt
+
+    def mass(*words: str) -> float:
+        return float(np.logaddexp.reduce([sum(scorer.token_logprobs(prompt, w)) for w in words]))
+
+    return 1.0 / (1.0 + math.exp(mass("no", "No") - mass("yes", "Yes")))
+
+
+def judge_signal(scorer: Any, items: list[dict[str, Any]], count: int, seed: int) -> dict[str, Any]:
+    """AUROC of the judge's P(yes) and of the vote share, right against wrong answer clusters, on
+    `count` of the items (shuffled with `seed`)."""
+    chosen = list(items)
+    random.Random(seed).shuffle(chosen)
+    chosen = chosen[:count]
+    judged, shares, right = [], [], []
+    for item in chosen:
+        patterns = compile_patterns(PATTERNS.get(item["task"], []))
+        texts = [s["text"] for samples in item["pool"].values() for s in samples]
+        votes = Counter(answer_key(Candidate(0, "pool", {"role": "assistant", "content": t}), patterns) for t in texts)
+        for answer, votes_for in votes.items():
+            if answer is None:
+                continue
+            judged.append(p_yes(scorer, item["messages"][-1]["content"], answer))
+            shares.append(votes_for / len(texts))
+            right.append(capitals_score(answer, item["answer"]) == 1.0 if item["task"] == "capitals"
+                         else answer == item["answer"])
+    y = np.array(right, dtype=bool)
+    both = 0 < y.sum() < len(y)  # an AUROC needs right and wrong clusters
+    return {"items": len(chosen), "clusters": len(y), "right": int(y.sum()),
+            "judge_auroc": float(auroc(np.array(judged), y)) if both else None,
+            "vote_auroc": float(auroc(np.array(shares), y)) if both else None}
+
+
+def judge_report(signals: dict[str, dict[str, Any]]) -> str:
+    def fmt(x: float | None) -> str:
+        return "–" if x is None else f"{x:.3f}"
+
+    lines = ["", "Same-model judge: AUROC of P(yes) against the vote share, right vs wrong answer clusters:", "",
+             "| task | items | clusters | right | judge P(yes) AUROC | vote share AUROC |", "|---|---|---|---|---|---|"]
+    lines += [f"| {task} | {r['items']} | {r['clusters']} | {r['right']} | {fmt(r['judge_auroc'])} | "
+              f"{fmt(r['vote_auroc'])} |" for task, r in signals.items()]
+    return "\n".join(lines)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pools", type=Path, default=RESULTS / "pools")
@@ -255,12 +327,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="use only these of the pools' prompt variants (default: all)")
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=12)
-    p.add_argument("--out", type=Path, default=RESULTS / "select_bench")
-    return p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=RESULTS / "select_bench", help="report path, less its suffix")
+    p.add_argument("--judge-items", type=int, default=0,
+                   help="also measure the same-model judge's signal on this many items per task (embedded model)")
+    p.add_argument("--judge-seed", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads for the judge")
+    add_smoke(p, "small add1 and capitals pools built first, judge on 4 items")
+    return apply_smoke(p.parse_args(argv), SMOKE)
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.smoke:
+        from bench.gold_pools import make_pools
+
+        args.pools = await make_pools(SMOKE_RESULTS / "select_bench-pools", SMOKE_TASKS, 8, logprobs=True)
     results = {}
+    pools: dict[str, list[dict[str, Any]]] = {}
     for task in args.tasks:
         path = args.pools / f"{task}.jsonl"
         if not path.exists():
@@ -279,14 +361,27 @@ async def main(args: argparse.Namespace) -> None:
         res = await run_task(items, args.seed, [n for n in NS if n <= pool_size])
         res["copy_rate"] = copy_rate(items)
         results[task] = res
+        pools[task] = items
     if not results:
         raise SystemExit("no pools to benchmark")
     text = report(results, args.resamples, args.seed)
+    if args.smoke:
+        text = "(--smoke: a check of the whole path on tiny pools; these numbers measure nothing)\n\n" + text
+    signals: dict[str, dict[str, Any]] = {}
+    if args.judge_items > 0:
+        from bench.gold_pools import Scorer
+        from proxy.local.model import EmbeddedModel
+
+        scorer = Scorer(await asyncio.to_thread(EmbeddedModel().model_path), 1024, args.threads)
+        signals = {task: judge_signal(scorer, items, args.judge_items, args.judge_seed)
+                   for task, items in pools.items()}
+        text += "\n" + judge_report(signals)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(
         {t: {"per_n": {str(n): v for n, v in r["per_n"].items()}, "models": {str(n): m for n, m in r["models"].items()},
-             "groups": r["groups"], "copy_rate": r["copy_rate"]} for t, r in results.items()}))
+             "groups": r["groups"], "copy_rate": r["copy_rate"], "judge_signal": signals.get(t)}
+         for t, r in results.items()}))
     plot(results, args.out.with_suffix(".png"))
     print(text)
 

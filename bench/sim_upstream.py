@@ -17,7 +17,7 @@ A prompt names an item: ``Item 17 [scored] (trial 3, run noise): ...``. Per item
   bag of item "key" words (``round(12 U)`` of them) plus filler, so text consensus (MBR) carries
   some signal about ``U``.
 
-Prompt variants are recognized by the proxy's built-in rewrites (strategies/variants.py):
+Prompt variants are recognized by the proxy's built-in rewrites (strategies/best_of_n/variants.py):
 ``step_by_step`` (+0.5), ``reread`` (−0.4), ``expert`` (+0.2), ``format_reminder`` (0), each plus an
 item-level jitter N(0, 0.3); the shift is applied to ``logit p_x`` (discrete) or ``log a_x`` (scored).
 So variants help on average, some hurt, and not on every item.
@@ -63,8 +63,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from processes import ROOT, Child, free_port, run_server, start_proxy
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
+
+from bench.common import Child, run_server, start_proxy, start_server_script
 
 VARIANT_SHIFT = {"original": 0.0, "step_by_step": 0.5, "reread": -0.4, "expert": 0.2, "format_reminder": 0.0}
 VARIANT_JITTER = 0.3
@@ -373,12 +375,10 @@ def main() -> None:
 
 def start_sim(workdir: Path, seed: int, latency: float, score_latency: float = 0.02,
               judge_latency: float = 0.05) -> tuple[Child, str]:
-    port = free_port()
-    child = Child("sim", [sys.executable, str(ROOT / "bench" / "sim_upstream.py"), "--port", str(port),
-                          "--seed", str(seed), "--latency", str(latency), "--score-latency", str(score_latency),
-                          "--judge-latency", str(judge_latency)], workdir)
-    child.wait_ready(f"http://127.0.0.1:{port}/v1/models")
-    return child, f"http://127.0.0.1:{port}"
+    """This server as a child process; returns it and its base URL (no /v1)."""
+    return start_server_script("sim", "sim_upstream.py", ["--seed", str(seed), "--latency", str(latency),
+                                                          "--score-latency", str(score_latency),
+                                                          "--judge-latency", str(judge_latency)], workdir)
 
 
 @contextmanager

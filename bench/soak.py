@@ -26,6 +26,7 @@ The exit code is 1 when any must-be-0 count is not 0.
     python bench/soak.py                          # 10 minutes, 64 clients, 10% faults
     python bench/soak.py --duration 30            # a quick check
     python bench/soak.py --concurrency 16 --fault-rate 0.3
+    python bench/soak.py --smoke                  # 20 s, 8 clients: a check of the whole path
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import json
 import os
 import random
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -46,14 +46,27 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from fault_upstream import ANSWER, FAULTS, TRUNCATING
-from processes import ROOT, Child, free_port, start_proxy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
+
+from bench.common import (
+    Child,
+    add_smoke,
+    apply_smoke,
+    markdown_table,
+    median,
+    percentile,
+    start_proxy,
+    start_server_script,
+)
+from bench.fault_upstream import ANSWER, FAULTS, TRUNCATING
 
 ROUTES = {"pass": "soak-pass", "best": "soak-best"}
 ENDPOINTS = {"chat": "/v1/chat/completions", "text": "/v1/completions"}
 OBJECTS = {"chat": ("chat.completion", "chat.completion.chunk"), "text": ("text_completion", "text_completion")}
 ERROR_KEYS = frozenset({"message", "type", "param", "code"})
 MUST_BE_ZERO = ("malformed", "hung", "lost", "incomplete")
+SMOKE = {"duration": 20.0, "concurrency": 8, "progress_every": 10.0}
 
 
 # ---- what a client sends -------------------------------------------------------------------
@@ -329,13 +342,8 @@ async def watch(load: Load, pid: int, middle_at: float, samples: dict[str, ProcS
 
 
 def start_fault_upstream(workdir: Path, fault_rate: float, faults: str, seed: int) -> tuple[Child, str]:
-    port = free_port()
-    child = Child("fault-upstream", [sys.executable, str(ROOT / "bench" / "fault_upstream.py"), "--port", str(port),
-                                     "--fault-rate", str(fault_rate), "--faults", faults, "--seed", str(seed)],
-                  workdir)
-    base = f"http://127.0.0.1:{port}"
-    child.wait_ready(f"{base}/v1/models")
-    return child, base
+    return start_server_script("fault-upstream", "fault_upstream.py",
+                               ["--fault-rate", str(fault_rate), "--faults", faults, "--seed", str(seed)], workdir)
 
 
 def proxy_config(upstream_base: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -403,13 +411,6 @@ def cut_streams(report: Report) -> tuple[Counter[str], Counter[str]]:
     return seen, done
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def render(report: Report, args: argparse.Namespace) -> tuple[str, int]:
     """The report as Markdown, and how many must-be-0 counts were not 0."""
     kinds = Counter(r.verdict.kind for r in report.results)
@@ -450,18 +451,17 @@ def render(report: Report, args: argparse.Namespace) -> tuple[str, int]:
 
 
 def by_shape(results: list[Result]) -> list[str]:
-    rows = ["| route endpoint mode | sent | valid | errors | must-be-0 | p50 s | p99 s |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
     groups: dict[str, list[Result]] = {}
     for r in results:
         groups.setdefault(r.shape.label, []).append(r)
+    rows = []
     for label, group in sorted(groups.items()):
         kinds = Counter(r.verdict.kind for r in group)
         latencies = [r.latency_s for r in group]
-        rows.append(f"| {label} | {len(group)} | {kinds['valid']} | {kinds['error']} | "
-                    f"{sum(kinds[k] for k in MUST_BE_ZERO)} | {statistics.median(latencies):.3f} | "
-                    f"{percentile(latencies, 0.99):.3f} |")
-    return rows
+        rows.append([label, len(group), kinds["valid"], kinds["error"], sum(kinds[k] for k in MUST_BE_ZERO),
+                     f"{median(latencies):.3f}", f"{percentile(latencies, 99):.3f}"])
+    header = ["route endpoint mode", "sent", "valid", "errors", "must-be-0", "p50 s", "p99 s"]
+    return markdown_table(header, rows, "lrrrrrr").splitlines()
 
 
 def by_fault(report: Report) -> list[str]:
@@ -472,12 +472,10 @@ def by_fault(report: Report) -> list[str]:
     for r in report.results:
         for tag in set(faults.get(r.sid, [])):
             tally.setdefault(tag, Counter())[r.verdict.kind] += 1
-    rows = ["| injected fault / upstream call | client requests | valid | OpenAI error | must-be-0 |",
-            "|---|---:|---:|---:|---:|"]
-    for tag, kinds in sorted(tally.items()):
-        rows.append(f"| {tag} | {sum(kinds.values())} | {kinds['valid']} | {kinds['error']} | "
-                    f"{sum(kinds[k] for k in MUST_BE_ZERO)} |")
-    return rows
+    rows = [[tag, sum(kinds.values()), kinds["valid"], kinds["error"], sum(kinds[k] for k in MUST_BE_ZERO)]
+            for tag, kinds in sorted(tally.items())]
+    header = ["injected fault / upstream call", "client requests", "valid", "OpenAI error", "must-be-0"]
+    return markdown_table(header, rows, "lrrrr").splitlines()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -495,7 +493,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "reading the upstream's in-flight count")
     parser.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    add_smoke(parser, "20 s of load from 8 clients")
+    args = apply_smoke(parser.parse_args(argv), SMOKE)
     if not set(args.endpoints.split(",")) <= ENDPOINTS.keys():
         parser.error(f"--endpoints takes {', '.join(ENDPOINTS)}")
     return args

@@ -1,6 +1,6 @@
 """Does the gold-anchored residual tell the truth where the online one does not? (issue 10)
 
-Two kinds of ground truth, both turned into gold records (`strategies.calibration.GoldRecord`:
+Two kinds of ground truth, both turned into gold records (`strategies.risk.calibration.GoldRecord`:
 the gold terms of one item next to the online estimates the proxy reported for it):
 
 1. **The simulated upstream** (bench/sim_upstream.py): `discrete` items (0/1 utility, p ~
@@ -22,6 +22,10 @@ half-width (also at n_gold = 400 where there are enough records), how often the 
 
     python bench/validate_calibration.py                        # sim (1,200 items per β) + Gemma pools
     python bench/validate_calibration.py --sim-items 300 --no-gemma   # quick
+    python bench/validate_calibration.py --smoke     # 120 sim items, β = 0.2; 8 add1 items pooled anew
+
+`--pools DIR` (default bench/results/pools, or $RVR_POOLS) holds the Gemma pools. `--smoke` builds
+its own small add1 pool with bench/gold_pools.py first and writes to bench/results/smoke/.
 """
 
 from __future__ import annotations
@@ -38,19 +42,17 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench.replay import PoolServices, load_pools  # noqa: E402
-from bench.sim_upstream import parse_marker, prompt, reward_views, start_sim, upstream  # noqa: E402
-from strategies.calibration import GoldRecord, calibrate, surrogate  # noqa: E402
+from bench.common import RESULTS, SMOKE_RESULTS, add_smoke, apply_smoke, results_dir
+from bench.replay import PoolServices, load_pools, render_variants
+from bench.sim_upstream import parse_marker, prompt, reward_views, start_sim, upstream
+from strategies.risk.calibration import GoldRecord, calibrate, surrogate
 
-RESULTS = ROOT / "bench" / "results"
 POOLS = Path(os.environ.get("RVR_POOLS", RESULTS / "pools"))
 GEMMA_TASKS = ("add1", "legs", "gcd")
 BETAS = (0.0, 0.2, 0.5)
+SMOKE = {"sim_items": 120, "betas": [0.2], "splits": 20, "gemma_tasks": ["add1"]}
 
 
 def sim_utility(text: str, item: dict[str, Any]) -> float:
@@ -65,9 +67,9 @@ def sim_utility(text: str, item: dict[str, Any]) -> float:
 
 
 async def sim_records(beta: float, items: int, seed: int, workdir: Path, concurrency: int) -> list[GoldRecord]:
-    from proxy.app import Proxy
-    from proxy.config import parse_config
-    from proxy.upstream import litellm_pool
+    from proxy.config.settings import parse_config
+    from proxy.server.app import Proxy
+    from proxy.upstream.client import litellm_pool
 
     probe_file = workdir / f"sim-{beta}.jsonl"
     task = f"discrete-b{beta}"
@@ -89,7 +91,7 @@ async def sim_records(beta: float, items: int, seed: int, workdir: Path, concurr
         }, {"SIM_KEY": "sk-sim"})
         proxy = Proxy(config)
         async with litellm_pool() as http:
-            proxy.http = http
+            proxy.pipeline.http = http
             runner = proxy.probe_runner("sim-best")
             records: list[GoldRecord] = []
             queue = list(runner.items)
@@ -100,28 +102,28 @@ async def sim_records(beta: float, items: int, seed: int, workdir: Path, concurr
                     batch, queue = queue[:concurrency], queue[concurrency:]
                     done = await asyncio.gather(*(runner.run_item(item) for item in batch), return_exceptions=True)
                     records += [r for r in done if isinstance(r, GoldRecord)]
+                    for failure in (r for r in done if not isinstance(r, GoldRecord)):
+                        print(f"sim β={beta}: an item failed: {failure!r}", file=sys.stderr)
                     bar.update(len(batch))
     finally:
         sim.stop()
     return records
 
 
-async def gemma_records(task: str) -> list[GoldRecord]:
-    from proxy.probes import measure
+async def gemma_records(pools: Path, task: str) -> list[GoldRecord]:
+    from proxy.probes.runner import measure
+    from strategies.best_of_n.settings import BestOfNSettings
     from strategies.contract import StrategyRequest
     from strategies.registry import build_strategy
-    from strategies.settings import BestOfNSettings
-    from strategies.variants import build_variants
 
     variants = ["original"]
     settings = BestOfNSettings.model_validate(
         {"name": "best_of_n", "max_n": 4, "adaptive": False, "k_ref": 8, "variants": variants}
     )
     strategy = build_strategy(settings)
-    renderers = build_variants(variants, None)
     records = []
-    for pool in load_pools(POOLS / f"{task}.jsonl"):
-        rendered = {v.name: (await v.render(pool["messages"], None))[0] for v in renderers}  # type: ignore[arg-type]
+    for pool in load_pools(pools / f"{task}.jsonl"):
+        rendered = await render_variants(pool["messages"], variants)
         utility = {s["text"]: s["utility"] for samples in pool["pool"].values() for s in samples}
         services = PoolServices(pool["pool"], rendered)
         request = StrategyRequest(pool["messages"], 1, None, None)
@@ -214,12 +216,16 @@ async def main(args: argparse.Namespace) -> int:
     for beta in args.betas if args.sim else []:
         records = await sim_records(beta, args.sim_items, args.seed, workdir, args.concurrency)
         records_out[f"sim β={beta}"] = [r.as_dict() for r in records]
+    if args.gemma and args.smoke:
+        from bench.gold_pools import make_pools
+
+        args.pools = await make_pools(SMOKE_RESULTS / "validate_calibration-pools", args.gemma_tasks, 8)
     if args.gemma:
-        for task in GEMMA_TASKS:
-            if not (POOLS / f"{task}.jsonl").exists():
-                print(f"no pools for {task}: run bench/gold_pools.py first", file=sys.stderr)
+        for task in args.gemma_tasks:
+            if not (args.pools / f"{task}.jsonl").exists():
+                print(f"no pools for {task} in {args.pools}: run bench/gold_pools.py first", file=sys.stderr)
                 continue
-            records_out[f"gemma {task}"] = [r.as_dict() for r in await gemma_records(task)]
+            records_out[f"gemma {task}"] = [r.as_dict() for r in await gemma_records(args.pools, task)]
     for name, raw in records_out.items():
         records = [GoldRecord.from_dict(r) for r in raw]
         # n_gold = 100 and 400 where the records allow 100 more as traffic; smaller pools split in half.
@@ -227,13 +233,19 @@ async def main(args: argparse.Namespace) -> int:
         results[name] = [splits(records, n, args.splits, args.seed + n) for n in sizes]
     meta = {"command": " ".join(["python bench/validate_calibration.py", *args.argv]),
             "wall_s": round(time.time() - started), "date": time.strftime("%Y-%m-%d %H:%M")}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = results_dir(args)
+    out.mkdir(parents=True, exist_ok=True)
     text = markdown(results, meta)
-    (RESULTS / "validate_calibration.md").write_text(text)
-    (RESULTS / "validate_calibration.json").write_text(json.dumps({"meta": meta, "results": results, "records": records_out}))
-    plot(results, RESULTS / "validate_calibration.png")
+    (out / "validate_calibration.md").write_text(text)
+    (out / "validate_calibration.json").write_text(
+        json.dumps({"meta": meta, "results": results, "records": records_out}))
+    plot(results, out / "validate_calibration.png")
     print(text)
-    return 0
+    expected = len(args.betas) * args.sim_items if args.sim else 0
+    failed = expected - sum(len(v) for k, v in records_out.items() if k.startswith("sim "))
+    if failed:
+        print(f"{failed} sim item(s) failed (see above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -245,7 +257,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--no-gemma", dest="gemma", action="store_false")
     p.add_argument("--no-sim", dest="sim", action="store_false")
-    args = p.parse_args(argv)
+    p.add_argument("--pools", type=Path, default=POOLS, help="the Gemma pools (bench/gold_pools.py; default $RVR_POOLS "
+                   "or bench/results/pools)")
+    p.add_argument("--gemma-tasks", type=lambda s: s.split(","), default=list(GEMMA_TASKS))
+    add_smoke(p, "120 sim items at β = 0.2, 20 splits; an 8-item add1 pool built first")
+    args = apply_smoke(p.parse_args(argv), SMOKE)
     args.argv = argv
     return args
 

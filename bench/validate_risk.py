@@ -45,6 +45,7 @@ Scenarios (scored = U ~ Beta; discrete = 0/1 utilities, p_x ~ Beta(0.5, 2)):
     python bench/validate_risk.py                    # ~4–6 min on 2 cores
     python bench/validate_risk.py --items 100        # quicker
     python bench/validate_risk.py --scenarios noise,oracle
+    python bench/validate_risk.py --smoke            # every scenario, 16 requests each: a check of the path
 """
 
 from __future__ import annotations
@@ -63,10 +64,23 @@ import httpx
 import numpy as np
 from scipy.stats import spearmanr
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sim_upstream import DISCRETE, VARIANT_CODE, World, parse_marker, prompt, reward_views, round_robin, sim_and_proxy, upstream  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
+
+from bench.common import add_smoke, apply_smoke
+from bench.sim_upstream import (
+    DISCRETE,
+    VARIANT_CODE,
+    World,
+    parse_marker,
+    prompt,
+    reward_views,
+    round_robin,
+    sim_and_proxy,
+    upstream,
+)
 
 ALL_VARIANTS = ["original", "step_by_step", "reread", "expert"]
+SMOKE = {"items": 16, "scenarios": "noise,variants,shared,oracle,binary", "latency": 0.01}
 
 
 @dataclass
@@ -296,17 +310,19 @@ def sum_check(name: str, rows: list[tuple[dict[str, Any], dict[str, Any]]]) -> s
 # --- main -------------------------------------------------------------------------------------
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=300, help="requests (distinct items) per scenario")
     parser.add_argument("--scenarios", default="noise,variants,shared,oracle")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.05, help="sim seconds per generation call")
     parser.add_argument("--concurrency", type=int, default=16)
-    args = parser.parse_args()
+    add_smoke(parser, "16 requests in every scenario, binary included")
+    args = apply_smoke(parser.parse_args(argv), SMOKE)
     scens = scenarios(set(args.scenarios.split(",")))
     world = World(args.seed)
     started = time.monotonic()
+    failed = 0
     with tempfile.TemporaryDirectory(prefix="rvr-validate-") as tmp:
         workdir = Path(tmp)
         results: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
@@ -315,11 +331,14 @@ def main() -> int:
             for scen in scens:
                 t0 = time.monotonic()
                 bodies = asyncio.run(drive(proxy_base, scen, args.items, args.concurrency))
+                failed += args.items - len(bodies)
                 scale = ScoreScale(world, scen)
                 results[scen.name] = [(b["rvr"]["risk"], truths(world, scen, item, b, scale, rng)) for item, b in bodies]
                 print(f"[{scen.name}] {len(bodies)} requests in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     report(args, scens, results, time.monotonic() - started)
-    return 0
+    if failed:
+        print(f"{failed} request(s) failed (see above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def report(args: argparse.Namespace, scens: list[Scenario], results: dict[str, Any], elapsed: float) -> None:

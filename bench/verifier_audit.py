@@ -3,6 +3,7 @@
     python bench/verifier_audit.py                     # Gemma on 120 pairs + both RMs on all pairs
     python bench/verifier_audit.py --max-pairs 40 --threads 1
     python bench/verifier_audit.py --skip-gemma        # only the reward models (seconds)
+    python bench/verifier_audit.py --smoke             # both, on 22 and 11 pairs: a check of the whole path
 
 1. Serves the two reward models of bench/audit_reward_models.py (`longer`, `stereotype`) on
    loopback and audits them on every built-in pair (`rvr-proxy audit`, a subprocess).
@@ -12,7 +13,8 @@
    orders each). Its replies are capped at `--judge-max-tokens`: a 270M base model never writes
    the closing "Score: N" line, but its first tokens often are a bare number, A/B or yes/no.
 
-Writes bench/results/verifier_audit/{rms,gemma}/ (report.md, report.json, pairs.jsonl, PNGs).
+Writes bench/results/verifier_audit/{rms,gemma}/ (report.md, report.json, pairs.jsonl, PNGs) and
+prints both reports; `--smoke` writes to bench/results/smoke/verifier_audit/.
 Needs the built-in pairs (`rvr-proxy fetch-audit-data`) and, for Gemma, the `local` extra.
 """
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -29,14 +30,12 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench.audit_reward_models import RewardModels  # noqa: E402
+from bench.audit_reward_models import RewardModels
+from bench.common import RESULTS, ROOT, SMOKE_RESULTS, add_smoke, apply_smoke
 
-RESULTS = ROOT / "bench" / "results" / "verifier_audit"
+SMOKE = {"max_pairs": 11, "rm_max_pairs": 22, "out": SMOKE_RESULTS / "verifier_audit"}
 
 
 def judge_upstream(api_base: str, max_tokens: int) -> dict[str, Any]:
@@ -64,7 +63,11 @@ def audit(config: dict[str, Any], out: Path, extra: list[str]) -> float:
     command = [sys.executable, "-m", "proxy.cli", "audit", "--config", str(path), "--out", str(out), *extra]
     print("$ " + " ".join(command), file=sys.stderr)
     subprocess.run(command, cwd=ROOT, check=True)
-    return time.monotonic() - started
+    seconds = time.monotonic() - started
+    report = out / "report.md"
+    if report.exists():
+        print(report.read_text(), flush=True)
+    return seconds
 
 
 def reward_models(args: argparse.Namespace) -> None:
@@ -85,12 +88,13 @@ def reward_models(args: argparse.Namespace) -> None:
                 }
             ],
         }
-        seconds = audit(config, args.out / "rms", ["--concurrency", "8"])
+        limit = ["--max-pairs", str(args.rm_max_pairs)] if args.rm_max_pairs else []
+        seconds = audit(config, args.out / "rms", ["--concurrency", "8", *limit])
     print(f"reward models: {seconds:.0f} s", file=sys.stderr)
 
 
 async def gemma(args: argparse.Namespace) -> None:
-    from proxy.embedded import EmbeddedModel
+    from proxy.local.model import EmbeddedModel
 
     model = EmbeddedModel(logits_all=False, n_threads=args.threads)
     print("starting the embedded model ...", file=sys.stderr)
@@ -131,15 +135,17 @@ async def gemma(args: argparse.Namespace) -> None:
         await model.stop()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-pairs", type=int, default=120)
     parser.add_argument("--judge-max-tokens", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-gemma", action="store_true")
     parser.add_argument("--skip-rms", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument("--rm-max-pairs", type=int, default=0, help="pairs for the reward models (default 0: all)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "verifier_audit")
+    add_smoke(parser, "the reward models on 22 pairs, Gemma on 11")
+    args = apply_smoke(parser.parse_args(argv), SMOKE)
     if not args.skip_rms:
         reward_models(args)
     if not args.skip_gemma:

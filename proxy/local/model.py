@@ -215,7 +215,7 @@ class EmbeddedModel:
         # asks for them) at a memory cost: a float per vocab entry (262k) per context token,
         # ~3 GB RSS after a 1500-token prompt instead of ~0.45 GB.
         self.logits_all = logits_all
-        # Off only to measure what it saves (bench/embedded_latency.py) or should a future
+        # Off only to measure what it saves (`bench/real_model.py --embedded-latency`) or should a future
         # llama-cpp-python break the patch.
         self.stop_on_disconnect = stop_on_disconnect
         self.progress = progress
@@ -376,7 +376,7 @@ class EmbeddedModel:
         # llama.cpp's OpenMP threads spin while they wait for each other. With n_threads equal
         # to the cores and anything else running, a spinning thread holds the core its partner
         # needs: on a loaded 2-core machine an 8-token answer took 2 to 5 times as long as with
-        # passive waiting (bench/embedded_latency.py). A user's own setting wins.
+        # passive waiting (`bench/real_model.py --embedded-latency`). A user's own setting wins.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         proc = await asyncio.create_subprocess_exec(
             *self._command(model),
