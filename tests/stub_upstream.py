@@ -15,9 +15,11 @@ Two behaviours answer as OpenAI itself does, for the conformance tests:
 
 Any behaviour streams `n` choices (chunks with index 0..n-1, interleaved) when asked for `n > 1`.
 
-Two prefixes change how a one-choice stream is sent: `gzip-` (`gzip-echo`) compresses it, as a
+Three prefixes change how a one-choice stream is sent: `gzip-` (`gzip-echo`) compresses it, as a
 server behind a compressing front end does; `no-usage-` (`no-usage-echo`) ignores
-`stream_options.include_usage`, as some OpenAI-compatible servers do.
+`stream_options.include_usage`, as some OpenAI-compatible servers do; `late-usage-`
+(`late-usage-echo`) sends its usage chunk `slow_s` after `finish_reason`, so a client can hang up
+in between, having read the whole answer.
 """
 
 from __future__ import annotations
@@ -181,7 +183,8 @@ class Handler(BaseHTTPRequestHandler):
         model = str(body.get("model", ""))
         behaviour = model.split("/")[-1]
         compressed, uncounted = behaviour.startswith("gzip-"), behaviour.startswith("no-usage-")
-        behaviour = behaviour.removeprefix("gzip-").removeprefix("no-usage-")
+        late_usage = behaviour.startswith("late-usage-")
+        behaviour = behaviour.removeprefix("gzip-").removeprefix("no-usage-").removeprefix("late-usage-")
         self._gzip = zlib.compressobj(wbits=31) if compressed else None
         n = int(body.get("n") or 1)
         if behaviour == "fail":
@@ -227,7 +230,9 @@ class Handler(BaseHTTPRequestHandler):
             self._stream_choices(body, contents, text_mode, rich=behaviour == "rich")
         elif body.get("stream"):
             cut, ends_early = behaviour == "cut", behaviour == "ends-early"
-            self._stream(body, contents[0], text_mode, cut=cut, ends_early=ends_early, counted=not uncounted)
+            self._stream(
+                body, contents[0], text_mode, cut=cut, ends_early=ends_early, counted=not uncounted, late_usage=late_usage
+            )
         elif behaviour == "rich":
             self._json(200, self._rich_completion(body, contents, text_mode))
         elif calls_tools:
@@ -304,7 +309,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _stream(
         self, body: dict[str, Any], content: str, text_mode: bool, cut: bool, ends_early: bool = False,
-        counted: bool = True,
+        counted: bool = True, late_usage: bool = False,
     ) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
@@ -355,6 +360,10 @@ class Handler(BaseHTTPRequestHandler):
                 "choices": [final],
             }
         )
+        if late_usage and not self._wait_or_hangup(float(self.server.slow_s)):
+            with self.server.state.lock:
+                self.server.state.cancelled += 1
+            return
         if counted and (body.get("stream_options") or {}).get("include_usage"):
             prompt_tokens = _words(_prompt_text(body))
             self._event(

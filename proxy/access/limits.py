@@ -6,11 +6,12 @@ so every instance counts into the same Redis counter without talking to the othe
 - `rpm` is checked and counted in one atomic step when a request arrives, so the request past
   the limit gets 429 whichever instance serves it.
 - Tokens (`tpm`, `daily_tokens`) and candidates (`max_candidates_per_min`) are known only when a
-  request is done: they are charged then, with what the upstreams reported, and a key whose
-  window is already at its limit gets 429 for its next request. One request may overshoot a
-  token limit, by what it cost; the next one is refused. Refusing up front would need an
-  estimate of an answer not yet written, which either refuses requests that would have fit or
-  lets through ones that do not.
+  request is done, however it ends (a hang-up, a timeout and a cut stream included): they are
+  charged then, with what the upstreams reported or, where they could not, an estimate
+  (`proxy.upstream.allowance`), and a key whose window is already at its limit gets 429 for its
+  next request. One request may overshoot a token limit, by what it cost; the next one is
+  refused. Refusing up front would need an estimate of an answer not yet written, which either
+  refuses requests that would have fit or lets through ones that do not.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class KeyLimits:
         )
 
     async def charge(self, key: ClientKey | None, tokens: int, candidates: int) -> None:
-        """What a finished request cost; counted for the metrics whether or not limits are set."""
+        """What a request cost, however it ended; counted for the metrics whether or not limits are set."""
         if key is None:
             return
         if tokens > 0:

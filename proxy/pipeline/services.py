@@ -5,14 +5,16 @@ One instance per request, so nothing a request does leaks into another.
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
 
-from proxy.errors import UpstreamFailed
+from proxy.errors import UpstreamFailed, UpstreamTimedOut
 from proxy.pipeline.endpoints import Endpoint
-from proxy.upstream.allowance import RequestAllowance, completion_cap, estimate_tokens
+from proxy.upstream.allowance import BYTES_PER_TOKEN, RequestAllowance, completion_cap, estimate_tokens
 from proxy.upstream.client import Choices, UpstreamClient, token_logprobs
 from strategies.contract import (
     Batch,
@@ -61,6 +63,9 @@ class RequestServices:
         held = self._allowance.reserve(estimate)
         try:
             result = await call()
+        except (asyncio.CancelledError, UpstreamTimedOut):
+            self._allowance.settle(held, None, cut=True)  # the upstream may have spent it all
+            raise
         except BaseException:
             self._allowance.settle(held, None)
             raise
@@ -91,8 +96,22 @@ class RequestServices:
         )
         return _batch(result)
 
-    def forward_stream(self, n: int) -> AsyncIterator[dict[str, Any]]:
-        return self._endpoint.stream(self._upstream, self.client_input, self._params, n)
+    async def forward_stream(self, n: int) -> AsyncIterator[dict[str, Any]]:
+        """The client's request streamed as sent, metered like every call: at the usage the
+        stream reports, or, when it reports none (cut off, or an upstream that never does), at
+        the prompt's estimate plus the text streamed so far."""
+        prompt = estimate_tokens(self.client_input)
+        held = self._allowance.reserve(n * (prompt + self._completion))
+        reported, streamed = Usage(), 0
+        try:
+            async for chunk in self._endpoint.stream(self._upstream, self.client_input, self._params, n):
+                if chunk.get("usage"):
+                    reported += Usage.from_openai(chunk["usage"])
+                streamed += sum(_streamed_bytes(choice) for choice in chunk.get("choices") or [])
+                yield chunk
+        finally:
+            spent = reported if reported.total_tokens else Usage(prompt, math.ceil(streamed / BYTES_PER_TOKEN))
+            self._allowance.settle(held, spent)
 
     async def chat(self, upstream: str, messages: Sequence[Message], **params: Any) -> Reply:
         result = await self._metered(
@@ -148,6 +167,20 @@ def _batch(result: Choices) -> Batch:
 
 def _conversation(messages: Sequence[Message]) -> str:
     return "\n".join(f"{m.get('role')}: {content_text(m.get('content'))}" for m in messages)
+
+
+_NOT_TEXT = frozenset({"index", "finish_reason", "role", "type", "id", "logprobs"})
+
+
+def _streamed_bytes(value: Any) -> int:
+    """The UTF-8 size of the text a stream chunk's choice carries (content, tool arguments, ...)."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "replace"))
+    if isinstance(value, Mapping):
+        return sum(_streamed_bytes(v) for k, v in value.items() if k not in _NOT_TEXT)
+    if isinstance(value, list):
+        return sum(_streamed_bytes(v) for v in value)
+    return 0
 
 
 def _reward_body(endpoint: RewardEndpoint, messages: Sequence[Message], answers: Sequence[str]) -> dict[str, Any]:

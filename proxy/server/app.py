@@ -49,12 +49,14 @@ from proxy.state.learning import SharedLearning
 from proxy.telemetry import metrics
 from proxy.telemetry.logs import install_redaction
 from proxy.telemetry.recording import RequestRecord, finish
+from proxy.upstream.allowance import RequestAllowance
 from proxy.upstream.client import litellm_pool
 from strategies.contract import Outcome, RequestNotServed, StrategyRequest
 
 log = logging.getLogger("rvr_proxy")
 T = TypeVar("T")
 KEEPALIVE_S = 2.0
+UNWIND_S = 1.0  # how long a cut stream's work may take to unwind before its cost is charged
 
 
 class Proxy:
@@ -79,6 +81,7 @@ class Proxy:
         self.limits = KeyLimits(self.state)
         self.learning = SharedLearning(self.router, self.state)
         self.pipeline = Pipeline(config, self.router, self.learning)
+        self._settling: set[asyncio.Future[None]] = set()  # requests being logged and charged
         self.drain = Drain(config.server.drain_delay_s)
 
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
@@ -86,6 +89,7 @@ class Proxy:
         self.in_flight += 1
         streaming = False
         client: ClientKey | None = None
+        allowance: RequestAllowance | None = None  # what the request spent upstream, once prepared
         try:
             client = self.check_key(request.headers.get("authorization"))
             await self.limits.admit(client)
@@ -95,13 +99,15 @@ class Proxy:
             record.route, record.strategy = route.name, route.strategy.name
             record.prompt = endpoint.client_input(body)
             prepared = self.pipeline.prepare(body, route, endpoint)
-            services, work = prepared.services, prepared.work
+            services, work, allowance = prepared.services, prepared.work, prepared.allowance
             headers = {"x-rvr-route": route.name}
             if body.rvr is not None and not route.strategy.reports:
                 # One body for every route: options a strategy has no use for are ignored, openly.
                 headers["x-rvr-ignored"] = f"rvr options do not apply to {route.strategy.name} routes"
             if body.stream:
-                response = await self._stream(request, work, services, body, route, endpoint, record, headers, client)
+                response = await self._stream(
+                    request, work, services, body, route, endpoint, record, headers, client, allowance
+                )
                 streaming = True  # from here the stream's own end writes the record
                 return response
             outcome = await self._guarded(request, self.pipeline.run(route, work, services))
@@ -120,7 +126,7 @@ class Proxy:
             return error_response(internal_error())
         finally:
             if not streaming:
-                await self._finish(record, client)
+                await self._finish(record, client, allowance)
 
     def _loggable(self, exc: Exception) -> str:
         """An error as the log may show it: an upstream's own words may echo the prompt back."""
@@ -138,17 +144,24 @@ class Proxy:
             snapshot = calibration.snapshot()
         return rvr_body(outcome, route.name, bool(body.rvr and body.rvr.details), snapshot)
 
-    async def _charge(self, record: RequestRecord, client: ClientKey | None) -> None:
-        """A finished request's cost to its client key: metrics, then tokens and candidates against
-        the key's limits (known only now; see proxy/access/limits.py)."""
+    async def _charge(
+        self, record: RequestRecord, client: ClientKey | None, allowance: RequestAllowance | None
+    ) -> None:
+        """A request's cost to its client key, however it ended: metrics, then tokens and
+        candidates against the key's limits (known only now; see proxy/access/limits.py).
+
+        Tokens are what its allowance saw spent upstream (cut calls at their estimate; see
+        `RequestAllowance.charged`), or the usage it reported where that is more.
+        """
         if client is None:
             return
         metrics.KEY_REQUESTS.labels(client.name, str(record.status)).inc()
         outcome = record.outcome
         usage = outcome.usage if outcome is not None else record.usage
+        tokens = max(usage.total_tokens, allowance.charged if allowance is not None else 0)
         candidates = len(outcome.candidates) if outcome is not None else record.streamed_choices
         try:
-            await self.limits.charge(client, usage.total_tokens, candidates)
+            await self.limits.charge(client, tokens, candidates)
         except Exception as exc:  # the answer is already made; a charge that fails must not spoil it
             log.error('{"event": "key_charge_failed", "error": "%s"}', type(exc).__name__)
 
@@ -188,6 +201,7 @@ class Proxy:
         record: RequestRecord,
         headers: dict[str, str],
         client: ClientKey | None,
+        allowance: RequestAllowance,
     ) -> StreamingResponse:
         stream_id = new_id(endpoint.id_prefix)
 
@@ -221,13 +235,17 @@ class Proxy:
                 include_usage=body.include_usage, record=record, on_error=failed,
             )
         return StreamingResponse(
-            self._finishing(events, record, client),
+            self._finishing(events, record, client, allowance),
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
         )
 
     async def _finishing(
-        self, events: AsyncIterator[bytes], record: RequestRecord, client: ClientKey | None
+        self,
+        events: AsyncIterator[bytes],
+        record: RequestRecord,
+        client: ClientKey | None,
+        allowance: RequestAllowance,
     ) -> AsyncIterator[bytes]:
         """Relay `events` within the request timeout; past it the stream ends with an error event.
 
@@ -264,12 +282,40 @@ class Proxy:
             raise
         finally:
             pumping.cancel()
-            await self._finish(record, client)
+            await self._finish(record, client, allowance, unwinding=pumping)
 
-    async def _finish(self, record: RequestRecord, client: ClientKey | None) -> None:
+    async def _finish(
+        self,
+        record: RequestRecord,
+        client: ClientKey | None,
+        allowance: RequestAllowance | None,
+        unwinding: asyncio.Future[None] | None = None,
+    ) -> None:
+        """Log the request and charge its key, in a task of its own that runs to its end.
+
+        A client that hangs up cancels the request's task (Starlette cancels a stream's task
+        group, and keeps cancelling it at every await), yet what it spent must still be logged
+        and charged: the work is shielded, and the request only waits for it.
+        """
+        done = asyncio.ensure_future(self._settle(record, client, allowance, unwinding))
+        self._settling.add(done)
+        done.add_done_callback(self._settling.discard)
+        await asyncio.shield(done)
+
+    async def _settle(
+        self,
+        record: RequestRecord,
+        client: ClientKey | None,
+        allowance: RequestAllowance | None,
+        unwinding: asyncio.Future[None] | None,
+    ) -> None:
+        if unwinding is not None:
+            # Its upstream calls settle what they spent as they unwind: wait, so the key is
+            # charged that rather than their whole reservations.
+            await asyncio.wait([unwinding], timeout=UNWIND_S)
         self.in_flight -= 1
         finish(record, self.config.server.log_prompts)
-        await self._charge(record, client)
+        await self._charge(record, client, allowance)
 
     def probe_runner(self, name: str) -> ProbeRunner:
         return ProbeRunner(self.pipeline, self.router.routes[name], self.calibration[name])

@@ -10,6 +10,11 @@ draws from one allowance, and nothing a client sends can enlarge it:
 - tokens: the strategy's `max_tokens_budget`. A call reserves its estimated cost before it
   starts and settles at the cost the upstream reports, so concurrent calls cannot together
   overspend: a call whose estimate does not fit is refused, never sent.
+
+What the allowance counts is also what the client's key is charged (`charged`), however the
+request ends: a call cut off (the client hung up, the request timed out) may have cost the
+upstream everything it was allowed, and nobody will report what it did, so it is charged its
+estimate; a call still holding its reservation when the request ends is charged the same way.
 """
 
 from __future__ import annotations
@@ -76,15 +81,24 @@ class RequestAllowance:
         self.reserved += estimate
         return estimate
 
-    def settle(self, estimate: int, usage: Usage | None) -> None:
+    def settle(self, estimate: int, usage: Usage | None, *, cut: bool = False) -> None:
         """The call ended: release its hold and charge what it cost.
 
-        A failed call (`usage` None) charges nothing we know of; an answer that reports no usage
-        is charged its estimate, so an upstream that omits usage cannot slip past the budget.
+        A failed call (`usage` None) charges nothing we know of, unless it was `cut` (cancelled
+        or timed out while the upstream worked): then it is charged its estimate. An answer that
+        reports no usage is charged its estimate too, so an upstream that omits usage cannot slip
+        past the budget.
         """
         self.reserved -= estimate
         if usage is not None:
             self.spent += usage.total_tokens or estimate
+        elif cut:
+            self.spent += estimate
+
+    @property
+    def charged(self) -> int:
+        """What the request cost upstream, for its key: settled calls, and open ones at their estimate."""
+        return self.spent + self.reserved
 
 
 CURRENT: ContextVar[RequestAllowance | None] = ContextVar("rvr_request_allowance", default=None)
