@@ -12,8 +12,17 @@ Extraction tries, in order, and takes the last occurrence of the first kind that
 4. "the answer is x" / "answer: x";
 5. the right side of the last equation: "2 + 3 = 5" answers 5;
 6. an option letter: ``(B)``, ``B.`` / ``B)`` at the start of a line, "option B" / "choice B";
-7. the last number in the text, unless the answer only restates an unevaluated expression
-   ("2 + 3", "4 + 2 + 3"): its last number is an operand, not a result, so there is no answer.
+7. a short answer: when the answer's first line is a few words, that line: yes or no ("Yes, it
+   is."), else its last number if it has one ("31.5 million", "costs 12.50 in total"; a list
+   numeral such as "1." in front does not count), else its words ("Paris", "The Eiffel Tower!"),
+   lower-cased, without articles or punctuation, and for "<something> is <a few words>" only
+   those words ("The capital of Japan is Tokyo." answers "tokyo"). Numbers count only where the
+   answer has one: "Paris" never answers with a number;
+8. the last number in a longer text (reasoning ends with its result).
+
+A non-answer has no answer at all (`is_non_answer`): an empty text, a hedge ("I am not sure",
+"no idea") or a restated expression ("2 + 3", "4 + 2 + 3": its last number is an operand, not a
+result).
 
 Tool-call candidates are keyed by what they would do: every call's function name and its
 arguments as canonical JSON.
@@ -58,6 +67,20 @@ _NUMBER_WITH_UNIT = re.compile(r"^([-+]?[\d.,/]+)\s*(?:%|[a-z]+(?:/[a-z]+)?\.?(?
 _LATEX_FRAC = re.compile(r"\\d?t?frac\s*\{\s*([-+]?\d+)\s*\}\s*\{\s*(\d+)\s*\}")
 _LATEX_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _MARKDOWN = re.compile(r"[*`]+")  # not `_`: it is a LaTeX subscript and part of names
+SHORT_ANSWER_WORDS = 8  # a first line this short is the answer itself, not reasoning
+SHORT_PREDICATE_WORDS = 3  # "The capital of Japan is Tokyo": what follows "is" when it is this short
+_YES_NO = re.compile(r"^(yes|no)(?=$|[\s.,!;:]*$|[.,!;:])", re.IGNORECASE)
+_WORD = re.compile(r"[^\W_]")  # a letter or a digit: a line of symbols alone answers nothing
+_LIST_NUMERAL = re.compile(r"^\s*\d+[.)]\s+")
+_HEDGE = re.compile(
+    r"\b(?:not sure|unsure|no idea|(?:do not|don't|cannot|can't|could not|couldn't|unable to) "
+    r"(?:know|say|tell|answer|compute|determine|help))\b|^(?:i'm |i am )?sorry\b",
+    re.IGNORECASE,
+)
+_COPULA = re.compile(r"^.+?\s(?:is|are|was|were)\s+(.+?)\W*$", re.IGNORECASE)
+_PLAIN_WORDS = re.compile(r"^[^\W\d_][\w\s'’,.!?;:\"()-]*$")  # a phrase in words, no formula
+_ARTICLES = re.compile(r"\b(?:a|an|the)\s+")
+_INNER_PUNCTUATION = re.compile(r"[^\w\s/.%+-]+")
 
 
 def compile_patterns(patterns: Iterable[PatternLike]) -> tuple[re.Pattern[str], ...]:
@@ -139,10 +162,36 @@ def _extract_raw(text: str, custom: Sequence[re.Pattern[str]], defaults: bool) -
         found = extractor(text)
         if found is not None and found.strip():
             return found
-    first_line = text.strip().split("\n", 1)[0]
-    if _UNEVALUATED.match(first_line):
+    if is_non_answer(text):
         return None
+    short = _short_line(text)
+    if short is not None:
+        return short
     return _last_number(text)
+
+
+def is_non_answer(text: str) -> bool:
+    """No answer at all: empty, a hedge, or an arithmetic expression restated, not evaluated."""
+    first = _MARKDOWN.sub("", text.strip().split("\n", 1)[0]).strip()
+    return not _WORD.search(first) or bool(_UNEVALUATED.match(first)) or bool(_HEDGE.search(first))
+
+
+def _short_line(text: str) -> str | None:
+    """The answer a short first line gives (rule 7); None when the first line is longer."""
+    line = _MARKDOWN.sub("", text.strip().split("\n", 1)[0]).strip()
+    if len(line.split()) > SHORT_ANSWER_WORDS:
+        return None
+    yes_no = _YES_NO.match(line)
+    if yes_no:
+        return yes_no.group(1).lower()
+    line = _LIST_NUMERAL.sub("", line)
+    number = _last_number(line)
+    if number is not None:
+        return number
+    copula = _COPULA.match(line)
+    if copula and len(copula.group(1).split()) <= SHORT_PREDICATE_WORDS:
+        return copula.group(1)
+    return line
 
 
 def _last_equation(text: str) -> str | None:
@@ -219,10 +268,14 @@ def normalize_answer(raw: str) -> str:
         return option.group(1)
 
     with_unit = _NUMBER_WITH_UNIT.match(s)
-    if with_unit:
-        s = with_unit.group(1)
-    number = _canonical_number(s)
-    return number if number is not None else s
+    number = _canonical_number(with_unit.group(1) if with_unit else s)
+    if number is not None:
+        return number
+    if _PLAIN_WORDS.match(s):
+        # Words, not a formula: "The Eiffel Tower!" and "eiffel tower" are one answer.
+        s = _ARTICLES.sub("", _INNER_PUNCTUATION.sub(" ", s) + " ").strip()
+        s = re.sub(r"\s+", " ", s)
+    return s
 
 
 def _canonical_number(s: str) -> str | None:

@@ -263,3 +263,35 @@ def test_answer_key_without_tool_calls_is_the_extracted_answer() -> None:
 )
 def test_equations_answer_and_restated_expressions_do_not(text: str, answer: str | None) -> None:
     assert extract_answer(text) == answer
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("Paris", "paris"),
+        ("Paris.", "paris"),
+        ('"The Eiffel Tower!"', "eiffel tower"),
+        ("The capital of Japan is Tokyo.", "tokyo"),  # the surrounding sentence drops away
+        ("Yes, it is.", "yes"),
+        ("No.", "no"),
+        ("31.5 million", "31.5"),  # a number where the answer is one
+        ("1. La gente agradece", "la gente agradece"),  # a list numeral is not the answer
+        ("New York City", "new york city"),
+        ("Paris\n\nIt has been the capital of France since the year 987.", "paris"),  # the first line answers
+    ],
+)
+def test_short_answers_are_their_own_words(text: str, answer: str) -> None:
+    assert extract_answer(text) == answer
+
+
+@pytest.mark.parametrize(
+    "text", ["I am not sure.", "No idea", "I don't know.", "Sorry, I cannot help with that.", "2 + 3", "####"]
+)
+def test_hedges_and_restatements_are_non_answers(text: str) -> None:
+    assert extract_answer(text) is None
+
+
+def test_a_long_answer_without_a_number_has_no_number_for_an_answer() -> None:
+    prose = "France is a country in Western Europe whose capital is a city on the Seine river."
+    assert extract_answer(prose) is None
+    assert extract_answer("She had 3 apples, bought 4 more and now holds 7 apples in her basket.") == "7"

@@ -332,3 +332,45 @@ def test_verifier_first_can_be_switched_off() -> None:
     run(BestOfNSettings(max_n=8, stop=StopSettings(min_gain=0.0, verifier_first=False)),
         FakeServices(distinct), verifiers=[verifier])
     assert verifier.expansions == 0
+
+
+# --- answers without numbers: the majority is seen (the candidate sets) ----------------
+
+EVERYDAY = {
+    "capital of France": (
+        ["Paris", "31.5 million", "17,942,365", "Paris", "Paris", "France is a country in Western Europe.", "Paris",
+         "Paris"],
+        "Paris",
+    ),
+    "capital of Italy": (["25.", "Rome", "Rome.", "The capital of Italy is Rome.", "Rome", "Milan", "Rome", "rome"],
+                         "Rome"),
+    "thank you in Spanish": (
+        ["1. La gente agradece mucho.", "Gracias", "Gracias.", "gracias", "Muchas gracias", "Gracias!", "Gracias",
+         "De nada"],
+        "Gracias",
+    ),
+}
+
+
+@pytest.mark.parametrize("question", sorted(EVERYDAY))
+def test_a_free_text_majority_beats_a_lone_number(question: str) -> None:
+    answers, expected = EVERYDAY[question]
+    settings = BestOfNSettings(max_n=8, adaptive=False)
+    strategy = BestOfN.build(settings)  # the default verifier: self-consistency
+    services = FakeServices(lambda variant, k: answers[k])
+    request = StrategyRequest([{"role": "user", "content": f"What is the {question}?"}])
+    out = asyncio.run(strategy.run(request, services))  # type: ignore[arg-type]
+    chosen = out.candidates[out.selected].text
+    assert chosen.lower().strip(".!") == expected.lower()
+
+
+def test_prose_without_an_extractable_answer_is_clustered_not_left_unscored() -> None:
+    prose = "It depends on the season and on where you stand in the valley, honestly speaking."
+    answers = [prose, prose.replace("honestly", "truly"), prose, "42 apples", prose.upper(), prose, "I don't know.",
+               prose]
+    strategy = BestOfN.build(BestOfNSettings(max_n=8, adaptive=False))
+    out = asyncio.run(strategy.run(StrategyRequest(MESSAGES), FakeServices(lambda v, k: answers[k])))  # type: ignore[arg-type]
+    assert "season" in out.candidates[out.selected].text.lower()  # six alike beat one number
+    scores = out.view_scores["self_consistency"]
+    assert scores[3] == 1 / 8 and scores[6] is None  # the number keeps its share; "I don't know" abstains
+    assert scores[0] == 6 / 8

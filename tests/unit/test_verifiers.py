@@ -212,7 +212,8 @@ def test_self_consistency_vote_share_and_missing() -> None:
         cand(3, "I cannot compute that."),
     ]
     scored = score({"type": "self_consistency"}, candidates)
-    assert scored.views == {"self_consistency": [2 / 3, 2 / 3, 1 / 3, None]}
+    # Shares of every candidate: the one that cannot compute keeps its place in the denominator.
+    assert scored.views == {"self_consistency": [2 / 4, 2 / 4, 1 / 4, None]}
     assert not scored.hard and scored.usage == Usage()
 
 
@@ -220,8 +221,8 @@ def test_self_consistency_answer_of_and_votes_for_the_stop_rule() -> None:
     verifier = build_verifier({"type": "self_consistency", "patterns": [r"ANS<(\w+)>"]}, 0)
     assert verifier.answer_of(cand(0, "ANS<blue> but #### 3")) == "blue"
     assert verifier.answer_of(cand(1, "#### 3")) == "3"
-    assert verifier.answer_of(cand(2, "nothing")) is None
-    assert verifier.votes([cand(0, "#### 3"), cand(1, "The answer is 3.0"), cand(2, "x")]) == {
+    assert verifier.answer_of(cand(2, "I don't know.")) is None
+    assert verifier.votes([cand(0, "#### 3"), cand(1, "The answer is 3.0"), cand(2, "2 + 3")]) == {
         "3": 2
     }
     strict = build_verifier(
