@@ -8,6 +8,7 @@ field are all views of that one object.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
@@ -91,6 +92,18 @@ def content_text(content: Any, *, mark_attachments: bool = False) -> str:
             elif mark_attachments:
                 pieces.append(f"[{kind}]")
     return PART_SEPARATOR.join(p for p in pieces if p)
+
+
+def finite(value: Any, low: float = -math.inf, high: float = math.inf) -> float:
+    """A number read from a file, checked: finite and within [low, high], else ValueError.
+
+    The one gate for numbers that state files (gold records, learned models) bring back, so one
+    NaN or 1e308 written by a crash or a hand can never reach a response, which must be JSON.
+    """
+    number = float(value)
+    if not math.isfinite(number) or not low <= number <= high:
+        raise ValueError(f"{value!r} is not a finite number in [{low}, {high}]")
+    return number
 
 
 def shot_pairs(messages: Sequence[Message]) -> list[tuple[int, int]]:

@@ -46,28 +46,49 @@ class GoldFile:
         name = quote(route, safe="")  # route names may hold `/`
         self.path = directory / f"{name}.jsonl"
         self.lock = FileLock(directory / f"{name}.lock")
-        self._offset = 0
+        self._offset = 0  # bytes read so far
+        self._lines = 0  # lines read so far, for the log
 
     def append(self, record: GoldRecord) -> None:
-        with self.path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(record.as_dict()) + "\n")
+        line = json.dumps(record.as_dict(), allow_nan=False) + "\n"
+        with self.path.open("ab") as out:
+            # A process killed mid-write leaves a torn last line; start on a line of our own, or
+            # this record would be glued to the torn one and lost with it.
+            if out.tell() > 0 and not self._ends_with_newline():
+                line = "\n" + line
+            out.write(line.encode("utf-8"))
+
+    def _ends_with_newline(self) -> bool:
+        with self.path.open("rb") as src:
+            src.seek(-1, os.SEEK_END)
+            return src.read(1) == b"\n"
 
     def read_new(self) -> list[GoldRecord]:
-        """Records written since the last call (by any worker); a torn last line waits."""
+        """Records written since the last call (by any worker); a torn last line waits.
+
+        A line that is not a record (bad UTF-8, not JSON, a non-finite or out-of-range number,
+        a torn line that a later write completed) is skipped alone, with one log event naming
+        the file and the line; the route keeps serving on the rest.
+        """
         try:
-            with self.path.open("r", encoding="utf-8") as src:
+            with self.path.open("rb") as src:
                 src.seek(self._offset)
                 chunk = src.read()
         except FileNotFoundError:
             return []
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
         records = []
-        complete = chunk[: chunk.rfind("\n") + 1]
-        self._offset += len(complete.encode("utf-8"))
-        for line in complete.splitlines():
+        for raw in complete.splitlines():
+            self._lines += 1
             try:
-                records.append(GoldRecord.from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
-                log.warning(json.dumps({"event": "gold_record_unreadable", "file": str(self.path)}))
+                records.append(GoldRecord.from_dict(json.loads(raw.decode("utf-8"))))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # UnicodeDecodeError and JSONDecodeError are ValueErrors too.
+                log.warning(json.dumps({
+                    "event": "gold_record_skipped", "file": str(self.path), "line": self._lines,
+                    "error": type(exc).__name__,
+                }))
         return records
 
     def try_lead(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Any
@@ -106,7 +107,19 @@ def rvr_body(
         body["low_confidence"] = outcome.low_confidence
     if details:
         body["candidate_texts"] = [c.text for c in outcome.candidates]
-    return body
+    return finite_json(body)
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every non-finite number made null: a response must be JSON, and one NaN from
+    a state file or an estimate must not turn every answer of a route into a 500."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def verifier_errors(outcome: Outcome) -> dict[str, dict[str, Any]]:

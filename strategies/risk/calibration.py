@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from strategies.contract import finite
+
 COMPONENTS = ("residual", "baseline", "candidate", "prompt", "verifier")
 Z90 = 1.6448536269514722
 Z95 = 1.959963984540054
@@ -89,15 +91,22 @@ class GoldRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GoldRecord:
+        """A record as written by `as_dict`; ValueError, KeyError or TypeError for anything else
+        (utilities outside [0, 1], a non-finite number), so a reader can skip it alone."""
         return cls(
-            item=str(data["item"]), served=float(data["served"]), best_served=float(data["best_served"]),
-            best_one_prompt=float(data["best_one_prompt"]), best_all=float(data["best_all"]),
-            mean_one_prompt=float(data["mean_one_prompt"]),
-            online={k: None if v is None else float(v) for k, v in dict(data["online"]).items()},
-            tokens=int(data.get("tokens", 0)), time=float(data.get("time", 0.0)),
-            clusters=tuple(dict(c) for c in data.get("clusters") or ()),
+            item=str(data["item"]), served=finite(data["served"], 0, 1),
+            best_served=finite(data["best_served"], 0, 1), best_one_prompt=finite(data["best_one_prompt"], 0, 1),
+            best_all=finite(data["best_all"], 0, 1), mean_one_prompt=finite(data["mean_one_prompt"], 0, 1),
+            online={str(k): None if v is None else finite(v, -1, 1) for k, v in dict(data["online"]).items()},
+            tokens=int(finite(data.get("tokens", 0), 0)), time=finite(data.get("time", 0.0)),
+            clusters=tuple(_cluster(c) for c in data.get("clusters") or ()),
             pairs=tuple({"ab": bool(p["ab"]), "ba": bool(p["ba"])} for p in data.get("pairs") or ()),
         )
+
+
+def _cluster(data: Mapping[str, Any]) -> dict[str, Any]:
+    features = {str(k): None if v is None else finite(v) for k, v in dict(data["features"]).items()}
+    return {**dict(data), "features": features, "size": int(finite(data["size"], 1)), "correct": bool(data["correct"])}
 
 
 def surrogate(online: Mapping[str, float | None], component: str) -> float:

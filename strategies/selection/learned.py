@@ -24,10 +24,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from strategies.contract import finite
+
 if TYPE_CHECKING:
     from strategies.selection.knockout import JudgeGate
-
-import numpy as np
 
 SIGNAL_FLOOR = 0.55
 L2_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -37,6 +39,9 @@ _MAX_NEWTON = 100
 
 class NotFittable(ValueError):
     """The probe clusters cannot support a model; the message says why, in words for `rvr`."""
+
+
+MAX_PARAMETER = 1e6  # a saved model's weights, centres and scales; fitted ones stay far below
 
 
 @dataclass(frozen=True)
@@ -142,16 +147,20 @@ class LearnedSelector:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LearnedSelector:
         signals = tuple(str(s) for s in data["signals"])
+
+        def share(key: str) -> float | None:
+            return None if data.get(key) is None else finite(data[key], 0, 1)
+
+        # Bounded, not only finite: a weight of 1e308 overflows the logistic into inf and NaN.
         model = cls(
-            signals=signals, center=tuple(float(v) for v in data["center"]),
-            scale=tuple(float(v) for v in data["scale"]), weights=tuple(float(v) for v in data["weights"]),
-            bias=float(data["bias"]), l2=float(data["l2"]),
-            auroc={str(k): None if v is None else float(v) for k, v in dict(data["auroc"]).items()},
-            n_items=int(data["n_items"]), n_clusters=int(data["n_clusters"]),
-            cv_log_loss=float(data["cv_log_loss"]),
-            cv_accuracy=None if data.get("cv_accuracy") is None else float(data["cv_accuracy"]),
-            cv_vote_accuracy=None if data.get("cv_vote_accuracy") is None else float(data["cv_vote_accuracy"]),
-            dropped=tuple(str(s) for s in data.get("dropped", ())),
+            signals=signals, center=tuple(finite(v, -MAX_PARAMETER, MAX_PARAMETER) for v in data["center"]),
+            scale=tuple(finite(v, 1 / MAX_PARAMETER, MAX_PARAMETER) for v in data["scale"]),
+            weights=tuple(finite(v, -MAX_PARAMETER, MAX_PARAMETER) for v in data["weights"]),
+            bias=finite(data["bias"], -MAX_PARAMETER, MAX_PARAMETER), l2=finite(data["l2"], 0),
+            auroc={str(k): None if v is None else finite(v, 0, 1) for k, v in dict(data["auroc"]).items()},
+            n_items=int(finite(data["n_items"], 0)), n_clusters=int(finite(data["n_clusters"], 0)),
+            cv_log_loss=finite(data["cv_log_loss"], 0), cv_accuracy=share("cv_accuracy"),
+            cv_vote_accuracy=share("cv_vote_accuracy"), dropped=tuple(str(s) for s in data.get("dropped", ())),
         )
         if not len(model.center) == len(model.scale) == len(model.weights) == len(signals):
             raise ValueError("signals, center, scale and weights differ in length")
