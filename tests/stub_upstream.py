@@ -228,10 +228,13 @@ class Handler(BaseHTTPRequestHandler):
             self._stream_tool_calls(body, n)
         elif body.get("stream") and (behaviour == "rich" or n > 1) and behaviour not in ("cut", "ends-early"):
             self._stream_choices(body, contents, text_mode, rich=behaviour == "rich")
+        elif body.get("stream") and behaviour in ("bad-index", "huge-event"):
+            self._stream_hostile(body, behaviour)
         elif body.get("stream"):
             cut, ends_early = behaviour == "cut", behaviour == "ends-early"
             self._stream(
-                body, contents[0], text_mode, cut=cut, ends_early=ends_early, counted=not uncounted, late_usage=late_usage
+                body, contents[0], text_mode, cut=cut, ends_early=ends_early, counted=not uncounted,
+                late_usage=late_usage,
             )
         elif behaviour == "rich":
             self._json(200, self._rich_completion(body, contents, text_mode))
@@ -439,6 +442,19 @@ class Handler(BaseHTTPRequestHandler):
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+
+    def _stream_hostile(self, body: dict[str, Any], behaviour: str) -> None:
+        """`bad-index`: a chunk for choice 7 of a one-choice request; `huge-event`: one 2 MB chunk."""
+        self._open_stream()
+        base = {"id": "stub-h", "object": "chat.completion.chunk", "created": 0, "model": body.get("model")}
+        if behaviour == "bad-index":
+            self._event({**base, "choices": [{"index": 7, "delta": {"content": "seven"}, "finish_reason": None}]})
+        else:
+            huge = {"index": 0, "delta": {"content": "x" * 2_000_000}, "finish_reason": None}
+            self._event({**base, "choices": [huge]})
+        self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        self._chunk(b"data: [DONE]\n\n")
+        self._end_body()
 
     def _open_stream(self) -> None:
         self.send_response(200)

@@ -29,7 +29,7 @@ from proxy.telemetry import metrics
 from proxy.upstream.allowance import CURRENT
 from proxy.upstream.chat_prompt import render_chat
 from proxy.upstream.error_mapping import translate
-from proxy.upstream.stream_tap import ACTIVE, Tap, connection_pool
+from proxy.upstream.stream_tap import ACTIVE, MAX_EVENT_BYTES, Tap, connection_pool
 from strategies.contract import Message, Usage
 
 litellm.suppress_debug_info = True  # else it prints a multi-line banner to stdout on every error
@@ -211,19 +211,19 @@ class UpstreamClient:
         streamed = {**params, "stream": True, "stream_options": {"include_usage": True}}
         if n == 1 or self.n_works is True:
             opened = await self._call(lambda t, kw: _open(make(t, kw)), self._kwargs(streamed, n))
-            async for chunk in self._guard_stream(opened):
+            async for chunk in self._guard_stream(opened, n):
                 yield chunk
             return
         kwargs = self._kwargs(streamed, None)
         streams = await asyncio.gather(*(self._call(lambda t, kw: _open(make(t, kw)), kwargs) for _ in range(n)))
-        async for chunk in _merged([self._guard_stream(opened) for opened in streams]):
+        async for chunk in _merged([self._guard_stream(opened, 1) for opened in streams]):
             yield chunk
 
-    async def _guard_stream(self, opened: _OpenStream) -> AsyncIterator[dict[str, Any]]:
+    async def _guard_stream(self, opened: _OpenStream, choices: int) -> AsyncIterator[dict[str, Any]]:
         try:
             first = opened.tap.take() if opened.tap.attached else []
             if opened.tap.attached and all(_is_chunk(event) for event in first):
-                chunks = self._upstream_chunks(opened, first)
+                chunks = self._upstream_chunks(opened, first, choices)
             else:  # not tapped, or not OpenAI's protocol underneath: litellm's chunks it is
                 opened.tap.detach()
                 chunks = self._litellm_chunks(opened)
@@ -234,11 +234,18 @@ class UpstreamClient:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a stream cut mid-answer is an error, never a clean end
+            if opened.tap.too_large is not None:  # the tap stopped the read: say why, not litellm
+                metrics.UPSTREAM_REQUESTS.labels(self.name, "error").inc()
+                raise UpstreamFailed(
+                    f"upstream {self.name!r} sent a stream event of more than {MAX_EVENT_BYTES} bytes"
+                ) from None
             error, failure = translate(exc, self.name, self._redact)
             metrics.UPSTREAM_REQUESTS.labels(self.name, failure.outcome).inc()
             raise error from None
 
-    async def _upstream_chunks(self, opened: _OpenStream, first: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    async def _upstream_chunks(
+        self, opened: _OpenStream, first: list[dict[str, Any]], choices: int
+    ) -> AsyncIterator[dict[str, Any]]:
         """The upstream's chunks as it sent them, while litellm reads the same stream.
 
         litellm still drives the stream: each of its chunks lets the upstream's chunks it has
@@ -259,6 +266,11 @@ class UpstreamClient:
                 if chunk is None:
                     continue
                 upstream_counted = upstream_counted or bool(chunk.get("usage"))
+                if len(chunk["choices"]) > choices or not all(_index_in(c, choices) for c in chunk["choices"]):
+                    metrics.UPSTREAM_REQUESTS.labels(self.name, "error").inc()
+                    raise UpstreamFailed(
+                        f"upstream {self.name!r} streamed a choice index outside the {choices} asked for"
+                    )
                 for choice in chunk["choices"]:
                     started.add(choice.get("index", 0))
                     if choice.get("finish_reason"):
@@ -418,6 +430,12 @@ def _counts(usage: Any) -> dict[str, int]:
         "completion_tokens": counted.completion_tokens,
         "total_tokens": counted.total_tokens,
     }
+
+
+def _index_in(choice: Any, choices: int) -> bool:
+    """A streamed choice's index is one of the `choices` asked for (a missing index is 0)."""
+    index = choice.get("index", 0) if isinstance(choice, dict) else None
+    return type(index) is int and 0 <= index < choices
 
 
 def _is_chunk(event: dict[str, Any]) -> bool:

@@ -15,6 +15,10 @@ into events, in order. The events are the upstream's chunks exactly as sent.
 A stream that was not tapped (litellm built its own client, the provider speaks another
 protocol, a proxy mount, a compressed body) leaves the tap empty: the caller then relays
 litellm's own chunks, as before.
+
+Parsing is linear in the bytes (an unfinished line is kept in pieces, joined once it ends), and
+no event may exceed `MAX_EVENT_BYTES`: a tapped stream that sends a longer line or event fails
+with the proxy's error (`Tap.too_large`) instead of being buffered, parsed and relayed whole.
 """
 
 from __future__ import annotations
@@ -28,24 +32,43 @@ from typing import Any
 import httpx
 
 DONE = "[DONE]"
+MAX_EVENT_BYTES = 1 << 20  # a chat chunk is a few hundred bytes; a megabyte is no answer's delta
+
+
+class EventTooLarge(Exception):
+    """An upstream stream line or event past `MAX_EVENT_BYTES`: reading it stops here."""
 
 
 class Tap:
     """The events of one upstream stream, parsed from its bytes as they are read."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.attached = False  # a response was teed in: the events are the upstream's own
         self._keeping = True
         self.done = False  # the upstream sent `data: [DONE]`
+        self.too_large: int | None = None  # bytes of the line or event that broke the cap
+        self._max = max_event_bytes
         self._events: list[dict[str, Any]] = []
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._line = ""  # an unfinished line
+        self._line: list[str] = []  # the pieces of an unfinished line
+        self._line_bytes = 0  # raw bytes since the last line end, kept or not
         self._data: list[str] = []  # the `data:` lines of the event being read
+        self._data_size = 0
         self._cr = False  # the last character fed was "\r": a following "\n" ends nothing new
 
     def feed(self, raw: bytes) -> None:
+        """Read `raw`; raises EventTooLarge (and sets `too_large`) once a line or event is too long."""
+        end = max(raw.rfind(b"\n"), raw.rfind(b"\r"))
+        self._line_bytes = len(raw) - end - 1 if end >= 0 else self._line_bytes + len(raw)
+        if self._line_bytes > self._max:
+            self._fail(self._line_bytes)
         if self._keeping:
             self._text(self._decoder.decode(raw))
+
+    def _fail(self, size: int) -> None:
+        self.too_large = size
+        self.detach()
+        raise EventTooLarge(f"a stream event of more than {self._max} bytes")
 
     def detach(self) -> None:
         """Stop keeping events: the caller relays litellm's chunks instead."""
@@ -65,8 +88,11 @@ class Tap:
             text = text[1:]
         self._cr = text.endswith("\r")
         lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        lines[0] = self._line + lines[0]
-        self._line = lines.pop()
+        if len(lines) == 1:  # no line ended: keep the piece, join nothing yet
+            self._line.append(lines[0])
+            return
+        lines[0] = "".join([*self._line, lines[0]])
+        self._line = [lines.pop()]
         for line in lines:
             self._read_line(line)
 
@@ -77,11 +103,14 @@ class Tap:
         field, _, value = line.partition(":")
         if field == "data":  # comments (":..."), `event:`, `id:`, `retry:` carry no chunk
             self._data.append(value[1:] if value.startswith(" ") else value)
+            self._data_size += len(value)
+            if self._data_size > self._max:
+                self._fail(self._data_size)
 
     def _dispatch(self) -> None:
         if not self._data:
             return
-        data, self._data = "\n".join(self._data), []
+        data, self._data, self._data_size = "\n".join(self._data), [], 0
         if data.strip() == DONE:
             self.done = True
             return

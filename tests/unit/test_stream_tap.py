@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.upstream.stream_tap import ACTIVE, Tap, TappingTransport
+from proxy.upstream.stream_tap import ACTIVE, EventTooLarge, Tap, TappingTransport
 
 CHUNKS = [
     {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "héllo ✓"}}]},
@@ -122,3 +122,27 @@ def test_other_responses_are_not_teed(upstream: Any) -> None:
 
 def test_nothing_is_teed_without_an_active_tap() -> None:
     assert _read(_upstream(), None) == [sse(CHUNKS)]
+
+
+def test_a_line_arriving_in_many_pieces_is_one_event() -> None:
+    tap = Tap()
+    body = b'data: {"choices": [], "usage": {"total_tokens": 3}, "pad": "' + b"y" * 100_000 + b'"}\n\n'
+    for i in range(0, len(body), 7):  # an upstream dribbling bytes
+        tap.feed(body[i : i + 7])
+    (event,) = tap.take()
+    assert event["usage"] == {"total_tokens": 3} and len(event["pad"]) == 100_000
+
+
+def test_a_line_past_the_cap_stops_the_read_even_without_a_newline() -> None:
+    tap = Tap(max_event_bytes=1000)
+    tap.feed(b"data: {" + b"z" * 500)
+    with pytest.raises(EventTooLarge):
+        tap.feed(b"z" * 600)
+    assert tap.too_large == 1107 and tap.take() == []
+
+
+def test_an_event_of_many_small_data_lines_past_the_cap_stops_the_read() -> None:
+    tap = Tap(max_event_bytes=1000)
+    with pytest.raises(EventTooLarge):
+        tap.feed(b"data: 0123456789\n" * 200)
+    assert tap.too_large is not None and tap.too_large > 1000
