@@ -61,7 +61,8 @@ def check_config(path: str) -> int:
     try:
         config = validate(path)
     except ConfigError as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
+        message = str(exc)  # errors in reading the file name it already
+        print(message if message.startswith(path) else f"{path}: {message}", file=sys.stderr)
         return 2
     print(f"{path}: ok")
     for route in config.routes:  # what one request can cost at most

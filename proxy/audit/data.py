@@ -392,6 +392,9 @@ def load_pairs_file(path: str | Path) -> list[Pair]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise AuditDataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except (ValueError, RecursionError) as exc:  # a 5,000-digit number, JSON nested too deep
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+            raise AuditDataError(f"{where}: not valid JSON ({reason})") from None
         if not isinstance(record, dict):
             raise AuditDataError(f"{where}: expected a JSON object with {', '.join(_FIELDS)}")
         missing = [key for key in _FIELDS if key not in record]

@@ -89,6 +89,7 @@ class UpstreamSettings(StrictModel):
         return params
 
 
+MAX_YAML_NODES = 100_000  # a config with every feature is a few hundred; aliases may not multiply it
 DEFAULT_MAX_TOKENS = 32_768  # the most a client may ask per completion where the route sets no cap
 
 
@@ -254,11 +255,39 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    return parse_config(safe_yaml(text, str(file)), base_dir=file.resolve().parent)
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """YAML as data, refused with one line when it is not: invalid, nested past any config's
+    depth, or expanding (through aliases, as in "billion laughs") past `MAX_YAML_NODES`."""
     try:
-        raw = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_nodes(node, {}) > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: its aliases expand to more than {MAX_YAML_NODES} YAML nodes")
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        place = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where} is not valid YAML{place}: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file} is not valid YAML: {exc}") from None
-    return parse_config(raw, base_dir=file.resolve().parent)
+        raise ConfigError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
+
+
+def _expanded_nodes(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes `node` is once every alias is copied out; each node is sized once."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_nodes(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_expanded_nodes(k, sizes) + _expanded_nodes(v, sizes) for k, v in node.value)
+    sizes[id(node)] = total
+    return total
 
 
 def _describe(exc: ValidationError) -> str:
