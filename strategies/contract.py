@@ -284,6 +284,7 @@ class RiskReport:
     verifier: float | None = None
     aeu: float | None = None
     selected_utility: float | None = None
+    disagreement: float | None = None  # the residual the answers' disagreement alone implies
     residual_terms: list[str] = field(default_factory=list)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # term -> "request" | "route"
@@ -298,6 +299,7 @@ class RiskReport:
             "verifier": self.verifier,
             "aeu": self.aeu,
             "selected_score": self.selected_utility,
+            "disagreement": self.disagreement,
             "residual_terms": list(self.residual_terms),
             "intervals": {k: [lo, hi] for k, (lo, hi) in self.intervals.items()},
             "sources": dict(self.sources),

@@ -248,13 +248,19 @@ RISK = {
         "verifier",
         "aeu",
         "selected_score",
+        "disagreement",
         "residual_terms",
         "intervals",
         "sources",
     ],
     "properties": {
         "k_ref": _INT,
-        **{k: _SCORE for k in ("baseline", "residual", "candidate", "prompt", "verifier", "aeu", "selected_score")},
+        **{
+            k: _SCORE
+            for k in (
+                "baseline", "residual", "candidate", "prompt", "verifier", "aeu", "selected_score", "disagreement"
+            )
+        },
         "residual_terms": _STRINGS,
         "intervals": {"type": "object", "additionalProperties": _INTERVAL},
         "sources": {"type": "object", "additionalProperties": {"enum": ["request", "route"]}},

@@ -483,6 +483,18 @@ class BestOfN(Strategy):
         return [replace(c, index=i) for i, c in enumerate(ordered)]
 
 
+def _vote_answers(plan: Plan, choice: Choice, n: int) -> list[str | None] | None:
+    """Each candidate's answer, where the utilities are vote shares (every verifier that scores
+    is a vote: the disagreement floor is the vote's own model, method §3.10); else None."""
+    if not all(v.extracts_answers for v in plan.verifiers if not v.hard):
+        return None
+    answers: list[str | None] = [None] * n
+    for cluster in choice.clusters:
+        for member in cluster.members:
+            answers[member] = cluster.key if cluster.answered else None
+    return answers
+
+
 def _outcome(
     run: _Run,
     plan: Plan,
@@ -500,6 +512,7 @@ def _outcome(
         selection.utility_list(), [c.variant for c in run.candidates], selection.index,
         m.scores, m.weights, m.eligible, rng,
         k_ref=settings.k_ref, resamples=settings.bootstrap, route=route_state,
+        answers=_vote_answers(plan, verdict.choice, len(run.candidates)),
     )
     if route_state is not None:
         route_state.observe(report)

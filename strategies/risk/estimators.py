@@ -8,6 +8,7 @@ and the report says so in `sources`.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -462,6 +463,45 @@ def _intervals(
     return intervals
 
 
+def disagreement_draws(
+    answers: Sequence[str | None], selected: int, rng: np.random.Generator, count: int = DEFAULT_RESAMPLES
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Posterior draws of (baseline, residual) that the answers' disagreement alone implies.
+
+    The vote's own model (method §3.10): a candidate is worth `p_y`, the chance that a fresh
+    sample gives its answer, so asking once is worth Σ p_k², the best of many samples finds the
+    most likely answer (worth max p_k), and the served answer is worth its own p. The `p` are
+    unknown; their posterior given the observed cluster counts is Dirichlet(counts + ½) with one
+    more ½ for answers not seen yet. Per draw, baseline = max p − Σ p², residual = max p − p_served.
+    None when fewer than two distinct answers were seen: there is no disagreement to see.
+    """
+    counts = Counter(a for a in answers if a is not None)
+    if len(counts) < 2:
+        return None
+    labels = list(counts)
+    p = rng.dirichlet([counts[k] + 0.5 for k in labels] + [0.5], size=count)[:, :-1]
+    best = p.max(axis=1)
+    chosen = answers[selected]
+    served = p[:, labels.index(chosen)] if chosen in counts else np.zeros(count)
+    return best - (p**2).sum(axis=1), best - served
+
+
+def _floor_by_disagreement(report: RiskReport, draws: tuple[np.ndarray, np.ndarray]) -> None:
+    """Raise the baseline and residual to what disagreement alone implies, and widen their
+    intervals to cover its interval: candidates that disagree are never reported risk-free."""
+    for name, values in zip(("baseline", "residual"), draws, strict=True):
+        floor, (low, high) = float(values.mean()), _interval(values)
+        current = getattr(report, name)
+        if current is None or floor > current:
+            setattr(report, name, floor)
+            if name == "residual":
+                report.residual_terms.append("disagreement")
+        own = report.intervals.get(name)
+        report.intervals[name] = (min(low, own[0]), max(high, own[1])) if own is not None else (low, high)
+    report.disagreement = float(draws[1].mean())
+    report.intervals["disagreement"] = _interval(draws[1])
+
+
 def assess(
     utilities: Sequence[float | None] | np.ndarray,
     variants: Sequence[str],
@@ -474,8 +514,13 @@ def assess(
     k_ref: int = DEFAULT_K_REF,
     resamples: int = DEFAULT_RESAMPLES,
     route: RouteRiskState | None = None,
+    answers: Sequence[str | None] | None = None,
 ) -> RiskReport:
-    """The per-request report of §3. Candidates no view scored are left out of every estimate."""
+    """The per-request report of §3. Candidates no view scored are left out of every estimate.
+
+    `answers` (each candidate's extracted answer, None where it has none) add the floor of
+    `disagreement_draws`: without it, candidates that all disagree score alike and look safe.
+    """
     values = np.asarray([np.nan if u is None else u for u in utilities], dtype=float)
     scored = ~np.isnan(values)
     report = RiskReport(k_ref=k_ref)
@@ -503,4 +548,7 @@ def assess(
         )
     if gaps is not None:
         report.intervals["verifier"] = _interval(gaps)
+    draws = disagreement_draws(answers, selected, rng, resamples) if answers is not None else None
+    if draws is not None:
+        _floor_by_disagreement(report, draws)
     return report

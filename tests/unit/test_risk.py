@@ -383,3 +383,43 @@ def test_binary_report_takes_the_posterior_term_and_a_credible_interval() -> Non
 def test_posterior_draws_average_to_the_closed_form() -> None:
     draws = risk._binary_posterior_draws(2, 16, 64, np.random.default_rng(0), 400_000)
     assert draws.mean() == pytest.approx(risk.binary_candidate_term(2, 16, 64), abs=2e-3)
+
+
+# --- disagreement: candidates that disagree are never reported risk-free -----------------------
+
+
+def _vote_report(answers: list[str], selected: int = 0) -> risk.RiskReport:
+    shares = [answers.count(a) / len(answers) for a in answers]  # what self-consistency scores
+    n = len(answers)
+    views = np.array(shares, dtype=float).reshape(n, 1)
+    return risk.assess(
+        shares, ["original"] * n, selected, views, np.ones(1), np.ones(n, dtype=bool),
+        np.random.default_rng(0), answers=answers,
+    )
+
+
+def test_eight_distinct_answers_have_risk_and_an_interval_wider_than_zero() -> None:
+    report = _vote_report([f"answer {i}" for i in range(8)])
+    assert report.residual is not None and report.residual > 0.05
+    assert report.baseline is not None and report.baseline > 0.0
+    low, high = report.intervals["residual"]
+    assert high > low and low <= report.residual <= high
+    assert "disagreement" in report.residual_terms and report.disagreement == report.residual
+
+
+def test_more_agreement_means_less_disagreement_risk() -> None:
+    split = _vote_report(["a", "b", "c", "d", "a", "b", "c", "d"]).disagreement
+    lean = _vote_report(["a", "a", "a", "a", "a", "b", "c", "d"]).disagreement
+    assert split is not None and lean is not None and lean < split
+
+
+def test_serving_a_minority_answer_costs_more_than_serving_the_majority() -> None:
+    answers = ["paris"] * 5 + ["31.5", "17942365", "lyon"]
+    majority, minority = _vote_report(answers, 0).residual, _vote_report(answers, 5).residual
+    assert majority is not None and minority is not None and minority > majority + 0.2
+
+
+def test_unanimous_answers_add_no_floor() -> None:
+    report = _vote_report(["7"] * 8)
+    assert report.disagreement is None and "disagreement" not in report.residual_terms
+    assert risk.disagreement_draws(["7"] * 8, 0, np.random.default_rng(0)) is None

@@ -314,7 +314,7 @@ def test_outcome_carries_choice_scores_and_risk() -> None:
     assert len(out.scores) == 8 and out.scores[out.selected] == max(out.scores)  # type: ignore[type-var]
     assert set(out.view_scores) == {"judge:v0", "judge:v1"}
     assert out.risk is not None and out.risk.k_ref == 64
-    assert out.risk.residual_terms == ["candidate", "verifier"]
+    assert out.risk.residual_terms == ["candidate", "verifier"]  # a judge's scores: no vote floor
     assert out.verifier_disagreement == out.risk.verifier
 
 
@@ -374,3 +374,12 @@ def test_prose_without_an_extractable_answer_is_clustered_not_left_unscored() ->
     scores = out.view_scores["self_consistency"]
     assert scores[3] == 1 / 8 and scores[6] is None  # the number keeps its share; "I don't know" abstains
     assert scores[0] == 6 / 8
+
+
+def test_eight_distinct_answers_under_the_vote_are_never_reported_risk_free() -> None:
+    strategy = BestOfN.build(BestOfNSettings(max_n=8, adaptive=False))  # self-consistency: a vote
+    out = asyncio.run(strategy.run(StrategyRequest(MESSAGES), FakeServices(distinct)))  # type: ignore[arg-type]
+    assert out.risk is not None and out.risk.disagreement is not None
+    low, high = out.risk.intervals["residual"]
+    assert out.risk.residual is not None and out.risk.residual > 0 and high > low
+    assert "disagreement" in out.risk.residual_terms
