@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -215,8 +216,21 @@ class Proxy:
                 record.outcome = await self.pipeline.run(route, work, services)
                 return record.outcome
 
+            # Nothing is due before the first keep-alive, so the headers wait until then: a
+            # failure that early keeps its own HTTP status (502, 504) instead of a 200 that
+            # carries an error event, as for a relayed stream.
+            working = asyncio.ensure_future(work_done())
+            try:
+                await self._guarded(request, asyncio.wait([working], timeout=KEEPALIVE_S))
+            except BaseException:  # the client hung up (or the server stops): so does the work
+                working.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait([working], timeout=UNWIND_S)  # its calls settle what they spent
+                raise
+            if working.done() and working.exception() is not None:
+                raise working.exception()  # type: ignore[misc]
             events = replay(
-                work_done(), route=route.name, stream_id=stream_id, endpoint=endpoint, n=body.n,
+                working, route=route.name, stream_id=stream_id, endpoint=endpoint, n=body.n,
                 include_usage=body.include_usage, rvr=lambda o: self._rvr(o, route, body),
                 keepalive_s=KEEPALIVE_S, on_error=failed,
             )

@@ -284,12 +284,29 @@ def impatient(stub: StubServer) -> Iterator[ProxyProcess]:
         yield process
 
 
-def test_a_stream_past_the_request_timeout_ends_with_an_error(impatient: ProxyProcess) -> None:
-    # A strategy route has sent its headers and keep-alives: the timeout ends the stream.
+def test_a_strategy_stream_that_times_out_before_its_first_keepalive_gets_504(impatient: ProxyProcess) -> None:
+    # Its headers wait for the first keep-alive (2 s), and the timeout (1.5 s) comes first.
     body = {"model": "slow-best", "messages": HELLO, "stream": True}
-    with httpx.stream("POST", f"{impatient.base_url}/v1/chat/completions", json=body, timeout=30) as response:
-        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
-    assert lines and lines[-1] != "data: [DONE]"
+    response = httpx.post(f"{impatient.base_url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "upstream_timeout"
+
+
+def test_a_stream_past_the_request_timeout_ends_with_an_error(stub: StubServer) -> None:
+    # A strategy route has sent its headers and keep-alives: the timeout ends the stream.
+    config = {
+        "server": {"request_timeout_s": 3.0},
+        "upstreams": [upstream("slow", stub.api_base, retries=0)],
+        "routes": [{"model": "slow-best", "upstream": "slow", "strategy": {"name": "best_of_n", "max_n": 2}}],
+    }
+    body = {"model": "slow-best", "messages": HELLO, "stream": True}
+    with ProxyProcess(config, env={"UPSTREAM_KEY": "sk-x-000000"}) as patient, httpx.stream(
+        "POST", f"{patient.base_url}/v1/chat/completions", json=body, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line.startswith("data: ") or line.startswith(":")]
+    assert lines and lines[0].startswith(":")  # a keep-alive went out before the timeout
+    assert lines[-1] != "data: [DONE]"
     error = json.loads(lines[-1].removeprefix("data: "))["error"]
     assert error["code"] == "upstream_timeout"
 
@@ -306,6 +323,14 @@ def test_a_stream_whose_upstream_fails_at_once_gets_502(proxy: ProxyProcess, pat
     body: dict[str, Any] = {"model": "fail", "stream": True}
     body.update({"messages": HELLO} if "chat" in path else {"prompt": "hello"})
     response = httpx.post(f"{proxy.base_url}{path}", json=body, timeout=30)
+    assert response.status_code == 502
+    assert response.json()["error"]["type"] == "upstream_error"
+
+
+def test_a_strategy_stream_whose_upstream_fails_before_the_first_keepalive_gets_502(hardened: ProxyProcess) -> None:
+    # A strategy streams only once it has chosen; a failure before the first keep-alive is due
+    # keeps its own status, as a passthrough stream's does (official clients then raise it).
+    response = call(hardened, "/v1/chat/completions", {"model": "echo-fail-best", "messages": HELLO, "stream": True})
     assert response.status_code == 502
     assert response.json()["error"]["type"] == "upstream_error"
 
