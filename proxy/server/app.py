@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -232,7 +233,7 @@ class Proxy:
             events = replay(
                 working, route=route.name, stream_id=stream_id, endpoint=endpoint, n=body.n,
                 include_usage=body.include_usage, rvr=lambda o: self._rvr(o, route, body),
-                keepalive_s=KEEPALIVE_S, on_error=failed,
+                keepalive_s=KEEPALIVE_S, on_error=failed, due=True,
             )
         else:
             record.streamed_choices = body.n  # a relayed stream makes no Outcome to count them in
@@ -277,7 +278,8 @@ class Proxy:
             await queue.put(None)
 
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.server.request_timeout_s
+        # From the request's start: the wait for the first chunk or keep-alive already counted.
+        deadline = loop.time() + self.config.server.request_timeout_s - (time.perf_counter() - record.started)
         pumping = asyncio.ensure_future(pump())
         try:
             while True:

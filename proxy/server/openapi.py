@@ -10,8 +10,8 @@ endpoint's choices are found by asking the endpoint to render one (`Endpoint.cho
 `Endpoint.pieces`), so nothing here branches on chat or text.
 
 `serve_openapi(app, document_for(config, routes), check_key)` registers `GET /openapi.json`,
-built once per process from the proxy's config: the configured routes name the valid `model` values, and with `api_keys` set
-the document, like `/v1/models`, needs the key.
+built once per process from the proxy's config: the configured routes name the valid `model`
+values, and with `api_keys` set the document, like `/v1/models`, needs the key.
 """
 
 from __future__ import annotations

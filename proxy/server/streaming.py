@@ -94,10 +94,17 @@ async def replay(
     rvr: Callable[[Outcome], dict[str, Any] | None],
     keepalive_s: float,
     on_error: Callable[[Exception], None],
+    due: bool = False,
 ) -> AsyncIterator[bytes]:
-    """Keep-alives while the strategy works, then the chosen answer as ordinary chunks."""
+    """Keep-alives while the strategy works, then the chosen answer as ordinary chunks.
+
+    `due`: the caller already waited a keep-alive interval (holding the headers), so the first
+    keep-alive goes out at once.
+    """
     task = asyncio.ensure_future(work)
     try:
+        if due and not task.done():
+            yield KEEPALIVE
         while True:
             done, _ = await asyncio.wait({task}, timeout=keepalive_s)
             if done:
