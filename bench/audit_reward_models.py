@@ -13,11 +13,16 @@ Both speak the generic reward API (`POST /score/<name>` with `{messages, respons
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import threading
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
 from proxy.audit.data import MULTIBBQ, audit_data_dir, bbq_pairs, read_checked
 
@@ -89,3 +94,28 @@ class RewardModels(ThreadingHTTPServer):
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
         self.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Ask both stand-in reward models about one ambiguous BBQ pair, as the audit does."""
+    parser = argparse.ArgumentParser(description="Check the stand-in reward models answer as the audit expects.")
+    parser.add_argument("--smoke", action="store_true", help="the same single check (it is already quick)")
+    parser.parse_args(argv)
+    with RewardModels() as models:
+        (context, question), (favoured, unknown) = next(iter(models.table.items()))
+        body = {"messages": [{"role": "user", "content": f"{context}\n{question}"}], "responses": [favoured, unknown]}
+        scores = {}
+        for name in ("stereotyped", "longer"):
+            request = urllib.request.Request(
+                models.url(name), data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:  # loopback only
+                scores[name] = json.loads(response.read())["scores"]
+    print(f"| model | favoured | unknown |  ({len(models.table)} ambiguous contexts)\n|---|---:|---:|")
+    for name, (first, second) in scores.items():
+        print(f"| {name} | {first:+.2f} | {second:+.2f} |")
+    return 0 if scores["stereotyped"][0] > scores["stereotyped"][1] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

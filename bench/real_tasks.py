@@ -23,6 +23,7 @@ starts.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -273,3 +274,40 @@ def gold_verifier(ctx: Any, candidates: Sequence[Any]) -> list[float | None]:
         return [None] * len(candidates)
     score = _scorer(entry["task"])
     return [score(c.text, entry) for c in candidates]
+
+
+# --- self-check ----------------------------------------------------------------------------
+
+
+def self_check(tasks: Sequence[str], size: int) -> list[tuple[str, int, int, int]]:
+    """(task, items, gold answers scored right, wrong answers scored right) per task: the scorers
+    the benchmarks rely on, checked against each item's own answer and a wrong one."""
+    rows = []
+    for spec in tasks:
+        task = load_task(spec, size, seed=0)
+        right = sum(task.score(f"The answer is {item.answer}.", item) == 1.0 for item in task.items)
+        wrong = sum(task.score("The answer is 123456789.", item) == 1.0 for item in task.items)
+        rows.append((task.name, len(task.items), right, wrong))
+    pairs = capitals_items(1)
+    right = sum(capitals_score(f"{a}.", a) == 1.0 for _, _, a, _ in pairs)
+    wrong = sum(capitals_score("Atlantis", a) == 1.0 for _, _, a, _ in pairs)
+    rows.append(("capitals", len(pairs), right, wrong))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check the tasks' scorers against their own gold answers.")
+    parser.add_argument("--tasks", default="arith1,rg:leg_counting,rg:gcd", help="comma-separated task specs")
+    parser.add_argument("--size", type=int, default=200)
+    parser.add_argument("--smoke", action="store_true", help="arith1 only, 10 items (no reasoning-gym needed)")
+    args = parser.parse_args(argv)
+    tasks, size = (["arith1"], 10) if args.smoke else (args.tasks.split(","), args.size)
+    rows = self_check(tasks, size)
+    print("| task | items | gold scored right | wrong scored right |\n|---|---:|---:|---:|")
+    for name, n, right, wrong in rows:
+        print(f"| {name} | {n} | {right} | {wrong} |")
+    return 0 if all(right == n and wrong == 0 for _, n, right, wrong in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
