@@ -112,6 +112,14 @@ class HeadersTooLarge(ProxyError):
     code = "headers_too_large"
 
 
+class ServerDraining(ProxyError):
+    """The server is shutting down and a request outlasted `server.drain_s`: retry elsewhere."""
+
+    status = 503
+    type = "server_error"
+    code = "server_shutting_down"
+
+
 class UpstreamError(ProxyError):
     """Base of the upstream errors, so callers can catch 'the upstream did not answer' in one clause.
 

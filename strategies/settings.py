@@ -58,3 +58,7 @@ class StrategySpec(StrictModel):
     def upstream_calls(self, choices: int) -> int:
         """Calls one request needs at most, before retries: one per choice where `n` is ignored."""
         return choices
+
+    def candidate_ceiling(self, choices: int, asked_max_n: int | None = None) -> int:
+        """Candidates one request may draw at most; `asked_max_n` is a client's lower cap, if any."""
+        return choices

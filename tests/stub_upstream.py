@@ -636,6 +636,7 @@ class Handler(BaseHTTPRequestHandler):
 
 class StubServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # a burst of parallel requests queues instead of being refused (default 5)
 
     def __init__(self, slow_s: float = 5.0, seed: int = 0) -> None:
         super().__init__(("127.0.0.1", 0), Handler)

@@ -48,9 +48,9 @@ class StateSettings(StrictModel):
 class KeySettings(StrictModel):
     """One client key and its limits; a limit left out is no limit.
 
-    `rpm` is checked and counted when a request arrives. Tokens and candidates are known only
-    once a request is done, so they are charged then, and a key already at its limit gets 429
-    for its next request: one request may overshoot a token limit, never two in a row.
+    `rpm` is checked and counted when a request arrives. Tokens and candidates are reserved at
+    the request's estimate before it runs and settled at its cost when it ends, so concurrent
+    requests cannot together overshoot (`proxy.access.limits` says what still can).
     """
 
     key: str = Field(min_length=1)

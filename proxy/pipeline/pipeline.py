@@ -21,7 +21,7 @@ from proxy.routing import Route, Router
 from proxy.state.learning import SharedLearning
 from proxy.telemetry import metrics
 from proxy.upstream.allowance import CURRENT as CURRENT_ALLOWANCE
-from proxy.upstream.allowance import RequestAllowance
+from proxy.upstream.allowance import Estimate, RequestAllowance, request_estimate
 from strategies.contract import NoCandidatesError, Outcome, RequestNotServed, StrategyRequest
 
 
@@ -30,7 +30,7 @@ class Prepared:
     services: RequestServices
     work: StrategyRequest
     allowance: RequestAllowance
-
+    estimate: Estimate  # what it may cost, for its key's limits
 
 
 class Pipeline:
@@ -65,7 +65,10 @@ class Pipeline:
             route.upstream, self.router.clients, params, endpoint, self.http, endpoint.client_input(body), allowance
         )
         work = StrategyRequest(endpoint.messages(body), body.n, body.rvr, params.get("response_format"))
-        return Prepared(services, work, allowance)
+        asked_max_n = body.rvr.max_n if body.rvr is not None else None
+        candidates = route.settings.strategy.candidate_ceiling(endpoint.input_count(body) * body.n, asked_max_n)
+        estimate = request_estimate(endpoint.client_input(body), params, candidates, budget)
+        return Prepared(services, work, allowance, estimate)
 
     def _check_size(self, data: Any) -> None:
         """Caps checked on the raw JSON, before validation spends time on every element."""

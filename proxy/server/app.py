@@ -17,12 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from proxy.access.auth import ClientKey, KeyCheck
-from proxy.access.limits import KeyLimits
+from proxy.access.auth import KeyCheck
+from proxy.access.limits import Bill, KeyLimits
 from proxy.audit import policy as verifier_audit_policy
 from proxy.config.settings import Config
 from proxy.errors import (
     ClientDisconnected,
+    ServerDraining,
     InvalidRequest,
     ModelNotFound,
     ProxyError,
@@ -51,7 +52,6 @@ from proxy.state.learning import SharedLearning
 from proxy.telemetry import metrics
 from proxy.telemetry.logs import install_redaction
 from proxy.telemetry.recording import RequestRecord, finish
-from proxy.upstream.allowance import RequestAllowance
 from proxy.upstream.client import litellm_pool
 from strategies.contract import Outcome, RequestNotServed, StrategyRequest
 
@@ -84,31 +84,31 @@ class Proxy:
         self.learning = SharedLearning(self.router, self.state)
         self.pipeline = Pipeline(config, self.router, self.learning)
         self._settling: set[asyncio.Future[None]] = set()  # requests being logged and charged
-        self.drain = Drain(config.server.drain_delay_s)
+        self.drain = Drain(config.server.drain_delay_s, config.server.drain_s)
 
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
         record = RequestRecord(request_id(request), endpoint.name)
         self.in_flight += 1
         streaming = False
-        client: ClientKey | None = None
-        allowance: RequestAllowance | None = None  # what the request spent upstream, once prepared
+        bill = Bill(None)  # who pays, and (once prepared) what the request spent and reserved
         try:
-            client = self.check_key(request.headers.get("authorization"))
-            await self.limits.admit(client)
+            bill.key = self.check_key(request.headers.get("authorization"))
+            await self.limits.admit(bill.key)
             server = self.config.server
             data = await read_json(request, server.max_body_bytes, server.read_timeout_s)
             body, route = self.pipeline.parse(data, endpoint)
             record.route, record.strategy = route.name, route.strategy.name
             record.prompt = endpoint.client_input(body)
             prepared = self.pipeline.prepare(body, route, endpoint)
-            services, work, allowance = prepared.services, prepared.work, prepared.allowance
+            services, work, bill.allowance = prepared.services, prepared.work, prepared.allowance
+            bill.reservation = await self.limits.reserve(bill.key, prepared.estimate)
             headers = {"x-rvr-route": route.name}
             if body.rvr is not None and not route.strategy.reports:
                 # One body for every route: options a strategy has no use for are ignored, openly.
                 headers["x-rvr-ignored"] = f"rvr options do not apply to {route.strategy.name} routes"
             if body.stream:
                 response = await self._stream(
-                    request, work, services, body, route, endpoint, record, headers, client, allowance
+                    request, work, services, body, route, endpoint, record, headers, bill
                 )
                 streaming = True  # from here the stream's own end writes the record
                 return response
@@ -121,17 +121,24 @@ class Proxy:
             record.status, record.error = exc.status, self._loggable(exc)
             return error_response(exc)
         except asyncio.CancelledError:
-            record.status, record.error = 499, "client disconnected"
+            record.status, record.error = self._cancelled()
             raise
         except Exception as exc:  # never a stack trace to the client or the log
             record.status, record.error = 500, type(exc).__name__
             return error_response(internal_error())
         finally:
             if not streaming:
-                await self._finish(record, client, allowance)
+                await self._finish(record, bill)
+
+    def _cancelled(self) -> tuple[int, str]:
+        """Status and log text of a request whose task the server cancelled: a client that hung
+        up, or (past the drain's cut) a shutdown that could not wait any longer."""
+        return (ServerDraining.status, "drain") if self.drain.cut.is_set() else (499, "client disconnected")
 
     def _loggable(self, exc: Exception) -> str:
         """An error as the log may show it: an upstream's own words may echo the prompt back."""
+        if isinstance(exc, ServerDraining):
+            return "drain"
         if isinstance(exc, UpstreamError) and not self.config.server.log_prompts:
             return exc.summary
         return exc.message if isinstance(exc, ProxyError) else type(exc).__name__
@@ -146,24 +153,20 @@ class Proxy:
             snapshot = calibration.snapshot()
         return rvr_body(outcome, route.name, bool(body.rvr and body.rvr.details), snapshot)
 
-    async def _charge(
-        self, record: RequestRecord, client: ClientKey | None, allowance: RequestAllowance | None
-    ) -> None:
-        """A request's cost to its client key, however it ended: metrics, then tokens and
-        candidates against the key's limits (known only now; see proxy/access/limits.py).
-
-        Tokens are what its allowance saw spent upstream (cut calls at their estimate; see
-        `RequestAllowance.charged`), or the usage it reported where that is more.
-        """
-        if client is None:
+    async def _charge(self, record: RequestRecord, bill: Bill) -> None:
+        """A request's cost to its client key, however it ended: metrics, then its reservation
+        against the key's limits settled at what it cost (proxy/access/limits.py)."""
+        if bill.key is None:
             return
-        metrics.KEY_REQUESTS.labels(client.name, str(record.status)).inc()
+        metrics.KEY_REQUESTS.labels(bill.key.name, str(record.status)).inc()
         outcome = record.outcome
         usage = outcome.usage if outcome is not None else record.usage
-        tokens = max(usage.total_tokens, allowance.charged if allowance is not None else 0)
-        candidates = len(outcome.candidates) if outcome is not None else record.streamed_choices
+        if outcome is not None:
+            candidates: int | None = len(outcome.candidates)
+        else:  # a relayed stream counts its choices; other work cut short is charged its estimate
+            candidates = record.streamed_choices or None
         try:
-            await self.limits.charge(client, tokens, candidates)
+            await self.limits.charge(bill, usage.total_tokens, candidates)
         except Exception as exc:  # the answer is already made; a charge that fails must not spoil it
             log.error('{"event": "key_charge_failed", "error": "%s"}', type(exc).__name__)
 
@@ -181,16 +184,26 @@ class Proxy:
                     return
 
         watcher = asyncio.ensure_future(watch_disconnect())
+        cut = asyncio.ensure_future(self.drain.cut.wait())
         try:
-            return await asyncio.wait_for(task, self.config.server.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise UpstreamTimedOut("the request took longer than the proxy's request timeout") from None
+            done, _ = await asyncio.wait(
+                [task, cut], timeout=self.config.server.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if task in done:
+                return task.result()
+            task.cancel()
+            await asyncio.wait([task])  # its calls settle what they spent as they unwind
+            if cut in done:
+                raise draining()
+            raise UpstreamTimedOut("the request took longer than the proxy's request timeout")
         except asyncio.CancelledError:
+            task.cancel()
             if hung_up.is_set():  # our own cancel, not the server's: end as a logged 499
                 raise ClientDisconnected("client disconnected") from None
             raise
         finally:
             watcher.cancel()
+            cut.cancel()
 
     async def _stream(
         self,
@@ -202,8 +215,7 @@ class Proxy:
         endpoint: Endpoint,
         record: RequestRecord,
         headers: dict[str, str],
-        client: ClientKey | None,
-        allowance: RequestAllowance,
+        bill: Bill,
     ) -> StreamingResponse:
         stream_id = new_id(endpoint.id_prefix)
 
@@ -250,7 +262,7 @@ class Proxy:
                 include_usage=body.include_usage, record=record, on_error=failed,
             )
         return StreamingResponse(
-            self._finishing(events, record, client, allowance),
+            self._finishing(events, record, bill),
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
         )
@@ -259,8 +271,7 @@ class Proxy:
         self,
         events: AsyncIterator[bytes],
         record: RequestRecord,
-        client: ClientKey | None,
-        allowance: RequestAllowance,
+        bill: Bill,
     ) -> AsyncIterator[bytes]:
         """Relay `events` within the request timeout; past it the stream ends with an error event.
 
@@ -281,31 +292,35 @@ class Proxy:
         # From the request's start: the wait for the first chunk or keep-alive already counted.
         deadline = loop.time() + self.config.server.request_timeout_s - (time.perf_counter() - record.started)
         pumping = asyncio.ensure_future(pump())
+        cut = asyncio.ensure_future(self.drain.cut.wait())
         try:
             while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0.0))
-                except asyncio.TimeoutError:
-                    late = UpstreamTimedOut("the request took longer than the proxy's request timeout")
-                    record.status, record.error = late.status, late.message
-                    yield error_event(late)
+                getting = asyncio.ensure_future(queue.get())
+                await asyncio.wait(
+                    [getting, cut], timeout=max(deadline - loop.time(), 0.0), return_when=asyncio.FIRST_COMPLETED
+                )
+                if not getting.done():
+                    getting.cancel()
+                    ended = draining() if cut.done() else UpstreamTimedOut(
+                        "the request took longer than the proxy's request timeout"
+                    )
+                    record.status, record.error = ended.status, self._loggable(ended)
+                    yield error_event(ended)
                     return
+                item = getting.result()
                 if item is None:
                     return
                 yield item
         except asyncio.CancelledError:
-            record.status, record.error = 499, "client disconnected"
+            record.status, record.error = self._cancelled()
             raise
         finally:
+            cut.cancel()
             pumping.cancel()
-            await self._finish(record, client, allowance, unwinding=pumping)
+            await self._finish(record, bill, unwinding=pumping)
 
     async def _finish(
-        self,
-        record: RequestRecord,
-        client: ClientKey | None,
-        allowance: RequestAllowance | None,
-        unwinding: asyncio.Future[None] | None = None,
+        self, record: RequestRecord, bill: Bill, unwinding: asyncio.Future[None] | None = None
     ) -> None:
         """Log the request and charge its key, in a task of its own that runs to its end.
 
@@ -313,25 +328,19 @@ class Proxy:
         group, and keeps cancelling it at every await), yet what it spent must still be logged
         and charged: the work is shielded, and the request only waits for it.
         """
-        done = asyncio.ensure_future(self._settle(record, client, allowance, unwinding))
+        done = asyncio.ensure_future(self._settle(record, bill, unwinding))
         self._settling.add(done)
         done.add_done_callback(self._settling.discard)
         await asyncio.shield(done)
 
-    async def _settle(
-        self,
-        record: RequestRecord,
-        client: ClientKey | None,
-        allowance: RequestAllowance | None,
-        unwinding: asyncio.Future[None] | None,
-    ) -> None:
+    async def _settle(self, record: RequestRecord, bill: Bill, unwinding: asyncio.Future[None] | None) -> None:
         if unwinding is not None:
             # Its upstream calls settle what they spent as they unwind: wait, so the key is
             # charged that rather than their whole reservations.
             await asyncio.wait([unwinding], timeout=UNWIND_S)
         self.in_flight -= 1
         finish(record, self.config.server.log_prompts)
-        await self._charge(record, client, allowance)
+        await self._charge(record, bill)
 
     def probe_runner(self, name: str) -> ProbeRunner:
         return ProbeRunner(self.pipeline, self.router.routes[name], self.calibration[name])
@@ -362,6 +371,10 @@ def selection_states(
         if settings.mode == "learned" or settings.knockout is not None:
             route.strategy.use_selector(states[name].state)
     return states
+
+
+def draining() -> ServerDraining:
+    return ServerDraining("the server is shutting down and this request outlasted its drain time; send it again")
 
 
 def error_response(exc: ProxyError, headers: Mapping[str, str] | None = None) -> JSONResponse:

@@ -10,7 +10,8 @@ The proxy builds one per worker (`Proxy.state`, started and closed by the app's 
     await state.add_totals("risk/chat", {"candidate.sum": 0.25, "candidate.count": 1.0})
                                                   # adds atomically, returns every field's total
     await state.admit([Counter(...)])             # rate limits: None, or the first counter refused
-    await state.add([Counter(...)])               # charge counters after the fact
+    await state.add([Counter(...)])               # charge counters after the fact (or settle a
+                                                  # reservation: amounts may be negative)
 
 Keys are short paths made of config names (`probe/<upstream>`, `risk/<route>`); the backend adds
 `<prefix>:`. Never put a client's key or request content in one: hash it (`proxy.access.limits`).
@@ -30,7 +31,7 @@ class Counter:
     """A windowed counter: `key` names the window (e.g. `rl:{ab12}:rpm:29012345`)."""
 
     key: str
-    amount: int  # added when admitted (`admit`) or charged (`add`)
+    amount: int  # added when admitted (`admit`) or charged (`add`, where it may be negative)
     limit: int  # `admit` refuses when value + max(amount, 1) > limit; a value at the limit refuses all
     ttl_s: int  # kept this long after its last change: at least to its window's end
 

@@ -48,6 +48,25 @@ class MemoryState(SharedState):
     async def add(self, counters: Sequence[Counter]) -> None:
         self._add(counters, time.monotonic())
 
+    def mirror(self, key: str, value: int, ttl_s: int) -> None:
+        """Take a counter's value as another store holds it (`RedisState`'s last-seen totals).
+
+        Never lowered: a Redis that restarted empty answers from 0 until the epoch check notices
+        (up to a second), and the mirror must still hold the total to merge back. The price is
+        that reservations given back since are still counted here, which errs on the safe side.
+        """
+        now = time.monotonic()
+        self._counters[key] = (max(value, self._value(key, now)), now + ttl_s)
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """Every live counter: key -> (value, seconds left)."""
+        now = time.monotonic()
+        return {
+            key: (value, max(1, int(expires - now)))
+            for key, (value, expires) in self._counters.items()
+            if expires > now
+        }
+
     def _value(self, key: str, now: float) -> int:
         value, expires = self._counters.get(key, (0, now + 1))
         if expires <= now:
@@ -57,9 +76,10 @@ class MemoryState(SharedState):
 
     def _add(self, counters: Sequence[Counter], now: float) -> None:
         for counter in counters:
-            if counter.amount > 0:
-                value = self._value(counter.key, now)
-                self._counters[counter.key] = (value + counter.amount, now + counter.ttl_s)
+            if counter.amount:
+                # A settled reservation gives back what it held; a window never counts below 0.
+                value = max(0, self._value(counter.key, now) + counter.amount)
+                self._counters[counter.key] = (value, now + counter.ttl_s)
         if len(self._counters) > 10_000:  # windows of keys that went quiet
             for key in [k for k, (_, expires) in self._counters.items() if expires <= now]:
                 del self._counters[key]

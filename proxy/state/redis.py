@@ -3,9 +3,18 @@
 If Redis fails, nothing fails for clients: `RedisState` serves every call from its local copy
 (the last values it saw plus what this process did since), logs once, exports
 `rvr_state_backend_up 0`, and retries every second. When Redis answers again it pushes what was
-done meanwhile (totals added, JSON written), and if Redis came back empty (restarted without
-persistence) it pushes everything it knows. Rate-limit counters are then per process until
-Redis returns: limits still hold, only no longer across processes.
+done meanwhile (totals added, JSON written, counters counted), and if Redis came back empty
+(restarted without persistence) it pushes everything it knows.
+
+Rate-limit counters fail safe: every counter Redis answers about is mirrored locally with the
+value Redis returned, so during an outage a process counts on from the last total it saw for
+that key and window, not from 0. When Redis returns, what each process counted meanwhile is
+added back (a sum: the deltas are disjoint, so Redis then holds the exact total); if Redis came
+back empty, each process's whole local value is merged in by maximum (a sum would count the
+shared part seen before the outage once per process). What an operator can still lose is what
+the processes admit without seeing each other: in one window, each of P processes may admit up
+to (limit - the total it last saw), so at most P × limit where every process saw 0, and less
+the busier the key was (docs/operations.md, "Key limits during a Redis outage").
 """
 
 from __future__ import annotations
@@ -28,18 +37,52 @@ EPOCH_KEY = "epoch"  # a random id written once per Redis data set: a new one me
 
 
 # Check every counter, then add to all of them, in one atomic step: two instances can never both
-# take the last request of a window. ARGV holds (amount, limit, ttl) per key.
+# take the last request of a window. ARGV holds (amount, limit, ttl) per key. Returns the index
+# of the counter refused (0: none), then every counter's value after the step, for the mirror.
 _ADMIT = """
+local values = {}
+local refused = 0
+for i = 1, #KEYS do
+  values[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if refused == 0 and values[i] + math.max(tonumber(ARGV[3 * i - 2]), 1) > tonumber(ARGV[3 * i - 1]) then
+    refused = i
+  end
+end
+if refused == 0 then
+  for i = 1, #KEYS do
+    local amount = tonumber(ARGV[3 * i - 2])
+    if amount > 0 then
+      values[i] = redis.call('INCRBY', KEYS[i], amount)
+      redis.call('EXPIRE', KEYS[i], tonumber(ARGV[3 * i]))
+    end
+  end
+end
+table.insert(values, 1, refused)
+return values
+"""
+
+# Add (amount, ttl) per key, where amounts may be negative (a settled reservation gives back what
+# it held): a window never counts below 0. Returns the values after.
+_ADD = """
+local values = {}
+for i = 1, #KEYS do
+  local value = redis.call('INCRBY', KEYS[i], tonumber(ARGV[2 * i - 1]))
+  if value < 0 then
+    redis.call('SET', KEYS[i], 0)
+    value = 0
+  end
+  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[2 * i]))
+  values[i] = value
+end
+return values
+"""
+
+# After Redis came back empty: (value, ttl) per key, kept where larger than what Redis holds now.
+_MERGE_MAX = """
 for i = 1, #KEYS do
   local value = tonumber(redis.call('GET', KEYS[i]) or '0')
-  local amount = tonumber(ARGV[3 * i - 2])
-  if value + math.max(amount, 1) > tonumber(ARGV[3 * i - 1]) then return i end
-end
-for i = 1, #KEYS do
-  local amount = tonumber(ARGV[3 * i - 2])
-  if amount > 0 then
-    redis.call('INCRBY', KEYS[i], amount)
-    redis.call('EXPIRE', KEYS[i], tonumber(ARGV[3 * i]))
+  if tonumber(ARGV[2 * i - 1]) > value then
+    redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'EX', tonumber(ARGV[2 * i]))
   end
 end
 return 0
@@ -68,8 +111,11 @@ class RedisState(SharedState):
             decode_responses=True,
         )
         self._admit = self._redis.register_script(_ADMIT)
+        self._add = self._redis.register_script(_ADD)
+        self._merge_max = self._redis.register_script(_MERGE_MAX)
         self.local = MemoryState()
         self._pending: dict[str, dict[str, float]] = {}  # totals added while Redis was down
+        self._counted: dict[str, tuple[int, int]] = {}  # counters added while Redis was down: (sum, ttl)
         self._dirty: set[str] = set()  # JSON written while Redis was down
         self._epoch: str | None = None
         self._up = False
@@ -135,25 +181,43 @@ class RedisState(SharedState):
         if self._up:
             try:
                 args = [v for c in counters for v in (c.amount, c.limit, c.ttl_s)]
-                refused = int(await self._admit(keys=[self._prefix + c.key for c in counters], args=args))
-                return counters[refused - 1] if refused else None
+                refused, *values = await self._admit(keys=[self._prefix + c.key for c in counters], args=args)
             except Exception as exc:  # noqa: BLE001
                 self._down(exc)
-        return await self.local.admit(counters)
+            else:
+                self._mirror(counters, values)
+                return counters[int(refused) - 1] if int(refused) else None
+        refused_here = await self.local.admit(counters)
+        if refused_here is None:
+            self._count_locally([c for c in counters if c.amount > 0])
+        return refused_here
 
     async def add(self, counters: Sequence[Counter]) -> None:
+        counters = [c for c in counters if c.amount]
+        if not counters:
+            return
         if self._up:
             try:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    for c in counters:
-                        if c.amount > 0:
-                            pipe.incrby(self._prefix + c.key, c.amount)
-                            pipe.expire(self._prefix + c.key, c.ttl_s)
-                    await pipe.execute()
+                await self._push_counters(counters)
                 return
             except Exception as exc:  # noqa: BLE001
                 self._down(exc)
         await self.local.add(counters)
+        self._count_locally(counters)
+
+    async def _push_counters(self, counters: Sequence[Counter]) -> None:
+        args = [v for c in counters for v in (c.amount, c.ttl_s)]
+        values = await self._add(keys=[self._prefix + c.key for c in counters], args=args)
+        self._mirror(counters, values)
+
+    def _mirror(self, counters: Sequence[Counter], values: Sequence[Any]) -> None:
+        for counter, value in zip(counters, values, strict=True):
+            self.local.mirror(counter.key, int(value), counter.ttl_s)
+
+    def _count_locally(self, counters: Sequence[Counter]) -> None:
+        for counter in counters:
+            total, _ = self._counted.get(counter.key, (0, 0))
+            self._counted[counter.key] = (total + counter.amount, counter.ttl_s)
 
     # ---- outages ---------------------------------------------------------------------------
 
@@ -177,6 +241,14 @@ class RedisState(SharedState):
                 "event": event, "error": type(exc).__name__,
                 "effect": "serving from this process's own state until Redis answers",
             }))
+
+    async def _merge_counters(self) -> None:
+        """Redis lost its counters: give it every live local value, kept where larger."""
+        self._counted = {}  # the whole values go out below, deltas included
+        live = self.local.counters()
+        if live:
+            keys = [self._prefix + key for key in live]
+            await self._merge_max(keys=keys, args=[v for value, ttl in live.values() for v in (value, ttl)])
 
     async def _watch_redis(self) -> None:
         while True:
@@ -202,13 +274,18 @@ class RedisState(SharedState):
             # running means, which are what is used, stay where they were).
             self._pending = {key: dict(totals) for key, totals in self.local.totals.items()}
             self._dirty = set(self.local.json)
+            await self._merge_counters()
         self._epoch = epoch
         # Commands keep landing in _pending/_dirty while this awaits, so drain until both are empty;
         # nothing awaits between the last check and going up, so nothing is stranded.
-        while self._pending or self._dirty:
+        while self._pending or self._dirty or self._counted:
             pending, self._pending = self._pending, {}
             dirty, self._dirty = self._dirty, set()
+            counted, self._counted = self._counted, {}
             try:
+                if counted:
+                    await self._push_counters([Counter(key, total, 0, ttl) for key, (total, ttl) in counted.items()])
+                    counted = {}
                 for key in list(pending):
                     self.local.totals[key] = await self._push_totals(key, pending[key])
                     del pending[key]
@@ -221,6 +298,9 @@ class RedisState(SharedState):
                     for field, delta in deltas.items():
                         target[field] = target.get(field, 0.0) + delta
                 self._dirty |= dirty
+                for key, (total, ttl) in counted.items():
+                    mine, _ = self._counted.get(key, (0, 0))
+                    self._counted[key] = (mine + total, ttl)
                 raise
         was_down = self._reported_down
         self._up, self._reported_down = True, False

@@ -38,6 +38,25 @@ def estimate_tokens(content: Any) -> int:
     return math.ceil(len(text.encode("utf-8", "replace")) / BYTES_PER_TOKEN)
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """The most a request is expected to cost, reserved against its key's limits before it runs
+    (`proxy.access.limits`) and settled at what it cost."""
+
+    tokens: int
+    candidates: int
+
+
+def request_estimate(prompt: Any, params: dict[str, Any], candidates: int, token_budget: int | None) -> Estimate:
+    """Every candidate at its prompt plus its completion cap, or the route's token budget if less.
+
+    Judge, reward and paraphrase calls are not foreseen here; a route whose verifiers call models
+    bounds them through `max_tokens_budget`, which then is the estimate.
+    """
+    tokens = candidates * (estimate_tokens(prompt) + completion_cap(params))
+    return Estimate(tokens if token_budget is None else min(tokens, token_budget), candidates)
+
+
 def completion_cap(params: dict[str, Any]) -> int:
     for key in ("max_completion_tokens", "max_tokens"):
         if isinstance(params.get(key), int):

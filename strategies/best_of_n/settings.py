@@ -103,6 +103,12 @@ class BestOfNSettings(StrategySpec):
     def token_budget(self) -> int | None:
         return self.max_tokens_budget
 
+    def candidate_ceiling(self, choices: int, asked_max_n: int | None = None) -> int:
+        # Audit requests are drawn at random and sample their own budget, so a request that may be
+        # one is reserved at that budget (strategies.best_of_n.loop.plan_request).
+        ceiling = max(self.max_n, self.audit_max_n) if self.audit_rate > 0 else self.max_n
+        return ceiling if asked_max_n is None else min(ceiling, asked_max_n)
+
     def upstream_calls(self, choices: int) -> int:
         """Calls one request needs at most, before retries, if every candidate is its own call.
 
