@@ -21,8 +21,28 @@ Extraction tries, in order, and takes the last occurrence of the first kind that
 8. the last number in a longer text (reasoning ends with its result).
 
 A non-answer has no answer at all (`is_non_answer`): an empty text, a hedge ("I am not sure",
-"no idea") or a restated expression ("2 + 3", "4 + 2 + 3": its last number is an operand, not a
-result).
+"no idea") or a restated expression ("2 + 3", "4 + 2 + 3", "13 plus 11 is", "5 x 1 =": its last
+number is an operand, not a result).
+
+Answers that know the question (`question`: the request's last user message, `question_of`).
+What only repeats the question answers nothing, so it is a non-answer too (`Extraction`):
+
+* a yes/no question ("is 36 even?", "Does a week have seven days", "can a dog fly": it starts
+  with is/are/do/does/can/was/... and offers no choice with "or") is answered yes or no when the
+  candidate says so: its first word ("No, because 2 + 2 = 4", at any length), or an answer
+  that starts with it ("The answer is yes, it is"). A number of the question is never its answer
+  ("36 is a prime number", "17 is smaller than 10": the question's number, restated);
+* in any other question a number restates only when every number around it is the question's
+  own ("5 from 12" to "take 5 from 12"): "5" alone, "5 x 1 = 5" and "5 times 1 is 5" all answer
+  5 to "what is 5 times 1?", because the answer may well be one of the operands;
+* in any question, an answer in words whose words all occur in the question (articles, "is",
+  "of" and the like aside) restates it: "capital of France" and "France" to "What is the
+  capital of France?", "Monday" to "Which day comes after Monday?".
+
+Custom patterns and option letters are never judged against the question (the operator's
+pattern says what an answer is; options are offered by the question itself), and neither is a
+question longer than `QUESTION_WORDS` words or one that offers a choice ("is 7 odd or even?"):
+a prompt with instructions, examples or options holds words that an answer may rightly repeat.
 
 Tool-call candidates are keyed by what they would do: every call's function name and its
 arguments as canonical JSON.
@@ -32,12 +52,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+from functools import lru_cache
 from typing import Any
 
-from strategies.contract import Candidate
+from strategies.contract import Candidate, Message, content_text
 
 PatternLike = str | re.Pattern[str]
 
@@ -55,8 +78,13 @@ _OPTION_FORMS = (
 )
 # The right side of an equation, up to a line break or a full stop that is not a decimal point.
 _EQUATION = re.compile(r"(?<![=<>!])=(?!=)\s*([^=\n]*?)\s*(?:\.(?!\d)|\n|$)")
-# A line that is only arithmetic, with at least one operator: a question restated, not answered.
-_UNEVALUATED = re.compile(r"^\s*[-+]?\d[\d.,]*(?:\s*[-+*/x×÷^]\s*[-+]?\d[\d.,]*)+\s*[?.]?\s*$")
+# A line that is only arithmetic, with at least one operator and no result after an "=" or
+# "is": a question restated, not answered ("2 + 3", "13 plus 11 is", "5 x 1 =").
+_OPERATOR = r"(?:[-+*/x×÷^]|plus|minus|times|multiplied\s+by|divided\s+by)"
+_UNEVALUATED = re.compile(
+    rf"^\s*[-+]?\d[\d.,]*(?:\s*{_OPERATOR}\s*[-+]?\d[\d.,]*)+\s*(?:=|is|equals|equal\s+to)?\s*[?.]?\s*$",
+    re.IGNORECASE,
+)
 _NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?(?![\w])")
 
 _OPTION_ALONE = re.compile(r"^(?:option\s+|choice\s+)?\(?([a-j])\)?[.):]?$")
@@ -82,6 +110,68 @@ _PLAIN_WORDS = re.compile(r"^[^\W\d_][\w\s'’,.!?;:\"()-]*$")  # a phrase in wo
 _ARTICLES = re.compile(r"\b(?:a|an|the)\s+")
 _INNER_PUNCTUATION = re.compile(r"[^\w\s/.%+-]+")
 
+QUESTION_WORDS = 40  # a longer prompt is not one question whose words an answer only repeats
+# "Can you add 18 and 3?" is a request, not a yes/no question.
+_YES_NO_QUESTION = re.compile(
+    r"^\W*(?:is|are|am|was|were|do|does|did|should|shall|has|have|had|may|might|must"
+    r"|(?:can|could|will|would)(?!(?:n['’]?t)?\s+you\b))(?:n['’]?t)?\b",
+    re.IGNORECASE,
+)
+_SAYS_YES_NO = re.compile(r"^(yes|no)\b(?!['’-])", re.IGNORECASE)  # "yes it's 16", "No, because ..."
+_CHOICE = re.compile(r"\bor\b", re.IGNORECASE)  # "is 7 odd or even?" offers its answers
+_STARTS_YES_NO = re.compile(r"^(yes|no)\b")  # a normalized answer that says yes or no first
+_TOKEN = re.compile(r"[^\W_]+")
+_DIGITS = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")  # a number however written around it ("5x3", "-2")
+# Words that restate nothing by themselves: "It is the capital of Thailand" restates the question.
+_FILLER = frozenset(
+    "a an the of is are was were be been it its it's s this that these those there here in on at to "
+    "for from by with and called named known as".split()
+)
+
+
+@dataclass(frozen=True)
+class Question:
+    """What an answer is judged against (`parse_question`): is it yes/no, and its numbers and words."""
+
+    yes_no: bool
+    numbers: Counter[str]  # canonical numbers, with how often each occurs
+    words: frozenset[str]  # lower-cased words
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """A candidate's answer (`key`, normalized) and whether it says nothing at all: empty, a
+    hedge, an expression or the question restated (`non_answer`: no vote, not even as prose)."""
+
+    key: str | None
+    non_answer: bool
+
+
+def question_of(messages: Sequence[Message]) -> str | None:
+    """The request's question: its last user message as text; None without one."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return content_text(message.get("content")) or None
+    return None
+
+
+@lru_cache(maxsize=1024)
+def parse_question(text: str) -> Question | None:
+    """The question an answer is judged against; None when the text is no single short
+    question (longer than `QUESTION_WORDS` words, or offering a choice with "or")."""
+    if len(text.split()) > QUESTION_WORDS or _CHOICE.search(text):
+        return None
+    return Question(
+        yes_no=bool(_YES_NO_QUESTION.match(text)),
+        numbers=_numbers_in(text),
+        words=frozenset(_TOKEN.findall(text.lower())),
+    )
+
+
+def _numbers_in(text: str) -> Counter[str]:
+    found = (_canonical_number(n) for n in _DIGITS.findall(text))
+    return Counter(n for n in found if n is not None)
+
 
 def compile_patterns(patterns: Iterable[PatternLike]) -> tuple[re.Pattern[str], ...]:
     """Compile config regexes once; a bad one raises ValueError naming it."""
@@ -102,25 +192,67 @@ def extract_answer(
     patterns: Sequence[PatternLike] = (),
     *,
     defaults: bool = True,
+    question: str | None = None,
 ) -> str | None:
-    """The normalized final answer of a text or candidate, or None when there is none."""
+    """The normalized final answer of a text or candidate, or None when there is none.
+
+    With the `question` (the request's last user message), what only restates it is no answer.
+    """
+    return extract(candidate_or_text, patterns, defaults=defaults, question=question).key
+
+
+def extract(
+    candidate_or_text: Candidate | str,
+    patterns: Sequence[PatternLike] = (),
+    *,
+    defaults: bool = True,
+    question: str | None = None,
+) -> Extraction:
+    """The candidate's answer and whether it is a non-answer (see the module's rules)."""
     text = candidate_or_text.text if isinstance(candidate_or_text, Candidate) else candidate_or_text
     if not text:
-        return None
-    raw = _extract_raw(text, compile_patterns(patterns), defaults)
-    if raw is None:
-        return None
-    answer = normalize_answer(raw)
-    return answer or None
+        return Extraction(None, True)
+    asked = parse_question(question) if question else None
+    raw, kind = _extract_raw(text, compile_patterns(patterns), defaults, bool(asked and asked.yes_no))
+    key = normalize_answer(raw) if raw is not None else ""
+    if not key:
+        return Extraction(None, is_non_answer(text))
+    if asked is None or kind == "custom":
+        return Extraction(key, False)
+    said = _STARTS_YES_NO.match(key) if asked.yes_no else None
+    if said:
+        return Extraction(said.group(1), False)
+    if _restates(key, kind, text, asked):
+        return Extraction(None, True)
+    return Extraction(key, False)
 
 
 def answer_key(
-    candidate: Candidate, patterns: Sequence[PatternLike] = (), *, defaults: bool = True
+    candidate: Candidate,
+    patterns: Sequence[PatternLike] = (),
+    *,
+    defaults: bool = True,
+    question: str | None = None,
 ) -> str | None:
     """What a vote compares: the tool calls if the candidate makes any, else its final answer."""
     if candidate.tool_calls:
         return tool_calls_key(candidate.tool_calls)
-    return extract_answer(candidate, patterns, defaults=defaults)
+    return extract_answer(candidate, patterns, defaults=defaults, question=question)
+
+
+def _restates(key: str, kind: str, text: str, asked: Question) -> bool:
+    """Whether an answer only repeats the question (`kind`: the rule that found it)."""
+    if kind == "option" or key in ("yes", "no"):
+        return False
+    if _canonical_number(key) == key:
+        if asked.yes_no:  # a yes/no question has no number for an answer, least of all its own
+            return key in asked.numbers
+        if kind not in ("short", "last_number"):  # stated as the result: "= 5", "the answer is 5"
+            return False
+        around = _numbers_in(_first_line(text) if kind == "short" else text)
+        return around.total() >= 2 and not around - asked.numbers
+    words = set(_TOKEN.findall(key)) - _FILLER
+    return bool(words) and words <= asked.words
 
 
 def tool_calls_key(tool_calls: Sequence[dict[str, Any]]) -> str:
@@ -150,35 +282,51 @@ def one_call_key(call: dict[str, Any]) -> str:
     return f"{name}({canonical})"
 
 
-def _extract_raw(text: str, custom: Sequence[re.Pattern[str]], defaults: bool) -> str | None:
+def _extract_raw(
+    text: str, custom: Sequence[re.Pattern[str]], defaults: bool, yes_no: bool = False
+) -> tuple[str | None, str]:
+    """The raw answer and the kind of rule that found it (`_restates` reads the kind)."""
     for pattern in custom:
         matches = list(pattern.finditer(text))
         if matches:
             last = matches[-1]
-            return last.group(1) if pattern.groups else last.group(0)
+            return (last.group(1) if pattern.groups else last.group(0)), "custom"
     if not defaults:
-        return None
-    for extractor in (_last_hash, _last_boxed, _last_answer_phrase, _last_equation, _last_option):
+        return None, "none"
+    if yes_no:  # to a yes/no question, a first "No," answers whatever follows
+        said = _SAYS_YES_NO.match(_first_line(text))
+        if said:
+            return said.group(1).lower(), "yes_no"
+    extractors = ((_last_hash, "stated"), (_last_boxed, "stated"), (_last_answer_phrase, "stated"),
+                  (_last_equation, "stated"), (_last_option, "option"))
+    for extractor, kind in extractors:
         found = extractor(text)
         if found is not None and found.strip():
-            return found
+            return found, kind
     if is_non_answer(text):
-        return None
+        return None, "non_answer"
     short = _short_line(text)
     if short is not None:
-        return short
-    return _last_number(text)
+        return short, "short"
+    return _last_number(text), "last_number"
 
 
 def is_non_answer(text: str) -> bool:
-    """No answer at all: empty, a hedge, or an arithmetic expression restated, not evaluated."""
-    first = _MARKDOWN.sub("", text.strip().split("\n", 1)[0]).strip()
+    """No answer at all: empty, a hedge, or an arithmetic expression restated, not evaluated.
+
+    What restates the *question* is known only with it: `extract(..., question=...)`.
+    """
+    first = _first_line(text)
     return not _WORD.search(first) or bool(_UNEVALUATED.match(first)) or bool(_HEDGE.search(first))
+
+
+def _first_line(text: str) -> str:
+    return _MARKDOWN.sub("", text.strip().split("\n", 1)[0]).strip()
 
 
 def _short_line(text: str) -> str | None:
     """The answer a short first line gives (rule 7); None when the first line is longer."""
-    line = _MARKDOWN.sub("", text.strip().split("\n", 1)[0]).strip()
+    line = _first_line(text)
     if len(line.split()) > SHORT_ANSWER_WORDS:
         return None
     yes_no = _YES_NO.match(line)

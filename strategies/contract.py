@@ -394,8 +394,9 @@ class Verifier:
     async def score(self, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored:
         raise NotImplementedError
 
-    def answer_of(self, candidate: Candidate) -> str | None:
-        """The candidate's final answer, for the vote stop rule; None when not extractable."""
+    def answer_of(self, candidate: Candidate, question: str | None = None) -> str | None:
+        """The candidate's final answer, for the vote stop rule; None when not extractable.
+        `question` is the request's last user message (an answer that only restates it is none)."""
         return None
 
     async def compare(self, ctx: VerifyContext, first: Candidate, second: Candidate) -> tuple[str | None, Usage]:

@@ -31,6 +31,7 @@ from proxy.errors import AuthenticationFailed, ClientDisconnected, ModelNotFound
 from proxy.pipeline.endpoints import ENDPOINTS, Endpoint
 from proxy.pipeline.requests import MAX_DEPTH, PART_FIELDS
 from strategies.contract import Candidate, StopReason
+from strategies.selection.explain import EXPLANATION_FIELDS, RULES
 
 OPENAPI_VERSION = "3.1.0"
 PATH = "/openapi.json"
@@ -315,6 +316,51 @@ CALIBRATION = {
     },
     "additionalProperties": False,
 }
+_INDICES = {"type": "array", "items": _COUNT}
+# `rvr.selection`'s account of the choice (strategies/selection/explain.py).
+SELECTION_EXPLANATION: dict[str, Any] = {
+    "rule": {
+        "enum": list(RULES),
+        "description": "what chose: vote (the ranking key, ordered by vote shares alone), score (the ranking key "
+        "of the verifiers' normalized scores), consensus (no verifier ordered the candidates: agreement chose), "
+        "learned (P(correct) per cluster), knockout (pairwise judge tournament), single (one candidate), "
+        "abstain (below min_confidence: the abstention message answered), fusion (reserved)",
+    },
+    "over": {"enum": ["candidates", "clusters"], "description": "what `compared` and `chosen` index"},
+    "key": {**_STRING, "description": "what the compared numbers are"},
+    "compared": {
+        "type": "array",
+        "items": _SCORE,
+        "description": "the numbers the rule compared, per candidate or cluster; null where one could not be chosen",
+    },
+    "chosen": {**_COUNT, "description": "index into `compared` of the winner: its maximum"},
+    "tie_break": {
+        "anyOf": [
+            {
+                "type": "object",
+                "description": "entries tied at the maximum, and the support that decided (then the earliest)",
+                "required": ["by", "tied", "support"],
+                "properties": {
+                    "by": {"enum": ["consensus", "vote_share", "position"]},
+                    "tied": _INDICES,
+                    "support": {"anyOf": [{"type": "array", "items": {"type": "number"}}, _NULL]},
+                },
+                "additionalProperties": False,
+            },
+            _NULL,
+        ]
+    },
+    "disqualified": {**_INDICES, "description": "candidates a hard verifier excluded"},
+    "members": {
+        "anyOf": [{"type": "array", "items": _INDICES}, _NULL],
+        "description": "each cluster's candidates, when `over` is clusters",
+    },
+    "higher_scores": {
+        **_INDICES,
+        "description": "candidates whose `scores` entry beats the selected one's; `why` says why they lost",
+    },
+    "why": {**_STRING, "description": "the choice in words"},
+}
 RVR_REPORT = {
     "type": "object",
     "description": "rvr-proxy extension, on strategy routes only: what the strategy did and why it stopped.",
@@ -370,13 +416,15 @@ RVR_REPORT = {
         "selection": {
             "type": "object",
             "description": "best_of_n: `mode` (weighted | learned), `fallback_reason` (why learned was configured "
-            "but weighted chose), `confidence`; with `rvr.details` also the answer clusters, their features and P(correct), "
-            "and the model's weights and AUROCs",
-            "required": ["mode", "fallback_reason", "confidence"],
+            "but weighted chose), `confidence`, and how the answer was chosen: the `rule` and the numbers it "
+            "`compared`, `compared[chosen]` being their maximum; with `rvr.details` also the answer clusters, "
+            "their features and P(correct), and the model's weights and AUROCs",
+            "required": ["mode", "fallback_reason", "confidence", *EXPLANATION_FIELDS],
             "properties": {
                 "mode": {"enum": ["weighted", "learned"]},
                 "fallback_reason": {"anyOf": [_STRING, _NULL]},
                 "confidence": {"anyOf": [_SCORE, _NULL]},
+                **SELECTION_EXPLANATION,
             },
         },
         "low_confidence": {

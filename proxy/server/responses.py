@@ -9,6 +9,7 @@ from typing import Any
 
 from proxy.pipeline.endpoints import Endpoint
 from strategies.contract import Candidate, Outcome, Usage
+from strategies.selection.explain import EXPLANATION_FIELDS, abstained
 
 
 def new_id(prefix: str) -> str:
@@ -99,15 +100,32 @@ def rvr_body(
     }
     if outcome.selection is not None:
         body["confidence"] = outcome.confidence
-        # clusters carry the candidates' answers, so they come only with the candidate texts
-        body["selection"] = outcome.selection if details else {
-            k: outcome.selection.get(k) for k in ("mode", "fallback_reason", "confidence")
-        }
+        body["selection"] = selection_body(outcome, details)
     if outcome.low_confidence is not None:
         body["low_confidence"] = outcome.low_confidence
     if details:
         body["candidate_texts"] = [c.text for c in outcome.candidates]
     return finite_json(body)
+
+
+# What `rvr.selection` shows without `details`: the mode, and how the answer was chosen, in numbers
+# and candidate indices only. The clusters' answers and the model's internals come only with the
+# candidate texts.
+ALWAYS_SHOWN = ("mode", "fallback_reason", "confidence")
+SHOWN_IF_SET = (*EXPLANATION_FIELDS, "knockout")
+
+
+def selection_body(outcome: Outcome, details: bool) -> dict[str, Any]:
+    """`rvr.selection`; under an abstention its rule is `abstain`: the client got no candidate."""
+    selection = outcome.selection
+    assert selection is not None
+    shown = dict(selection) if details else {k: selection.get(k) for k in ALWAYS_SHOWN} | {
+        k: selection[k] for k in SHOWN_IF_SET if k in selection
+    }
+    low = outcome.low_confidence
+    if outcome.abstention is not None and low is not None and "rule" in shown:
+        shown = abstained(shown, low["confidence"], low["min_confidence"])
+    return shown
 
 
 def finite_json(value: Any) -> Any:
@@ -140,7 +158,7 @@ def summary(outcome: Outcome, calibration: dict[str, Any] | None = None) -> str:
     if not scored:
         parts.append("no verifier scored any, so agreement among them chose")
     else:
-        parts.append(f"{len(scored)} scored, #{outcome.selected} chosen")
+        parts.append(f"{len(scored)} scored, #{outcome.selected} chosen{_by_rule(outcome)}")
         if len(set(scored)) == 1 and n > 1:
             parts.append("all scored alike, so the verifiers saw no difference to act on")
     parts.append(f"stopped: {outcome.stop_reason.value.replace('_', ' ')}")
@@ -153,6 +171,16 @@ def summary(outcome: Outcome, calibration: dict[str, Any] | None = None) -> str:
     if risk is not None and risk.residual is not None and risk.baseline is not None:
         parts.append(f"risk {risk.residual:.2f} left of {risk.baseline:.2f} ({_anchoring(calibration)})")
     return "; ".join(parts)
+
+
+def _by_rule(outcome: Outcome) -> str:
+    """` by <rule>` (and the tie-break) from `rvr.selection`, so the summary names what chose."""
+    selection = outcome.selection or {}
+    rule = selection.get("rule")
+    if rule is None:
+        return ""
+    tie = selection.get("tie_break")
+    return f" by {rule}" + (f" (a tie broken by {tie['by'].replace('_', ' ')})" if tie else "")
 
 
 def _anchoring(calibration: dict[str, Any] | None) -> str:

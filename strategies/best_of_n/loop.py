@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from strategies.answers import answer_key
+from strategies.answers import answer_key, question_of
 from strategies.best_of_n import stopping
 from strategies.best_of_n.settings import MAX_VIEW_ROUNDS, BestOfNSettings
 from strategies.best_of_n.variants import Variant, build_variants
@@ -50,6 +50,7 @@ from strategies.contract import (
 from strategies.risk import estimators as risk
 from strategies.risk.estimators import RouteRiskState
 from strategies.selection.choice import Choice, StateSource, choose
+from strategies.selection.explain import explain
 from strategies.selection.knockout import measure_pairs, tournament
 from strategies.selection.weighted import Selection, VerifierResult, select, view_key
 from strategies.verifiers import build_verifiers
@@ -339,8 +340,9 @@ class BestOfN(Strategy):
         self.variants = list(variants)
         self.state = state
         # The vote stop rule counts the answers of the first verifier that extracts them.
-        voters = [v.answer_of for v in self.verifiers if v.extracts_answers]
-        self.answer_of = answer_of if answer_of is not None else (voters[0] if voters else None)
+        voters = [v for v in self.verifiers if v.extracts_answers]
+        self._voter = voters[0] if answer_of is None and voters else None
+        self.answer_of = answer_of if answer_of is not None else (voters[0].answer_of if voters else None)
         self.needs_logprobs = any(v.needs_logprobs for v in self.verifiers)
         # Clusters group by the voters' answers, else by the default extraction.
         self.cluster_key: AnswerOf = self.answer_of if self.answer_of is not None else answer_key
@@ -390,7 +392,7 @@ class BestOfN(Strategy):
                 raise NoCandidatesError(
                     f"all {run.errors} upstream call(s) failed; none produced a candidate"
                 ) from run.last_error
-            verdict = await _judge(run, plan, settings, ctx, rng, self.answer_of, self._choose)
+            verdict = await _judge(run, plan, settings, ctx, rng, self._answers_to(run.messages), self._choose)
             stop = verdict.decision.stop
             if stop is None and run.over_budget is not None:
                 stop = StopReason.TOKEN_BUDGET
@@ -465,8 +467,18 @@ class BestOfN(Strategy):
         pairs, _ = await measure_pairs(judge, ctx, right[0], wrong[:2])  # what they cost is charged where every call is
         return pairs
 
+    def _answers_to(self, messages: Sequence[Message]) -> AnswerOf | None:
+        """`answer_of` for this request: the voter's keys know its question (what only restates
+        the question is no answer, strategies/answers.py)."""
+        voter = self._voter
+        if voter is None:
+            return self.answer_of
+        question = question_of(messages)
+        return lambda candidate: voter.answer_of(candidate, question)
+
     def _choose(self, run: _Run, selection: Selection) -> tuple[Selection, Choice]:
-        return choose(run.candidates, selection, run.messages, self.cluster_key, self.settings.selection,
+        cluster_key = self._answers_to(run.messages) or self.cluster_key
+        return choose(run.candidates, selection, run.messages, cluster_key, self.settings.selection,
                       self.selector_state)
 
     async def reference(
@@ -517,6 +529,7 @@ def _outcome(
     if route_state is not None:
         route_state.observe(report)
     run.time("risk", since)
+    voters = [v.name for v in plan.verifiers if v.extracts_answers and not v.hard]
     return Outcome(
         candidates=run.candidates,
         selected=selection.index,
@@ -533,9 +546,11 @@ def _outcome(
         verifier_causes=run.verifier_causes,
         audit=audit,
         timings=dict(run.timings),
+        # The rule that chose and the numbers it compared, beside the clusters, so the response
+        # explains its own choice (strategies/selection/explain.py).
         selection=verdict.choice.report(selection.index) | (
             {"knockout": verdict.knockout} if verdict.knockout is not None else {}
-        ),
+        ) | explain(selection, verdict.choice, verdict.knockout, voters).as_dict(),
         confidence=verdict.choice.confidence,
         clusters=verdict.choice.training_rows(),
     )

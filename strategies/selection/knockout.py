@@ -71,11 +71,14 @@ async def tournament(
     judge: Verifier, ctx: VerifyContext, seeds: Sequence[Candidate]
 ) -> tuple[int, list[dict[str, Any]], Usage]:
     """The winner's position in `seeds` (best-ranked first): rounds pair neighbours (1 v 2, 3 v 4,
-    ...), a bye goes up unplayed; returns the matches played and what they cost."""
+    ...), a bye goes up unplayed; returns the matches played (numbered by round from 1) and what
+    they cost."""
     alive = list(range(len(seeds)))
     matches: list[dict[str, Any]] = []
     usage = Usage()
+    round_ = 0
     while len(alive) > 1:
+        round_ += 1
         winners = []
         for k in range(0, len(alive), 2):
             if k + 1 == len(alive):
@@ -85,7 +88,8 @@ async def tournament(
             upset, used = await match(judge, ctx, seeds[holder], seeds[challenger])
             usage = usage + used
             winner = challenger if upset else holder
-            matches.append({"holder": holder, "challenger": challenger, "winner": winner})
+            # the round lets a reader tell how far each seed went (`explain.knockout_rounds`)
+            matches.append({"round": round_, "holder": holder, "challenger": challenger, "winner": winner})
             winners.append(winner)
         alive = winners
     return alive[0], matches, usage

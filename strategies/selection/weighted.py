@@ -32,7 +32,7 @@ from strategies.answers import tool_calls_key
 from strategies.contract import Candidate, Scored
 from strategies.selection.similarity import consensus
 
-_TIE_TOLERANCE = 1e-9
+TIE_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,13 @@ class Selection:
     ranking: np.ndarray  # normalized key per candidate (NaN if none)
     matrix: ViewMatrix
     tie_broken: bool  # the choice came from consensus among equals
+    # What the choice was made among, kept so the response can show its own arithmetic
+    # (strategies/selection/explain.py): the candidates at the top of the ranking key (or, when
+    # no verifier ranked any, the pool consensus chose from), and, where consensus broke a tie,
+    # every candidate's agreement with all the others.
+    tied: tuple[int, ...] = ()
+    support: np.ndarray | None = None
+    ranked: bool = True  # some verifier ordered the admissible candidates: the ranking key chose
 
     @property
     def selected_utility(self) -> float | None:
@@ -156,7 +163,7 @@ def normalize_per_verifier(matrix: ViewMatrix) -> np.ndarray:
         if np.isnan(block).all():
             continue
         low, high = np.nanmin(block), np.nanmax(block)
-        if high - low <= _TIE_TOLERANCE:
+        if high - low <= TIE_TOLERANCE:
             continue  # no ordering to offer: contributes nothing
         normalized[:, cols] = (block - low) / (high - low)
     return normalized
@@ -181,12 +188,13 @@ def agreement(candidates: Sequence[Candidate]) -> np.ndarray:
     return consensus(keys)
 
 
-def break_tie(candidates: Sequence[Candidate], tied: Sequence[int]) -> int:
-    """The tied candidate that agrees most with all candidates; then the earliest."""
+def break_tie(candidates: Sequence[Candidate], tied: Sequence[int]) -> tuple[int, np.ndarray | None]:
+    """The tied candidate that agrees most with all candidates, then the earliest; and every
+    candidate's agreement (None when there was no tie to break)."""
     if len(tied) == 1:
-        return tied[0]
+        return tied[0], None
     support = agreement(candidates)
-    return max(tied, key=lambda i: (support[i], -i))
+    return max(tied, key=lambda i: (support[i], -i)), support
 
 
 def select(candidates: Sequence[Candidate], results: Sequence[VerifierResult]) -> Selection:
@@ -199,12 +207,13 @@ def select(candidates: Sequence[Candidate], results: Sequence[VerifierResult]) -
     contenders = [i for i in range(n) if matrix.eligible[i] and not np.isnan(ranking[i])]
     if contenders:
         best = max(ranking[i] for i in contenders)
-        tied = [i for i in contenders if ranking[i] >= best - _TIE_TOLERANCE]
+        tied = [i for i in contenders if ranking[i] >= best - TIE_TOLERANCE]
     else:  # nothing discriminates: consensus among the admissible answers a verifier scored
         admissible = [i for i in range(n) if matrix.eligible[i]]
         scored = [i for i in admissible if not np.isnan(utility[i])]
         # An empty or unextractable answer never beats a scored one; only when no answer was
         # scored at all does consensus pick among every admissible one (rvr.summary says so).
         tied = scored or admissible
-    index = break_tie(candidates, tied)
-    return Selection(index, utility, ranking, matrix, tie_broken=len(tied) > 1)
+    index, support = break_tie(candidates, tied)
+    return Selection(index, utility, ranking, matrix, tie_broken=len(tied) > 1, tied=tuple(tied),
+                     support=support, ranked=bool(contenders))

@@ -5,11 +5,17 @@ raw text similarity. The share is of every candidate, so a cluster's support alw
 candidate with an extractable answer scores 1/8 beside seven that agree on something else, never
 1/1 among the one that voted.
 
+Answers are extracted knowing the request's question (its last user message): to "is 36
+even?" a candidate says yes or no, and "36 is a prime number" only restates the question's
+number, so it is a non-answer rather than a vote for "36" (`strategies.answers`).
+
 A candidate whose answer cannot be extracted (longer prose without a final answer) is grouped
 with the other such candidates it resembles (token F1 at least `SIMILAR`, as consensus/MBR
 measures it) and scores that group's share, so a majority that says the same thing in words is
-seen as a majority. Only a non-answer (an empty text, a restated expression such as "2 + 3")
-has no vote and a missing score (None), not 0: it says nothing about whether it is right.
+seen as a majority. Only a non-answer (an empty text, a hedge, a restated expression such as
+"2 + 3" or a restated question) has no vote and a missing score (None), not 0: it says nothing
+about whether it is right. When every candidate is a non-answer, no score is given at all and
+the selection's consensus rule picks among them.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from strategies.answers import answer_key, compile_patterns, is_non_answer
+from strategies.answers import Extraction, compile_patterns, extract, question_of, tool_calls_key
 from strategies.contract import Candidate, Scored, VerifyContext
 from strategies.selection.similarity import token_f1_matrix
 from strategies.verifiers.base import BaseVerifier, VerifierSpec
@@ -51,32 +57,35 @@ class SelfConsistencyVerifier(BaseVerifier):
         self._patterns: tuple[re.Pattern[str], ...] = compile_patterns(settings.patterns)
         self._defaults = settings.default_patterns
 
-    def answer_of(self, candidate: Candidate) -> str | None:
-        """The key this verifier votes with; the stop rule counts the same keys."""
-        return answer_key(candidate, self._patterns, defaults=self._defaults)
+    def answer_of(self, candidate: Candidate, question: str | None = None) -> str | None:
+        """The key this verifier votes with, knowing the request's `question` where given; the
+        stop rule and the answer clusters count the same keys."""
+        return self.extraction(candidate, question).key
 
-    def votes(self, candidates: Sequence[Candidate]) -> Counter[str]:
-        return Counter(a for a in map(self.answer_of, candidates) if a is not None)
+    def extraction(self, candidate: Candidate, question: str | None = None) -> Extraction:
+        if candidate.tool_calls:
+            return Extraction(tool_calls_key(candidate.tool_calls), False)
+        return extract(candidate, self._patterns, defaults=self._defaults, question=question)
+
+    def votes(self, candidates: Sequence[Candidate], question: str | None = None) -> Counter[str]:
+        return Counter(a for a in (self.answer_of(c, question) for c in candidates) if a is not None)
 
     async def score(self, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored:
-        keys = self.cluster_keys(candidates)
+        keys = self.cluster_keys(candidates, question_of(ctx.messages))
         counts = Counter(k for k in keys if k is not None)
         total = len(candidates)
         scores: list[float | None] = [None if k is None else counts[k] / total for k in keys]
         return Scored(views={self.view(): scores})
 
-    def cluster_keys(self, candidates: Sequence[Candidate]) -> list[str | None]:
+    def cluster_keys(self, candidates: Sequence[Candidate], question: str | None = None) -> list[str | None]:
         """Each candidate's answer; unextractable prose takes the key of the first earlier such
         candidate it resembles (or its own); non-answers get None."""
-        keys = [self.answer_of(c) for c in candidates]
-        prose = [i for i, (c, k) in enumerate(zip(candidates, keys, strict=True)) if k is None and _prose(c)]
+        found = [self.extraction(c, question) for c in candidates]
+        keys = [f.key for f in found]
+        prose = [i for i, f in enumerate(found) if f.key is None and not f.non_answer]
         if prose:
             similar = token_f1_matrix([candidates[i].text for i in prose])
             for a, i in enumerate(prose):
                 first = next(b for b in range(a + 1) if b == a or similar[a, b] >= SIMILAR)
                 keys[i] = f"prose:{prose[first]}"
         return keys
-
-
-def _prose(candidate: Candidate) -> bool:
-    return not candidate.tool_calls and not is_non_answer(candidate.text)

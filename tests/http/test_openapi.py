@@ -11,17 +11,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from jsonschema import Draft202012Validator
 from schemathesis import checks
 
 from proxy.config.settings import DEFAULT_MAX_TOKENS, RouteLimits
 from proxy.pipeline.endpoints import ENDPOINTS
 from proxy.server.openapi import openapi_schema, request_examples, untyped_properties
+from proxy.server.responses import rvr_body
+from strategies.answers import answer_key
+from strategies.contract import Candidate, Outcome, Scored, StopReason, Usage
+from strategies.selection.choice import choose
+from strategies.selection.explain import RULES, explain
+from strategies.selection.learned import LearnedSelector, SelectorState
+from strategies.selection.settings import SelectionSettings
+from strategies.selection.weighted import VerifierResult, select
 from tests.conftest import UPSTREAM_KEY, main_config
 from tests.proxy_process import ProxyProcess
 from tests.stub_upstream import StubServer
@@ -192,3 +202,53 @@ def test_the_proxy_serves_its_document(fuzzed_proxy: ProxyProcess) -> None:
     assert document["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
     # Like /v1/models, it names the routes, so it needs the key.
     assert httpx.get(f"{fuzzed_proxy.base_url}/openapi.json", timeout=10).status_code == 401
+
+
+def _explained_outcomes() -> list[Outcome]:
+    """best_of_n outcomes whose `rvr.selection` explains a choice by each rule a route can produce."""
+    texts = ["The answer is 42.", "The answer is 41.", "The answer is 42.", "The answer is 40."]
+    candidates = [Candidate(i, "original", {"role": "assistant", "content": t}, "stop") for i, t in enumerate(texts)]
+    vote = VerifierResult("self_consistency", 1.0, Scored({"self_consistency": [0.5, 0.25, 0.5, 0.25]}))
+    judge = VerifierResult("judge", 1.0, Scored({"judge:yes": [0.0, 1.0, 0.0, 1.0]}))
+    gate = VerifierResult("gate", 1.0, Scored({"check": [1.0, 1.0, 1.0, 0.0]}, hard=True))
+    model = LearnedSelector(signals=("vote_share",), center=(0.5,), scale=(0.25,), weights=(-3.0,), bias=0.0, l2=1.0,
+                            auroc={"vote_share": 0.2}, n_items=50, n_clusters=100, cv_log_loss=0.5)
+    outcomes = []
+    for mode, views, voters, knocked_out in (
+        ("weighted", [vote, gate], ["self_consistency"], False),  # a vote
+        ("weighted", [vote, judge], ["self_consistency"], False),  # a score: the judge had a say
+        ("weighted", [vote, judge], ["self_consistency"], True),
+        ("learned", [vote, judge, gate], ["self_consistency"], False),
+    ):
+        selection, choice = choose(candidates, select(candidates, views), [], answer_key,
+                                   SelectionSettings(mode=mode), lambda: SelectorState(model))
+        knockout = None
+        if knocked_out:  # a knockout among the first two clusters, the second winning
+            knockout = {"played": True, "seeds": [0, 1], "winner_cluster": 1,
+                        "matches": [{"round": 1, "holder": 0, "challenger": 1, "winner": 1}]}
+            selection = replace(selection, index=choice.clusters[1].representative)
+        report = choice.report(selection.index) | explain(selection, choice, knockout, voters).as_dict()
+        outcomes.append(Outcome(candidates, selection.index, StopReason.MAX_N, Usage(), "best_of_n",
+                                scores=selection.utility_list(), selection=report, confidence=choice.confidence))
+    abstaining = replace(outcomes[-1], abstention=Candidate(4, "abstain", {"role": "assistant", "content": "?"}),
+                         low_confidence={"confidence": 0.2, "min_confidence": 0.5, "action": "abstain"})
+    single = candidates[:1]
+    selection, choice = choose(single, select(single, []), [], answer_key, SelectionSettings(), None)
+    lone = Outcome(single, 0, StopReason.MAX_N, Usage(), "best_of_n", scores=selection.utility_list(),
+                   selection=choice.report(0) | explain(selection, choice, None, []).as_dict())
+    return [*outcomes, abstaining, lone]
+
+
+def test_the_selection_explanation_of_every_rule_matches_the_document() -> None:
+    document = openapi_schema()
+    validator = Draft202012Validator({**document, "$ref": "#/components/schemas/RvrReport"})
+    selection = document["components"]["schemas"]["RvrReport"]["properties"]["selection"]
+    assert selection["properties"]["rule"]["enum"] == list(RULES) and "fusion" in RULES
+    seen = set()
+    for outcome in _explained_outcomes():
+        for details in (False, True):
+            body = rvr_body(outcome, "r", details)
+            errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(body)]
+            assert errors == [], errors
+            seen.add(body["selection"]["rule"])
+    assert seen == {"vote", "score", "learned", "knockout", "abstain", "single"}

@@ -112,6 +112,25 @@ def test_llm_judge_views_and_their_tokens(client: openai.OpenAI, stub: StubServe
     )
 
 
+@pytest.mark.parametrize(("model", "rules"), [
+    ("math-fixed", {"vote", "consensus"}),  # self-consistency alone: a vote (consensus if all agree)
+    ("math-judge", {"score", "consensus"}),
+    ("math-all", {"score", "consensus"}),
+])
+def test_the_response_explains_its_own_choice(client: openai.OpenAI, model: str, rules: set[str]) -> None:
+    info = rvr(ask(client, model, "What is 6*7? p=0.5")[1])
+    selection, scores, selected = info["selection"], info["scores"], info["selected"]
+    assert selection["rule"] in rules and selection["over"] == "candidates" and selection["chosen"] == selected
+    compared = selection["compared"]
+    assert len(compared) == len(scores) and compared[selected] is not None
+    assert compared[selected] >= max(v for v in compared if v is not None) - 1e-9  # the winner of what it compared
+    served = scores[selected]
+    higher = [i for i, s in enumerate(scores) if s is not None and (served is None or s > served + 1e-9)]
+    assert selection["higher_scores"] == higher and all(f"#{i}" in selection["why"] for i in higher)
+    assert f"#{selected} chosen by {selection['rule']}" in info["summary"]
+    assert "clusters" not in selection  # the answers stay behind `details`
+
+
 def test_every_verifier_kind_scores(client: openai.OpenAI, stub: StubServer) -> None:
     scored_before = len([r for r in stub.state.requests if r["_path"].endswith("/score")])
     math_before = len(stub.state.bodies("math"))

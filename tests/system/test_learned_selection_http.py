@@ -112,6 +112,10 @@ def test_learned_weights_the_informative_signal_and_beats_weighted(learned: tupl
     assert 0.0 < rvr["confidence"] < 1.0 and rvr["selection"]["confidence"] == rvr["confidence"]
     chosen = rvr["selection"]["clusters"][rvr["selection"]["chosen_cluster"]]
     assert rvr["selected"] in chosen["members"]
+    # the explanation compares the clusters' P(correct), the chosen one the most probable
+    explained = rvr["selection"]
+    assert explained["rule"] == "learned" and explained["chosen"] == explained["chosen_cluster"]
+    assert explained["compared"][explained["chosen"]] == max(p for p in explained["compared"] if p is not None)
     assert (directory / "state" / "selection" / "learned.json").exists()  # kept across restarts
 
     trials = 40
@@ -126,7 +130,10 @@ def test_without_enough_probe_items_selection_falls_back_and_says_why(learned: t
     assert rvr["selection"]["fallback_reason"] == "the route has no probes: learned selection needs gold probe items"
     assert rvr["confidence"] is None
     _, weighted = ask(proxy, "weighted")
-    assert weighted["selection"] == {"mode": "weighted", "fallback_reason": None, "confidence": None}
+    shown = weighted["selection"]
+    assert {k: shown[k] for k in ("mode", "fallback_reason", "confidence")} == {
+        "mode": "weighted", "fallback_reason": None, "confidence": None}
+    assert "clusters" not in shown and shown["rule"] in ("vote", "score", "consensus")
 
 
 def test_low_confidence_abstains_or_escalates_and_is_counted(learned: tuple[ProxyProcess, Path]) -> None:
@@ -135,6 +142,7 @@ def test_low_confidence_abstains_or_escalates_and_is_counted(learned: tuple[Prox
     text, rvr = ask(proxy, "careful")
     assert text == ABSTAIN
     assert rvr["low_confidence"]["action"] == "abstain" and rvr["low_confidence"]["confidence"] < 0.999
+    assert rvr["selection"]["rule"] == "abstain" and "below min_confidence" in rvr["selection"]["why"]
 
     learned_rvr(proxy, "escalate")
     _, rvr = ask(proxy, "escalate")
@@ -180,6 +188,7 @@ def test_a_knockout_runs_only_behind_a_judge_the_probes_found_right_in_both_orde
         if not report["played"]:
             continue  # fewer than two answers to compare
         played += 1
+        assert rvr["selection"]["rule"] == "knockout" and rvr["selection"]["chosen"] == report["winner_cluster"]
         if any(clusters[j]["answer"] == "42" for j in report["seeds"]):  # the right answer entered: it wins
             assert clusters[report["winner_cluster"]]["answer"] == "42"
             assert rvr["selected"] in clusters[report["winner_cluster"]]["members"]

@@ -9,10 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from strategies.answers import (
+    Extraction,
     answer_key,
     compile_patterns,
+    extract,
     extract_answer,
     normalize_answer,
+    parse_question,
+    question_of,
     tool_calls_key,
 )
 from strategies.contract import Candidate
@@ -257,6 +261,11 @@ def test_answer_key_without_tool_calls_is_the_extracted_answer() -> None:
         ("3 is the answer.", "3"),
         ("2 + 3", None),  # the question's expression restated: no answer
         ("4 + 2 + 3", None),
+        ("13 + 11 =", None),  # an "=" with nothing after it evaluates nothing either
+        ("13 plus 11 is", None),
+        ("5 x 1 =", None),
+        ("7 multiplied by 9", None),
+        ("2 plus 5 equals 7.", "7"),
         ("2+3\nExplanation:", None),
         ("a == b then 3", "3"),  # a comparison is not an equation
     ],
@@ -295,3 +304,121 @@ def test_a_long_answer_without_a_number_has_no_number_for_an_answer() -> None:
     prose = "France is a country in Western Europe whose capital is a city on the Seine river."
     assert extract_answer(prose) is None
     assert extract_answer("She had 3 apples, bought 4 more and now holds 7 apples in her basket.") == "7"
+
+
+# --- answers that know the question ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("question", "text", "answer"),
+    [
+        ("is 36 even?", "36 is a prime number.", None),  # the question's number, restated
+        ("is 36 even?", "36", None),
+        ("is 36 even?", "Yes, 36 is an even number.", "yes"),
+        ("is 36 even?", "Yes\nIs 36 even?", "yes"),
+        ("is 16 bigger than 28", "yes it's 16", "yes"),
+        ("does 2 plus 5 equal 7?", "no, because 2 plus 5 is not a multiple of 7 at all.", "no"),  # any length
+        ("does 2 plus 5 equal 7?", "2+5 =7", None),  # restates the question's numbers, says neither
+        ("Is 9 less than 28?", "It's 28\nThe answer is yes.", "yes"),
+        ("Is 9 less than 28?", "The answer is yes, it is.", "yes"),
+        ("Is 4 + 1 equal to 4?", "4 + 1 = 5", "5"),  # not the question's number: an answer of its own
+        ("Is 30 odd?", "30 is odd.", None),
+        ("Is the sun a star?", "It is a star.", None),  # its words, restated
+        ("Is the earth flat?", "No.", "no"),
+    ],
+)
+def test_yes_no_questions_are_answered_yes_or_no(question: str, text: str, answer: str | None) -> None:
+    assert extract_answer(text, question=question) == answer
+
+
+@pytest.mark.parametrize(
+    ("question", "text", "answer"),
+    [
+        ("what is 5 times 1?", "5", "5"),  # the answer may be one of the question's numbers
+        ("what is 5 times 1?", "5 x 1 = 5", "5"),
+        ("what is 5 times 1?", "5 times 1 is 5", "5"),
+        ("what is 5 times 1?", "5 times 1 =", None),
+        ("What is 7 minus 0?", "7", "7"),
+        ("what do you get if you take 5 from 12?", "5 from 12", None),  # only the question's numbers
+        ("what do you get if you take 5 from 12?", "12 take away 5 leaves 7", "7"),  # a new number: an answer
+        ("What is 13 plus 11?", "The answer is 11", "11"),  # stated as the answer: it counts
+        ("What is the capital of France?", "The capital of France", None),
+        ("What is the capital of France?", "France.", None),
+        ("What is the capital of France?", "It is the capital of France.", None),
+        ("What is the capital of France?", "Paris, the capital of France", "paris capital of france"),
+        ("What is the capital of France?", "The capital of France is Paris.", "paris"),
+        ("Which day comes after Monday?", "Monday", None),
+        ("Which day comes after Monday?", "Tuesday", "tuesday"),
+        ("Can you add 18 and 3?", "21", "21"),  # a request, not a yes/no question
+        ("Can you add 18 and 3?", "Can you add 18 and 3?", None),
+    ],
+)
+def test_what_only_restates_the_question_is_no_answer(question: str, text: str, answer: str | None) -> None:
+    assert extract_answer(text, question=question) == answer
+
+
+def test_without_the_question_nothing_changes() -> None:
+    assert extract_answer("36 is a prime number.") == "36"
+    assert extract_answer("The capital of France") == "capital of france"
+    assert extract_answer("5 from 12") == "12"
+
+
+@pytest.mark.parametrize(
+    ("question", "text", "answer"),
+    [
+        ("Is 7 odd or even?", "Odd.", "odd"),  # a choice offers its answers
+        ("Which is larger? (A) 5 (B) 7", "(B)", "b"),  # option letters are the question's by design
+        ("Classify as positive or negative: I loved it", "positive", "positive"),
+        (" ".join(["Q: capital of France? A: Paris."] * 8) + " Q: capital of France? A:", "Paris", "paris"),
+    ],
+)
+def test_choices_options_and_long_prompts_are_not_restated(question: str, text: str, answer: str) -> None:
+    assert extract_answer(text, question=question) == answer
+
+
+def test_custom_patterns_are_never_judged_against_the_question() -> None:
+    assert extract_answer("ANS<36>", [r"ANS<(\d+)>"], question="is 36 even?") == "36"
+
+
+def test_restated_answers_are_non_answers_not_prose() -> None:
+    assert extract("36 is a prime number.", question="is 36 even?") == Extraction(None, True)
+    assert extract("Yes.", question="is 36 even?") == Extraction("yes", False)
+    prose = "The number you gave has many divisors and a long history in number theory."
+    assert extract(prose, question="is 36 even?") == Extraction(None, False)  # unextractable, not restated
+    assert extract("", question="is 36 even?") == Extraction(None, True)
+    assert extract("I am not sure.") == Extraction(None, True)
+
+
+def test_answer_key_passes_the_question_on() -> None:
+    assert answer_key(cand("36 is a prime number."), question="is 36 even?") is None
+    assert answer_key(cand("Yes!"), question="is 36 even?") == "yes"
+
+
+@pytest.mark.parametrize(
+    ("text", "yes_no"),
+    [
+        ("is 36 even?", True),
+        ("Does a week have seven days?", True),
+        ("Isn't it hot?", True),
+        ("can a dog fly", True),
+        ("Can you add 18 and 3?", False),  # a request
+        ("Could you tell me the capital of France?", False),
+        ("What is 2 + 2?", False),
+        ("Island of Crete: where is it?", False),  # "Is" only as the start of a word
+    ],
+)
+def test_yes_no_questions_are_recognized(text: str, yes_no: bool) -> None:
+    question = parse_question(text)
+    assert question is not None and question.yes_no is yes_no
+
+
+def test_question_of_is_the_last_user_message() -> None:
+    messages = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": [{"type": "text", "text": "is 36 even?"}]},
+    ]
+    assert question_of(messages) == "is 36 even?"
+    assert question_of([{"role": "system", "content": "x"}]) is None
+    assert parse_question("is 36 even?").numbers == {"36": 1}  # type: ignore[union-attr]

@@ -92,6 +92,17 @@ def test_ties_go_to_consensus() -> None:
     assert sel.index == 2 and sel.tie_broken
 
 
+def test_a_selection_keeps_what_it_chose_among_so_the_response_can_show_it() -> None:
+    candidates = texts("the answer is 5", "it is 7", "answer is 5", "the answer is 5 indeed")
+    tie = select(candidates, [soft("rm", v=[0.5, 0.9, 0.9, 0.2])])
+    assert tie.ranked and tie.tied == (1, 2) and tie.support is not None
+    assert tie.support[2] > tie.support[1]  # consensus broke the tie, and its numbers are kept
+    clear = select(candidates, [soft("rm", v=[0.5, 0.9, 0.3, 0.2])])
+    assert clear.tied == (1,) and clear.support is None
+    unranked = select(texts("x is 3", "x is 4", "x is 3"), [])
+    assert not unranked.ranked and unranked.tied == (0, 1, 2)
+
+
 def test_no_verifier_falls_back_to_consensus() -> None:
     sel = select(texts("x is 3", "x is 4", "x is 3"), [])
     assert sel.index in (0, 2) and sel.selected_utility is None

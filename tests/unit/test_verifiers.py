@@ -248,6 +248,35 @@ def test_self_consistency_votes_on_tool_calls() -> None:
     assert scored.views == {"sc": [2 / 3, 2 / 3, 1 / 3]}
 
 
+def test_self_consistency_knows_the_question() -> None:
+    """To "is 36 even?", "36" restates the question: no vote for it, not even as prose."""
+    candidates = [
+        cand(0, "36 is a prime number."),
+        cand(1, "Yes, 36 is an even number."),
+        cand(2, "36"),
+        cand(3, "Yes\nIs 36 even?"),
+        cand(4, "* 36 is a prime number"),
+        cand(5, "No."),
+    ]
+    asked = VerifyContext(messages=[{"role": "user", "content": "is 36 even?"}], services=FakeServices())
+    scored = score({"type": "self_consistency"}, candidates, asked)
+    assert scored.views["self_consistency"] == [None, 2 / 6, None, 2 / 6, None, 1 / 6]
+    # Without the question, the restated number is the largest cluster.
+    assert score({"type": "self_consistency"}, candidates).views["self_consistency"][0] == 3 / 6
+    verifier = build_verifier({"type": "self_consistency"}, 0)
+    assert verifier.answer_of(candidates[0], "is 36 even?") is None
+    assert verifier.answer_of(candidates[0]) == "36"
+    assert verifier.votes(candidates, "is 36 even?") == {"yes": 2, "no": 1}
+
+
+def test_self_consistency_keeps_an_answer_that_repeats_a_number_of_the_question() -> None:
+    candidates = [cand(0, "5"), cand(1, "5 x 1 = 5"), cand(2, "5 times 1 ="), cand(3, "6")]
+    asked = VerifyContext(messages=[{"role": "user", "content": "what is 5 times 1?"}], services=FakeServices())
+    assert score({"type": "self_consistency"}, candidates, asked).views["self_consistency"] == [
+        2 / 4, 2 / 4, None, 1 / 4
+    ]
+
+
 def test_self_consistency_never_merges_different_numbers() -> None:
     scored = score(
         {"type": "self_consistency"}, [cand(0, "The answer is 21."), cand(1, "The answer is 24.")]
