@@ -17,6 +17,9 @@ from pydantic import Field, field_validator
 from strategies.contract import StrictModel
 from strategies.risk.checkers import build_checker
 
+MAX_WINDOW_REQUESTS = 50_000
+MAX_WINDOW_ITEMS = 5_000
+
 
 class ProbeSettings(StrictModel):
     file: Path  # relative paths are read from the config file's directory
@@ -27,8 +30,12 @@ class ProbeSettings(StrictModel):
     # Reference candidates per item, per variant. None: the strategy's own `k_ref`, so the gold
     # terms measure what the online ones estimate; a smaller K is cheaper and measures less.
     k_ref: int | None = Field(None, ge=1, le=4096)
-    window_requests: int = Field(10_000, ge=1)  # recent client requests the estimates use
-    window_items: int = Field(2_000, ge=1)  # recent gold items the estimates use
+    # The windows are recomputed on the request path (the calibration once a second, the learned
+    # selection at each new record), so they are bounded: at these maxima the calibration takes
+    # about 0.1 s and a selection refit (its rows capped too, proxy/probes/selection.py) about
+    # 0.2 s; 20,000 gold items had stalled a worker for 6 s (issue 21).
+    window_requests: int = Field(10_000, ge=1, le=MAX_WINDOW_REQUESTS)  # recent client requests the estimates use
+    window_items: int = Field(2_000, ge=1, le=MAX_WINDOW_ITEMS)  # recent gold items the estimates use
     min_gold_for_ppi: int = Field(30, ge=2)  # below: the gold mean alone, with a Wilson interval
 
     @field_validator("checker")

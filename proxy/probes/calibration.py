@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from proxy.config.probe_set import ProbeSettings
@@ -39,13 +39,19 @@ def probe_dir(state_dir: Path | None) -> Path | None:
 
 
 class GoldFile:
-    """Append-only JSONL of a route's gold records, read incrementally by every worker."""
+    """Append-only JSONL of a route's gold records, read incrementally by every worker.
 
-    def __init__(self, directory: Path, route: str) -> None:
+    With `keep`, the first read starts at the last `keep` lines: older records would only fall
+    out of the window, and parsing a file that grew for weeks took seconds at every start.
+    """
+
+    def __init__(self, directory: Path, route: str, keep: int | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         name = quote(route, safe="")  # route names may hold `/`
+        self.directory = directory
         self.path = directory / f"{name}.jsonl"
         self.lock = FileLock(directory / f"{name}.lock")
+        self._keep = keep
         self._offset = 0  # bytes read so far
         self._lines = 0  # lines read so far, for the log
 
@@ -72,6 +78,8 @@ class GoldFile:
         """
         try:
             with self.path.open("rb") as src:
+                if self._offset == 0 and self._keep is not None:
+                    self._skip_to_tail(src, self._keep)
                 src.seek(self._offset)
                 chunk = src.read()
         except FileNotFoundError:
@@ -91,6 +99,22 @@ class GoldFile:
                 }))
         return records
 
+    def _skip_to_tail(self, src: BinaryIO, keep: int) -> None:
+        """Move the read offset to the start of the last `keep` complete lines, counting the
+        lines passed so that log events still name the right line."""
+        starts: deque[int] = deque(maxlen=keep + 1)  # where each of the newest lines starts
+        position, lines = 0, 0
+        while block := src.read(1 << 20):  # a block at a time: the file may be large
+            start = 0
+            while (end := block.find(b"\n", start)) >= 0:
+                starts.append(position + end + 1)
+                lines += 1
+                start = end + 1
+            position += len(block)
+        if lines > keep:
+            self._offset = starts[0]
+            self._lines = lines - keep
+
     def try_lead(self) -> bool:
         """Whether this process holds the route's probe lock (one prober per instance and state_dir)."""
         return self.lock.acquire(blocking=False)
@@ -105,7 +129,9 @@ class RouteCalibration:
         self.gold: deque[GoldRecord] = deque(maxlen=settings.window_items if settings else 1)
         window = settings.window_requests if settings else WINDOW_WITHOUT_PROBES
         self.traffic: deque[dict[str, float | None]] = deque(maxlen=window)
-        self.file = GoldFile(directory, route) if settings is not None and directory is not None else None
+        self.file = None
+        if settings is not None and directory is not None:
+            self.file = GoldFile(directory, route, keep=settings.window_items)
         self._cached: dict[str, Any] | None = None
         self._computed_at = 0.0
         self.refresh()

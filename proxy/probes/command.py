@@ -1,8 +1,9 @@
 """`rvr-proxy probe --config F --route R [--items N] [--out FILE]`: one probe run, then the table.
 
-The run goes through the same `ProbeRunner.run` as the background loop, with the same budget,
-and its gold records join the route's (in `server.state_dir` when that is set, so a serving
-proxy picks them up).
+The run goes through the same `ProbeRunner.run` as the background loop, with the same budget
+(the hour's spend is shared with serving proxies and earlier runs through `server.state_dir`
+and the state backend), and its gold records join the route's (in `server.state_dir` when that
+is set, so a serving proxy picks them up).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def table(summary: RunSummary, calibration: dict[str, Any]) -> str:
         lines.append(f"stopped early: {summary.stopped}")
     lines += [
         "",
-        f"{'component':<10} {'gold (this run)':>15} {'online (this run)':>17}   calibrated, 90% interval ({calibration['n_gold']} gold items)",
+        f"{'component':<10} {'gold (this run)':>15} {'online (this run)':>17}   "
+        f"calibrated, 90% interval ({calibration['n_gold']} gold items)",
     ]
     for component in COMPONENTS:
         gold = [r.truth(component) for r in summary.records]
@@ -45,7 +47,8 @@ def table(summary: RunSummary, calibration: dict[str, Any]) -> str:
     bias = calibration.get("verifier_bias")
     status = f"status: {calibration['status']}"
     if bias:
-        status += f"; verifier bias (gold − online residual) {bias['estimate']:.3f} [{bias['ci95'][0]:.3f}, {bias['ci95'][1]:.3f}] (95%)"
+        low, high = bias["ci95"]
+        status += f"; verifier bias (gold − online residual) {bias['estimate']:.3f} [{low:.3f}, {high:.3f}] (95%)"
     if calibration.get("rho") is not None:
         status += f"; rho {calibration['rho']:.2f}"
     lines += ["", status]
@@ -58,8 +61,9 @@ def selection_table(state: SelectorState, mode: str) -> str:
     model = state.model
     if model is None:
         return "\n".join([*lines, f"  none yet: {state.reason}"])
-    lines.append(f"  {model.n_items} items, {model.n_clusters} clusters, L2 {model.l2:g}; held-out top-cluster accuracy "
-                 f"{_fraction(model.cv_accuracy)} (largest cluster: {_fraction(model.cv_vote_accuracy)})")
+    lines.append(f"  {model.n_items} items, {model.n_clusters} clusters, L2 {model.l2:g}; "
+                 f"held-out top-cluster accuracy {_fraction(model.cv_accuracy)} "
+                 f"(largest cluster: {_fraction(model.cv_vote_accuracy)})")
     lines.append(f"  {'signal':<24} {'AUROC':>6} {'weight':>8}")
     weights = dict(zip(model.signals, model.weights, strict=True))
     for signal, value in sorted(model.auroc.items()):
@@ -79,11 +83,18 @@ async def _run(
     from proxy.upstream.client import litellm_pool
 
     route = runner.route.name
-    async with litellm_pool() as http:  # the pool serving uses, so probes call upstreams alike
-        runner.pipeline.http = http
-        count = items if items is not None else len(runner.items)
-        bar = Progress(count, f"probing {route}")
-        summary = await runner.run(count, on_item=lambda s: bar.update(s.attempted, f"{s.tokens} tokens"))
+    # Started as serving starts it: with Redis, the run's spend joins the budget every instance
+    # reads (and it reads theirs); never fails, an unreachable Redis means this process's own.
+    state = runner.pipeline.learning.state
+    await state.start()
+    try:
+        async with litellm_pool() as http:  # the pool serving uses, so probes call upstreams alike
+            runner.pipeline.http = http
+            count = items if items is not None else len(runner.items)
+            bar = Progress(count, f"probing {route}")
+            summary = await runner.run(count, on_item=lambda s: bar.update(s.attempted, f"{s.tokens} tokens"))
+    finally:
+        await state.close()
     print(table(summary, runner.calibration.snapshot()))
     if selection is not None:
         print(selection_table(selection.state(), selection.settings.mode))

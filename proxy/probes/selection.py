@@ -18,12 +18,18 @@ from urllib.parse import quote
 from proxy.probes.calibration import RouteCalibration
 from proxy.state.files import atomic_write_text
 from proxy.telemetry import metrics
+from strategies.risk.calibration import GoldRecord
 from strategies.selection.knockout import JudgeGate, gate
 from strategies.selection.learned import ClusterRow, LearnedSelector, NotFittable, SelectorState, fit_selector
 from strategies.selection.settings import SelectionSettings
 
 log = logging.getLogger("rvr_proxy")
 CHECK_EVERY_S = 1.0  # a request reuses the last state checked within this long
+# A refit runs on the request path and costs about 25 µs per cluster row (issue 21: 20,000 gold
+# items stalled a worker for 6 s). `window_items` alone cannot bound it, since an item brings up
+# to `max_n` clusters, so the fit takes the newest records whose clusters fit in this many rows:
+# at most about 0.2 s, and still 1,500 items at 4 clusters an item, plenty for a few weights.
+MAX_FIT_ROWS = 6_000
 
 
 def model_path(state_dir: Path | None, route: str) -> Path | None:
@@ -54,20 +60,18 @@ class RouteSelection:
         try:
             model = LearnedSelector.from_dict(json.loads(self.path.read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning(json.dumps({"event": "selection_model_unreadable", "file": str(self.path), "error": type(exc).__name__}))
+            log.warning(json.dumps({"event": "selection_model_unreadable", "file": str(self.path),
+                                    "error": type(exc).__name__}))
             return
         if model.n_items >= self.settings.min_items:
             self._state = SelectorState(model)
             self._export(model)
 
     def rows(self) -> tuple[list[ClusterRow], int]:
+        """The training rows (the newest records' clusters, at most `MAX_FIT_ROWS`) and how
+        many probe items with cluster data the window holds in all."""
         records = [r for r in self.calibration.gold if r.clusters]
-        rows = [
-            ClusterRow(r.item, {k: math.nan if v is None else float(v) for k, v in c["features"].items()},
-                       bool(c["correct"]))
-            for r in records for c in r.clusters
-        ]
-        return rows, len(records)
+        return [row for r in _newest_within(records, MAX_FIT_ROWS) for row in _cluster_rows(r)], len(records)
 
     def state(self) -> SelectorState:
         """The current model and judge gate, refitted when new probe records arrived (checked
@@ -117,3 +121,22 @@ class RouteSelection:
             if value is not None:
                 metrics.SELECTION_SIGNAL_AUROC.labels(self.route, signal).set(value)
             metrics.SELECTION_SIGNAL_WEIGHT.labels(self.route, signal).set(weights.get(signal, 0.0))
+
+
+def _newest_within(records: list[GoldRecord], max_rows: int) -> list[GoldRecord]:
+    """The newest `records` (oldest first) whose clusters add up to at most `max_rows`."""
+    taken, rows = 0, 0
+    for record in reversed(records):
+        if rows + len(record.clusters) > max_rows:
+            break
+        rows += len(record.clusters)
+        taken += 1
+    return records[len(records) - taken:]
+
+
+def _cluster_rows(record: GoldRecord) -> list[ClusterRow]:
+    return [
+        ClusterRow(record.item, {k: math.nan if v is None else float(v) for k, v in c["features"].items()},
+                   bool(c["correct"]))
+        for c in record.clusters
+    ]

@@ -61,6 +61,11 @@ class SharedLearning:
         self._published: dict[str, bool | None] = {name: c.n_works for name, c in router.clients.items()}
         self._asked: dict[str, float] = {}
 
+    @property
+    def state(self) -> SharedState:
+        """The backend this process shares through; gold probes keep their budget there too."""
+        return self._state
+
     async def before(self, route: Route) -> None:
         """Take in what other processes learned, before `route` serves a request."""
         if not self._state.shared:

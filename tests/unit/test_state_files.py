@@ -59,11 +59,16 @@ def test_line_numbers_run_on_across_incremental_reads(tmp_path: Path, caplog: py
     assert json.loads(caplog.records[-1].message)["line"] == 3
 
 
-def test_a_record_after_a_torn_line_starts_a_line_of_its_own(tmp_path: Path) -> None:
+def test_a_record_after_a_torn_line_starts_a_line_of_its_own(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     gold = GoldFile(tmp_path, "r")
     gold.path.write_bytes(lines(record("before")) + b'{"item": "torn by kill -9", "ser')
     gold.append(GoldRecord.from_dict(record("after")))
-    assert [r.item for r in GoldFile(tmp_path, "r").read_new()] == ["before", "after"]
+    with caplog.at_level(logging.WARNING, logger="rvr_proxy"):
+        read = GoldFile(tmp_path, "r").read_new()
+    # The record appended after the kill is read back; the torn one is skipped, named once.
+    assert [r.item for r in read] == ["before", "after"]
+    skipped = [json.loads(r.message) for r in caplog.records if "gold_record_skipped" in r.message]
+    assert skipped == [{"event": "gold_record_skipped", "file": str(gold.path), "line": 2, "error": "JSONDecodeError"}]
 
 
 def test_a_non_finite_record_is_never_written(tmp_path: Path) -> None:
