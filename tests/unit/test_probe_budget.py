@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.probes.runner import BudgetFile, ProbeBudget, SharedSpend, SpendLedger
+from proxy.probes.budget import BudgetFile, ProbeBudget, SharedSpend, SpendLedger
 from proxy.state.memory import MemoryState
 
 T0 = 1_700_000_000.0  # a wall-clock time on a minute's start
