@@ -24,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
+from bench.common import HelpFormatter
 from proxy.audit.data import MULTIBBQ, audit_data_dir, bbq_pairs, read_checked
 
 
@@ -98,7 +99,8 @@ class RewardModels(ThreadingHTTPServer):
 
 def main(argv: list[str] | None = None) -> int:
     """Ask both stand-in reward models about one ambiguous BBQ pair, as the audit does."""
-    parser = argparse.ArgumentParser(description="Check the stand-in reward models answer as the audit expects.")
+    parser = argparse.ArgumentParser(description="Check the stand-in reward models answer as the audit expects.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="the same single check (it is already quick)")
     parser.parse_args(argv)
     with RewardModels() as models:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import math
 import os
@@ -61,6 +62,49 @@ def key_env() -> dict[str, str]:
 
 
 # ---- runs -------------------------------------------------------------------------------------
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every bench script's `--help`: each option's default shown once.
+
+    argparse's ArgumentDefaultsHelpFormatter appends "(default: X)" even where the help already
+    names the default ("(default: all) (default: )"), shows "(default: None)" and "(default:
+    False)", and says nothing for an option without help. Here a default is appended only where
+    the help does not mention one and the value says something; checkout paths print relative to
+    the checkout. Descriptions are printed as written (module docstrings).
+    """
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and _meaningful_default(action):
+            action = copy.copy(action)  # the parser's own action keeps its help
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or not _meaningful_default(action):
+            return text
+        return f"{text} (default: %(default)s)"
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        default = action.default
+        shown = default
+        if isinstance(default, (str, Path)) and Path(default).is_absolute() and Path(default).is_relative_to(ROOT):
+            shown = str(Path(default).relative_to(ROOT))
+        elif isinstance(default, (list, tuple)):  # as it is typed: comma-separated
+            shown = ",".join(map(str, default))
+        if shown is not default:
+            action = copy.copy(action)
+            action.default = shown
+        return super()._expand_help(action)
+
+
+def _meaningful_default(action: argparse.Action) -> bool:
+    """Whether an option's default is worth printing: not a flag's, not absent or empty."""
+    default = action.default
+    if not action.option_strings or action.nargs == 0 or default is argparse.SUPPRESS:
+        return False
+    return default is not None and default != "" and default != []
 
 
 def add_smoke(parser: argparse.ArgumentParser, what: str) -> None:

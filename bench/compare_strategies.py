@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench.common import add_smoke, apply_smoke, markdown_table, median
+from bench.common import HelpFormatter, add_smoke, apply_smoke, markdown_table, median
 from bench.sim_upstream import parse_marker, prompt, reward_views, sim_and_proxy, upstream
 
 VARIANTS = ["original", "step_by_step", "reread", "expert"]
@@ -165,7 +165,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--discrete", type=int, default=400, help="items of the discrete task")
     parser.add_argument("--scored", type=int, default=200, help="items of the scored task")
     parser.add_argument("--judge-items", type=int, default=100, help="items for llm_judge routes (~50 judge calls each)")

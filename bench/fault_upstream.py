@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench.common import run_server
+from bench.common import HelpFormatter, run_server
 
 FAULTS = ("http_500", "http_429", "timeout", "reset", "cut", "clean_end", "garbage")
 # Faults after which a relayed stream cannot have finished: a client that still sees [DONE]
@@ -394,7 +394,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--fault-rate", type=float, default=0.1, help="share of generation calls that get a fault")

@@ -50,7 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench.common import ROOT, Child, add_smoke, apply_smoke, free_port, markdown_table
+from bench.common import ROOT, Child, HelpFormatter, add_smoke, apply_smoke, free_port, markdown_table
 from strategies.answers import extract_answer
 
 SMOKE = {"limit": 6, "bootstrap": 200}  # the first 6 questions hold all three categories
@@ -311,7 +311,7 @@ def table(records: list[dict[str, Any]], resamples: int, seed: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     parser.add_argument("--records", type=Path, default=None, help="write every question's replies here (JSON)")

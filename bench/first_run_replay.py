@@ -37,7 +37,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench.common import ROOT, add_smoke, apply_smoke
+from bench.common import ROOT, HelpFormatter, add_smoke, apply_smoke
 from bench.first_run import Question, correct, table
 from bench.replay import PoolServices, render_variants
 from strategies.best_of_n.loop import BestOfN
@@ -139,7 +139,7 @@ def changes(replayed: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("records", type=Path, nargs="?", help="a bench/first_run.py --records file")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     parser.add_argument("--records", dest="save", type=Path, default=None, help="write the replayed records here")

@@ -57,7 +57,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench.common import RESULTS, start_proxy
+from bench.common import RESULTS, HelpFormatter, start_proxy
 from bench.real_tasks import capitals_items, capitals_score, extract_answer, few_shot
 
 POOLS = RESULTS / "pools"
@@ -263,7 +263,7 @@ async def add_logprobs(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--tasks", default="add1,legs,gcd,sum2", type=lambda s: s.split(","))
     p.add_argument("--items", type=int, default=200, help="items per task")
     p.add_argument("--seeds", type=int, default=3, help="few-shot sets for add1 (100 items each) and capitals (118 each)")

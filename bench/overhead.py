@@ -44,6 +44,7 @@ from bench.common import (
     API_KEY_REF,
     ROOT,
     Child,
+    HelpFormatter,
     LoadClient,
     add_smoke,
     apply_smoke,
@@ -243,7 +244,7 @@ async def run_rounds(args: argparse.Namespace, targets: dict[str, tuple[str, Chi
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                     formatter_class=HelpFormatter, epilog=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", default="1,64", help="comma-separated levels (default 1,64)")
     parser.add_argument("--requests-c1", type=int, default=300, help="measured requests at concurrency 1")

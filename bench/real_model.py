@@ -69,6 +69,7 @@ from bench.common import (
     RESULTS,
     SMOKE_RESULTS,
     Child,
+    HelpFormatter,
     add_smoke,
     apply_smoke,
     markdown_table,
@@ -715,7 +716,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="rvr-proxy bench",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--tasks",
@@ -723,7 +724,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma-separated: arith1, rg:<reasoning-gym dataset> (e.g. rg:gsm_symbolic)",
     )
     p.add_argument("--n", type=int, default=16, help="items per task")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of the task items and their few-shot examples")
     p.add_argument(
         "--model-seed",
         type=int,
@@ -732,10 +733,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--strategies", default="", help="comma-separated route names to run (default: all)")
     p.add_argument("--max-n", type=int, default=8, help="N of the fixed best-of-N routes")
-    p.add_argument("--adaptive-max-n", type=int, default=16)
+    p.add_argument("--adaptive-max-n", type=int, default=16, help="max_n of the adaptive best-of-N route")
     p.add_argument("--k-ref", type=int, default=32, help="the proxy's k_ref and the K of the true RVR")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature of every request")
+    p.add_argument("--max-tokens", type=int, default=16, help="max_tokens of every request")
     p.add_argument(
         "--logprob-items",
         type=int,
@@ -743,7 +744,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="run the logprob route on this many items per task (-1: all); each of its requests "
         "takes ~25 s, as llama-cpp-python's logprobs cost ~0.5 s per generated token",
     )
-    p.add_argument("--judge-max-tokens", type=int, default=3)
+    p.add_argument("--judge-max-tokens", type=int, default=3,
+                   help="max_tokens of the judge's replies (llm_judge routes)")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the CPUs we may use)")
     p.add_argument("--timeout", type=float, default=300.0, help="per request, seconds")
     p.add_argument("--out", default=str(RESULTS), help="directory for real_model.{md,png,json}")

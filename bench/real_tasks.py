@@ -297,8 +297,11 @@ def self_check(tasks: Sequence[str], size: int) -> list[tuple[str, int, int, int
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check the tasks' scorers against their own gold answers.")
-    parser.add_argument("--tasks", default="arith1,rg:leg_counting,rg:gcd", help="comma-separated task specs")
-    parser.add_argument("--size", type=int, default=200)
+    # Defaults written out: this module runs without the checkout on sys.path, so without
+    # bench.common's HelpFormatter.
+    parser.add_argument("--tasks", default="arith1,rg:leg_counting,rg:gcd",
+                        help="comma-separated task specs (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=200, help="items per task (default: %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="arith1 only, 10 items (no reasoning-gym needed)")
     args = parser.parse_args(argv)
     tasks, size = (["arith1"], 10) if args.smoke else (args.tasks.split(","), args.size)

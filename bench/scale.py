@@ -66,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: be
 from bench.common import (
     API_KEY_REF,
     Child,
+    HelpFormatter,
     LoadClient,
     add_smoke,
     apply_smoke,
@@ -439,7 +440,7 @@ def state_cost_table(costs: dict[str, dict[str, float]], calls: int, repeats: in
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                     formatter_class=HelpFormatter, epilog=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per target and round")

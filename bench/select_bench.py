@@ -63,7 +63,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench.common import RESULTS, SMOKE_RESULTS, add_smoke, apply_smoke
+from bench.common import RESULTS, SMOKE_RESULTS, HelpFormatter, add_smoke, apply_smoke
 from bench.real_tasks import CAPITALS_PATTERN, capitals_score
 from bench.replay import PoolServices, load_pools, render_variants
 from strategies.answers import answer_key, compile_patterns
@@ -320,7 +320,7 @@ def judge_report(signals: dict[str, dict[str, Any]]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--pools", type=Path, default=RESULTS / "pools")
     p.add_argument("--tasks", default="add1,legs,gcd,sum2,capitals", type=lambda s: s.split(","))
     p.add_argument("--variants", type=lambda s: s.split(","), default=None,

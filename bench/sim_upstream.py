@@ -66,7 +66,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench.common import Child, run_server, start_proxy, start_server_script
+from bench.common import Child, HelpFormatter, run_server, start_proxy, start_server_script
 
 VARIANT_SHIFT = {"original": 0.0, "step_by_step": 0.5, "reread": -0.4, "expert": 0.2, "format_reminder": 0.0}
 VARIANT_JITTER = 0.3
@@ -359,7 +359,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)

@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: be
 
 from bench.common import (
     Child,
+    HelpFormatter,
     add_smoke,
     apply_smoke,
     markdown_table,
@@ -479,7 +480,7 @@ def by_fault(report: Report) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 10 minutes)")
     parser.add_argument("--concurrency", type=int, default=64, help="clients, each with one request in flight")
     parser.add_argument("--fault-rate", type=float, default=0.1, help=f"share of upstream calls given one of: "

@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench.common import RESULTS, SMOKE_RESULTS, add_smoke, apply_smoke, results_dir
+from bench.common import RESULTS, SMOKE_RESULTS, HelpFormatter, add_smoke, apply_smoke, results_dir
 from bench.replay import PoolServices, load_pools, render_variants
 from bench.sim_upstream import parse_marker, prompt, reward_views, start_sim, upstream
 from strategies.risk.calibration import GoldRecord, calibrate, surrogate
@@ -86,7 +86,7 @@ async def sim_records(beta: float, items: int, seed: int, workdir: Path, concurr
                 "strategy": {"name": "best_of_n", "max_n": 4, "adaptive": False, "k_ref": 8,
                              "verifiers": reward_views(base, 2, 0.3, beta)},
                 "probes": {"file": str(probe_file), "checker": "plugin:bench.validate_calibration:sim_utility",
-                           "every_s": 0, "max_tokens_per_hour": 10**12, "window_items": 100_000},
+                           "every_s": 0, "max_tokens_per_hour": 10**12},
             }],
         }, {"SIM_KEY": "sk-sim"})
         proxy = Proxy(config)
@@ -249,7 +249,7 @@ async def main(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--sim-items", type=int, default=1200)
     p.add_argument("--betas", type=lambda s: [float(b) for b in s.split(",")], default=list(BETAS))
     p.add_argument("--splits", type=int, default=200)

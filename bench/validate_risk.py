@@ -66,7 +66,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench.common import add_smoke, apply_smoke
+from bench.common import HelpFormatter, add_smoke, apply_smoke
 from bench.sim_upstream import (
     DISCRETE,
     VARIANT_CODE,
@@ -311,7 +311,7 @@ def sum_check(name: str, rows: list[tuple[dict[str, Any], dict[str, Any]]]) -> s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--items", type=int, default=300, help="requests (distinct items) per scenario")
     parser.add_argument("--scenarios", default="noise,variants,shared,oracle")
     parser.add_argument("--seed", type=int, default=0)

@@ -33,7 +33,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
 from bench.audit_reward_models import RewardModels
-from bench.common import RESULTS, ROOT, SMOKE_RESULTS, add_smoke, apply_smoke
+from bench.common import RESULTS, ROOT, SMOKE_RESULTS, HelpFormatter, add_smoke, apply_smoke
 
 SMOKE = {"max_pairs": 11, "rm_max_pairs": 22, "out": SMOKE_RESULTS / "verifier_audit"}
 
@@ -136,7 +136,7 @@ async def gemma(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--max-pairs", type=int, default=120)
     parser.add_argument("--judge-max-tokens", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
