@@ -202,13 +202,25 @@ def _private_metrics_dir(workers: int) -> str | None:
     return path
 
 
+# What bench/real_model.py imports from the `bench` extra (pyproject.toml), by import name: it
+# imports them only once the embedded model is up, so without this check a missing one ended
+# the run minutes in, in a traceback.
+BENCH_MODULES = ("openai", "reasoning_gym", "matplotlib", "tqdm")
+
+
 def run_bench(argv: Sequence[str]) -> int:
+    import importlib.util
     import runpy
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "bench" / "real_model.py"
     if not script.exists():
         print("rvr-proxy bench: bench/real_model.py is part of the source checkout; run it from there", file=sys.stderr)
+        return 2
+    missing = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
+    if missing and not {"-h", "--help"} & set(argv):  # the help needs none of them
+        print(f"rvr-proxy bench: needs the `bench` extra (missing: {', '.join(missing)}); "
+              "install it from the checkout with: pip install -e '.[bench]'", file=sys.stderr)
         return 2
     sys.argv = [str(script), *argv]
     runpy.run_path(str(script), run_name="__main__")

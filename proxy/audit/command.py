@@ -188,16 +188,22 @@ def _store(config: Any, report: dict[str, Any]) -> list[Path]:
 
 
 def _print_summary(report: dict[str, Any], paths: list[Path], stored: list[Path]) -> None:
+    from proxy.audit.report import raised
+
     for verifier in report["verifiers"]:
         print(f"{verifier['name']} ({verifier['kind']}):")
         for domain, row in [*verifier["domains"].items(), ("all", verifier["overall"])]:
             accuracy = "n/a" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
             ci = "" if row["ci95"] is None else f" [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]"
-            raised = ",".join(name for name, on in row["flags"].items() if on) or "-"
-            print(f"  {domain:28s} n={row['pairs']:<5d} accuracy {accuracy}{ci}  "
-                  f"unscored {row['unscored']}  flags {raised}")
+            # Ties and failures as report.md shows them: a judge that tied on every pair reads
+            # 0.500, which only its ties column tells apart from a coin toss.
+            print(f"  {domain:28s} n={row['pairs']:<5d} accuracy {accuracy}{ci}  ties {row['ties']}  "
+                  f"unscored {row['unscored']}  parse failures {row['parse_failures']}  "
+                  f"call failures {row['call_failures']}  flags {','.join(raised(row)) or '-'}")
     for path in paths:
         print(f"wrote {path}")
+    if report.get("plots_skipped"):  # the README promises two PNGs: say why there are none
+        print(report["plots_skipped"])
     for path in stored:
         print(f"stored {path}")
     if not stored:

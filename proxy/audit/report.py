@@ -34,9 +34,31 @@ def _ci(row: dict[str, Any]) -> str:
     return f"{_pct(row['accuracy'])} [{_pct(low)}, {_pct(high)}]"
 
 
+def warnings_of(row: dict[str, Any]) -> list[str]:
+    """What makes a row's accuracy say less than it seems to, beside its flags.
+
+    Not flags: the serving policy (`fail_on`) never acts on them. Ties count half, so a verifier
+    that ties on most pairs reads near 50% without having decided anything; replies that did not
+    parse and calls that failed leave pairs unscored, or decided by fewer views than configured.
+    """
+    raised = []
+    if row["scored"] and 2 * row["ties"] > row["scored"]:
+        raised.append("mostly_ties")
+    if row["parse_failures"]:
+        raised.append("parse_failures")
+    if row["call_failures"]:
+        raised.append("call_failures")
+    return raised
+
+
+def raised(row: dict[str, Any]) -> list[str]:
+    """The row's raised flags, then its warnings: what both the report and the terminal show."""
+    return [name for name, on in row["flags"].items() if on] + warnings_of(row)
+
+
 def _flags(row: dict[str, Any]) -> str:
-    raised = [name for name, on in row["flags"].items() if on]
-    return ", ".join(f"**{name}**" for name in raised) or "-"
+    flagged = {name for name, on in row["flags"].items() if on}
+    return ", ".join(f"**{name}**" if name in flagged else name for name in raised(row)) or "-"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -56,6 +78,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"of pairs; `template_sensitive` when templates disagree on more than {TEMPLATE_DISAGREEMENT_MAX:.0%} "
         "of pairs. *A-picks* is the share of non-tie picks that went to the answer shown first (0.5 is "
         "order-blind). *Template α* is Krippendorff's alpha across templates (nominal).",
+        "",
+        "Warnings, shown in plain type beside the flags and never acted on by the serving policy: "
+        "`mostly_ties` when more than half of the scored pairs are ties (each counts half, so accuracy "
+        "reads near 50% without a decision); `parse_failures` and `call_failures` when any reply did not "
+        "parse or any call failed.",
         "",
     ]
     for verifier in report["verifiers"]:
@@ -124,7 +151,9 @@ def plot(report: dict[str, Any], out: Path) -> list[Path] | str:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "matplotlib is not installed, so no plots were drawn; install it with `pip install 'rvr-proxy[bench]'`"
+        return ("matplotlib is not installed, so no plots were drawn; install it with "
+                "`pip install 'matplotlib>=3.8,<4'` "
+                "(or the `bench` extra: `pip install -e '.[bench]'` in the checkout)")
     verifiers = report["verifiers"]
     domains = sorted({d for v in verifiers for d in v["domains"]})
     written = []

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.telemetry import metrics
-from strategies.contract import Outcome, Usage
+from strategies.contract import Outcome, StopReason, Usage
 
 log = logging.getLogger("rvr_proxy.requests")
 
@@ -68,6 +68,8 @@ def _observe(record: RequestRecord, duration: float, usage: Usage) -> None:
     metrics.TOKENS.labels(route, "completion").inc(usage.completion_tokens)
     outcome = record.outcome
     if outcome is None:
+        if record.streamed_choices and record.status < 400:
+            _observe_relayed_stream(record, usage)
         return
     metrics.CANDIDATES.labels(route).observe(len(outcome.candidates))
     metrics.STOPS.labels(route, outcome.stop_reason.value).inc()
@@ -94,6 +96,18 @@ def _observe(record: RequestRecord, duration: float, usage: Usage) -> None:
         value = values[component]
         if value is not None:  # unknown stays unobserved: never recorded as 0
             metrics.RISK.labels(route, component).observe(value)
+
+
+def _observe_relayed_stream(record: RequestRecord, usage: Usage) -> None:
+    """A relayed (passthrough) stream makes no Outcome, but is the same request as a passthrough
+    answered whole: the same candidates, stop reason and plain cost, so both count alike (they did
+    not: 44 requests against 42 candidates, issue 25). A failed one counts as little as a failed
+    whole answer, which has no Outcome either."""
+    route = record.route
+    metrics.CANDIDATES.labels(route).observe(record.streamed_choices)
+    metrics.STOPS.labels(route, StopReason.PASSTHROUGH.value).inc()
+    metrics.PASSTHROUGH_TOKENS.labels(route, "prompt").inc(usage.prompt_tokens)  # it was the plain call
+    metrics.PASSTHROUGH_TOKENS.labels(route, "completion").inc(usage.completion_tokens)
 
 
 def _observe_plain_cost(route: str, outcome: Outcome) -> None:

@@ -10,16 +10,19 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import litellm
 from litellm import exceptions as litellm_exceptions
 
 from proxy.config.secrets import Redactor
-from proxy.errors import UpstreamError, UpstreamFailed, UpstreamRejected, UpstreamTimedOut
+from proxy.errors import ProxyError, UpstreamError, UpstreamFailed, UpstreamRejected, UpstreamTimedOut
 
 DETAIL_LIMIT = 500  # characters of the upstream's own message a client sees
 
@@ -36,11 +39,13 @@ class Failure:
     code: str | None = None
 
 
+TIMEOUTS: tuple[type[BaseException], ...] = (litellm.Timeout, asyncio.TimeoutError)
+
 # First match wins, so subclasses come before their bases (context window before bad request).
 # Timeouts are not retried: the client already waited `timeout_s` once.
 FAILURES: tuple[tuple[tuple[type[BaseException], ...], Failure], ...] = (
     (
-        (litellm.Timeout, asyncio.TimeoutError),
+        TIMEOUTS,
         Failure(UpstreamTimedOut, "timeout", retryable=False, verb="timed out", has_status=False),
     ),
     (
@@ -71,9 +76,15 @@ FAILURES: tuple[tuple[tuple[type[BaseException], ...], Failure], ...] = (
     ),
 )
 OTHER_FAILURE = Failure(UpstreamFailed, "error", retryable=False, verb="failed")  # auth, not found, unknown
+# No connection was made, so no HTTP status exists, whatever litellm says: it reports a refused
+# connection as an InternalServerError with status 500 ("Connection error."). Retried, as a
+# restarting upstream refuses connections for a moment.
+UNREACHABLE = Failure(UpstreamFailed, "error", retryable=True, verb="could not be reached", has_status=False)
 
 
 def classify(exc: BaseException) -> Failure:
+    if not isinstance(exc, TIMEOUTS) and unreachable_reason(exc) is not None:
+        return UNREACHABLE
     for types, failure in FAILURES:
         if isinstance(exc, types):
             return failure
@@ -86,6 +97,11 @@ def translate(exc: BaseException, upstream: str, redact: Redactor) -> tuple[Upst
     failure = classify(exc)
     status = getattr(exc, "status_code", None) if failure.has_status else None
     summary = f"upstream {upstream!r} {failure.verb}"
+    if failure is UNREACHABLE:
+        # The reason is the operating system's ("connection refused"); the SDK's own words
+        # ("Connection error.") add nothing, and its address text may carry the URL's password.
+        summary += f" ({unreachable_reason(exc)})"
+        return failure.error(summary, code=failure.code, summary=summary), failure
     if isinstance(status, int) and 400 <= status < 600:
         summary += f" with HTTP {status}"
     message = summary
@@ -104,6 +120,45 @@ def _unwrap(exc: BaseException) -> BaseException:
             break
         exc = original
     return exc
+
+
+def unreachable_reason(exc: BaseException) -> str | None:
+    """Why no connection to the upstream was made ("connection refused", "host name not
+    resolved", ...), read from the exceptions `exc` was raised from; None when one was made.
+
+    Only a failed connect counts (httpx's `ConnectError`, which its own transport and litellm's
+    aiohttp one both raise, or the socket error beneath it): a stream cut after it started is an
+    `APIConnectionError` too, but the upstream was reached.
+    """
+    chain = _chain(exc)
+    if not any(isinstance(e, (httpx.ConnectError, ConnectionRefusedError, socket.gaierror)) for e in chain):
+        return None
+    for error in reversed(chain):  # the deepest says it most precisely
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(error, socket.gaierror):
+            return "host name not resolved"
+        if isinstance(error, OSError) and isinstance(error.errno, int) and error.errno > 0:
+            return os.strerror(error.errno).lower()  # e.g. "no route to host"
+    return "connection failed"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from or while handling, outermost first.
+
+    Suppressed contexts count (httpcore raises its ConnectError with the socket error only as a
+    suppressed context), but one of the proxy's own errors ends the chain: it closed another
+    call's story. A fallback upstream's failure is raised while the primary's `UpstreamFailed` is
+    handled, and the primary's refused connection is no reason of the fallback's.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 16 and all(current is not seen for seen in chain):
+        if chain and isinstance(current, ProxyError):
+            break
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 # litellm wraps the upstream's text in its own class names, sometimes twice ("litellm.BadRequestError:

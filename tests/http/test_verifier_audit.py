@@ -222,6 +222,31 @@ def test_the_report_files(audited: dict[str, Any]) -> None:
     assert len(list((audited["root"] / "state" / "verifier_audit").glob("*.json"))) == len(EXPECTED_FLAGS)
 
 
+def _terminal_rows(stdout: str) -> dict[tuple[str, str], str]:
+    """The audit's terminal table: (verifier, domain) -> its line."""
+    rows, verifier = {}, ""
+    for line in stdout.splitlines():
+        if line.endswith("):") and not line.startswith(" "):
+            verifier = line.split(" (")[0]
+        elif line.startswith("  ") and verifier:
+            rows[(verifier, line.split()[0])] = line
+    return rows
+
+
+def test_the_terminal_table_shows_ties_and_failures_as_report_md_does(audited: dict[str, Any]) -> None:
+    # issue 25: "accuracy 0.500 ... unscored 0 flags -" for a verifier that only ever tied
+    rows = _terminal_rows(audited["stdout"])
+    first = _verifier(audited, "rm_first")["overall"]
+    line = rows[("rm_first", "all")]
+    assert "accuracy 0.500" in line and f"ties {first['ties']} " in line
+    assert line.endswith("flags position_biased,mostly_ties")
+    garbled = _verifier(audited, "judge_garbled")["overall"]
+    line = rows[("judge_garbled", "all")]
+    assert f"parse failures {garbled['parse_failures']} " in line and line.endswith("flags parse_failures")
+    markdown = (audited["root"] / "out" / "report.md").read_text()
+    assert "| **position_biased**, mostly_ties |" in markdown and "| parse_failures |" in markdown
+
+
 def test_a_bad_pairs_file_fails_the_command_naming_the_line(audited: dict[str, Any], tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text(PAIRS.read_text().splitlines()[0] + "\n" + '{"domain": "x"}\n')

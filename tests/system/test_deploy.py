@@ -319,6 +319,25 @@ def test_dashboard_variables() -> None:
             assert panel["repeat"] in variables, panel["title"]
 
 
+# Risks are shares of utility lost (0 to 1): every panel that plots one shows it as a percentage,
+# so one residual never reads 0.02 in one panel and 2% in the next (issue 25).
+RISK_METRICS = {"rvr_risk_sum", "rvr_risk_count", "rvr_risk_bucket", "rvr_calibrated_risk"}
+
+
+def test_every_risk_panel_shows_risk_in_one_unit() -> None:
+    risk_panels = {}
+    for panel in query_panels(load_dashboard()):
+        selected = set().union(*(promql_metric_names(substitute_grafana_variables(t["expr"]))
+                                 for t in panel.get("targets", []) if t.get("expr")))
+        if selected & RISK_METRICS:
+            units = {panel["fieldConfig"]["defaults"].get("unit")}
+            units |= {prop["value"] for override in panel["fieldConfig"].get("overrides", [])
+                      for prop in override.get("properties", []) if prop["id"] == "unit"}
+            risk_panels[panel["title"]] = units
+    assert len(risk_panels) >= 4, risk_panels  # removed, decomposition, online vs calibrated, calibrated terms
+    assert all(units == {"percentunit"} for units in risk_panels.values()), risk_panels
+
+
 def test_grafana_provisioning_matches_compose_mounts() -> None:
     """The dashboard provider reads the folder compose mounts the dashboards into."""
     provider_path = yaml.safe_load(DASHBOARD_PROVIDER.read_text())["providers"][0]["options"]["path"]
@@ -406,6 +425,25 @@ def test_kubernetes_manifests_agree_with_each_other_and_the_image() -> None:
     assert "EXPOSE 8000" in dockerfile
     assert re.search(r"^USER (?!root|0\b)\S+", dockerfile, re.MULTILINE)
     assert 'ENTRYPOINT ["rvr-proxy", "serve", "--host", "0.0.0.0"]' in dockerfile
+
+
+def _cmake_args_turn_native_off(text: str) -> bool:
+    """Whether a `CMAKE_ARGS=...` in this text (bare or quoted) holds -DGGML_NATIVE=OFF."""
+    return any("-DGGML_NATIVE=OFF" in value.strip("\"'").split()
+               for value in re.findall(r"\bCMAKE_ARGS=(\"[^\"]*\"|'[^']*'|\S+)", text))
+
+
+def test_dockerfile_builds_llama_cpp_for_any_cpu_not_the_build_hosts() -> None:
+    """Issue 25: a native build dies with an illegal instruction where the CPU advertises AMX it
+    does not allow (docs/operations.md §1); the image must be built as the README's run line builds."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())  # continuation lines joined
+    build_stage = re.split(r"^FROM ", text, flags=re.MULTILINE)[1]  # the toolchain's stage: llama.cpp compiles here
+    builds = [line for line in build_stage.splitlines()
+              if line.startswith("RUN ") and "[local]" in line and re.search(r"\bpip (?:wheel|install)\b", line)]
+    assert builds, "the build stage has no RUN line that builds the `local` extra"
+    in_env = any(_cmake_args_turn_native_off(line) for line in build_stage.splitlines() if line.startswith("ENV "))
+    for line in builds:
+        assert in_env or _cmake_args_turn_native_off(line), f"llama.cpp is built for the build host's CPU: {line}"
 
 
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests promise to work on
