@@ -6,14 +6,18 @@ aiohttp): Content-Length and chunked request bodies, pipelined requests, `Connec
 No streaming. Run it in its own process so it never shares a GIL with the load generator:
 
     python bench/fast_upstream.py --port 9100     # prints "READY <port>" once listening
+    python bench/fast_upstream.py --delay-ms 500  # every POST answered 500 ms after it arrived
 
-Started by bench/overhead.py and bench/scale.py (`bench.common.start_fast_upstream`).
+Started by bench/overhead.py and bench/scale.py (`bench.common.start_fast_upstream`), and by
+bench/limits.py with `--delay-ms`, so that the calls of a burst overlap. With a delay, a
+connection's answers still leave in the order its requests came.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import socket
 import sys
@@ -44,12 +48,16 @@ def _response(status: bytes, body: bytes, close: bool) -> bytes:
 RESPONSES = {(close, kind): _response(b"200 OK", body, close)
              for close in (False, True) for kind, body in (("chat", CHAT), ("models", MODELS))}
 NOT_FOUND = _response(b"404 Not Found", b'{"error": {"message": "not found"}}', True)
+DELAY_S = 0.0  # --delay-ms: how long each POST waits for its answer; 0 answers at once
 
 
 class HttpProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
+        # With a delay: answers waiting for their time, (when, bytes, close), in request order.
+        self.outbox: collections.deque[tuple[float, bytes, bool]] = collections.deque()
+        self.closing = False  # a `Connection: close` request waits in the outbox: read no further
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -59,7 +67,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        while self.transport is not None:
+        while self.transport is not None and not self.closing:
             consumed = self._one_request()
             if consumed is None:
                 return
@@ -97,6 +105,9 @@ class HttpProtocol(asyncio.Protocol):
         del self.buffer[:total]
         close = headers.get("connection", "").lower() == "close"
         assert self.transport is not None
+        if DELAY_S > 0:
+            self._later(method, path, close)
+            return total
         if method == "POST":
             self.transport.write(RESPONSES[(close, "chat")])
         elif method == "GET" and path.rstrip("/").endswith("/models"):
@@ -108,6 +119,42 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
             self.transport = None
         return total
+
+    def _later(self, method: str, path: str, close: bool) -> None:
+        """Queue the answer: a POST's DELAY_S from now, anything else with no delay of its own,
+        but never before an answer queued ahead of it on this connection (HTTP/1.1 order)."""
+        if method == "POST":
+            answer, delay = RESPONSES[(close, "chat")], DELAY_S
+        elif method == "GET" and path.rstrip("/").endswith("/models"):
+            answer, delay = RESPONSES[(close, "models")], 0.0
+        else:
+            answer, delay, close = NOT_FOUND, 0.0, True
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        if self.outbox:
+            when = max(when, self.outbox[-1][0])
+        else:
+            loop.call_at(when, self._flush)
+        self.outbox.append((when, answer, close))
+        if close:
+            self.closing = True
+
+    def _flush(self) -> None:
+        """Send every queued answer whose time has come; wake again for the next one."""
+        loop = asyncio.get_running_loop()
+        while self.outbox and self.outbox[0][0] <= loop.time() + 0.001:
+            _, answer, close = self.outbox.popleft()
+            if self.transport is None:  # the client went away
+                self.outbox.clear()
+                return
+            self.transport.write(answer)
+            if close:
+                self.transport.close()
+                self.transport = None
+                self.outbox.clear()
+                return
+        if self.outbox:
+            loop.call_at(self.outbox[0][0], self._flush)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -126,7 +173,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay-ms", type=float, default=0.0,
+                        help="answer each POST this long after it arrived, all concurrently (default: 0, at once)")
     args = parser.parse_args()
+    global DELAY_S
+    DELAY_S = max(args.delay_ms, 0.0) / 1000
     run_server(serve(args.host, args.port))
 
 
