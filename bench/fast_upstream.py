@@ -3,7 +3,9 @@
 Raw asyncio HTTP/1.1 (uvloop when installed), keep-alive, one fixed small chat completion for
 every POST, a fixed model list for GET. It parses just enough HTTP for real clients (httpx,
 aiohttp): Content-Length and chunked request bodies, pipelined requests, `Connection: close`.
-No streaming. Run it in its own process so it never shares a GIL with the load generator:
+A POST whose body asks `"stream": true` gets the same answer as OpenAI streams it (server-sent
+events, chunked, usage and `[DONE]` at the end), all of it at once. Run it in its own process so
+it never shares a GIL with the load generator:
 
     python bench/fast_upstream.py --port 9100     # prints "READY <port>" once listening
     python bench/fast_upstream.py --delay-ms 500  # every POST answered 500 ms after it arrived
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import collections
 import json
+import re
 import socket
 import sys
 import time
@@ -40,13 +43,33 @@ CHAT = json.dumps({
 MODELS = json.dumps({"object": "list", "data": [{"id": "fast", "object": "model", "created": 0, "owned_by": "bench"}]}).encode()
 
 
+_CHUNK = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": int(time.time()), "model": "fast"}
+EVENTS = [
+    {**_CHUNK, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+    *({**_CHUNK, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+      for piece in ("Hello!", " How can I", " help you today?")),
+    {**_CHUNK, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    {**_CHUNK, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 9, "total_tokens": 18}},
+]
+STREAM = b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in EVENTS) + b"data: [DONE]\n\n"
+ASKS_STREAM = re.compile(rb'"stream"\s*:\s*true')
+
+
 def _response(status: bytes, body: bytes, close: bool) -> bytes:
     return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
             + str(len(body)).encode() + (b"\r\nconnection: close" if close else b"") + b"\r\n\r\n" + body)
 
 
+def _stream(close: bool) -> bytes:
+    """The stream as one chunk of a chunked body, then the body's end."""
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked"
+            + (b"\r\nconnection: close" if close else b"") + b"\r\n\r\n"
+            + f"{len(STREAM):x}\r\n".encode() + STREAM + b"\r\n0\r\n\r\n")
+
+
 RESPONSES = {(close, kind): _response(b"200 OK", body, close)
              for close in (False, True) for kind, body in (("chat", CHAT), ("models", MODELS))}
+RESPONSES.update({(close, "stream"): _stream(close) for close in (False, True)})
 NOT_FOUND = _response(b"404 Not Found", b'{"error": {"message": "not found"}}', True)
 DELAY_S = 0.0  # --delay-ms: how long each POST waits for its answer; 0 answers at once
 
@@ -102,14 +125,15 @@ class HttpProtocol(asyncio.Protocol):
             total = start + int(headers.get("content-length") or 0)
             if len(self.buffer) < total:
                 return None
+        kind = "stream" if method == "POST" and ASKS_STREAM.search(self.buffer, start, total) else "chat"
         del self.buffer[:total]
         close = headers.get("connection", "").lower() == "close"
         assert self.transport is not None
         if DELAY_S > 0:
-            self._later(method, path, close)
+            self._later(method, path, close, kind)
             return total
         if method == "POST":
-            self.transport.write(RESPONSES[(close, "chat")])
+            self.transport.write(RESPONSES[(close, kind)])
         elif method == "GET" and path.rstrip("/").endswith("/models"):
             self.transport.write(RESPONSES[(close, "models")])
         else:
@@ -120,11 +144,11 @@ class HttpProtocol(asyncio.Protocol):
             self.transport = None
         return total
 
-    def _later(self, method: str, path: str, close: bool) -> None:
+    def _later(self, method: str, path: str, close: bool, kind: str) -> None:
         """Queue the answer: a POST's DELAY_S from now, anything else with no delay of its own,
         but never before an answer queued ahead of it on this connection (HTTP/1.1 order)."""
         if method == "POST":
-            answer, delay = RESPONSES[(close, "chat")], DELAY_S
+            answer, delay = RESPONSES[(close, kind)], DELAY_S
         elif method == "GET" and path.rstrip("/").endswith("/models"):
             answer, delay = RESPONSES[(close, "models")], 0.0
         else:

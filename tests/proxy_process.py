@@ -15,6 +15,16 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# `RVR_TEST_UPSTREAM_CLIENT=litellm pytest ...` runs a suite's proxies with every upstream on
+# litellm (`client: litellm`) instead of the default (`auto`: the native client for the stubs), so
+# both clients pass the same tests.
+CLIENT_ENV = "RVR_TEST_UPSTREAM_CLIENT"
+
+
+def with_client(config: dict[str, Any], client: str) -> dict[str, Any]:
+    """`config` with `client` set on every upstream that does not choose one itself."""
+    upstreams = [{"client": client, **upstream} for upstream in config.get("upstreams") or []]
+    return {**config, "upstreams": upstreams}
 
 
 def free_port() -> int:
@@ -37,6 +47,8 @@ class ProxyProcess:
         self.config_path = Path(self._dir.name) / "config.yaml"
         self.log_path = Path(self._dir.name) / "proxy.log"
         command = [sys.executable, "-m", "proxy.cli", "serve", "--port", str(self.port), "--workers", str(workers)]
+        if config is not None and os.environ.get(CLIENT_ENV):
+            config = with_client(config, os.environ[CLIENT_ENV])
         if config is not None:
             self.config_path.write_text(yaml.safe_dump(config))
             command += ["--config", str(self.config_path)]

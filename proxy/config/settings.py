@@ -70,9 +70,29 @@ class ServerSettings(StrictModel):
         return self
 
 
+# litellm model prefixes whose provider speaks OpenAI's HTTP protocol to `api_base`: with
+# `client: auto` the proxy speaks it itself (proxy/upstream/native.py) and never imports litellm.
+OPENAI_PROTOCOL_PREFIXES = ("openai/", "text-completion-openai/", "hosted_vllm/")
+# The `litellm_params` the native client understands: where to send, the key, the timeout, extra
+# headers and body, and OpenAI request parameters as defaults. Any other key (`api_version`,
+# `drop_params`, `stream_timeout`, ...) is litellm's own, so `auto` leaves such an upstream to litellm.
+NATIVE_PARAMS = frozenset(
+    {
+        "model", "api_base", "base_url", "api_key", "timeout", "max_retries", "extra_headers", "extra_body",
+        "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "presence_penalty",
+        "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "user", "response_format",
+        "reasoning_effort", "service_tier", "parallel_tool_calls", "store", "top_k", "min_p",
+        "repetition_penalty",
+    }
+)
+
+
 class UpstreamSettings(StrictModel):
     name: str = Field(pattern=MODEL_NAME_PATTERN)
     litellm_params: dict[str, Any]
+    # Which client calls the upstream: `native` speaks OpenAI's protocol itself, `litellm` goes
+    # through litellm (every provider), `auto` is native wherever `native` can serve.
+    client: Literal["auto", "native", "litellm"] = "auto"
     mode: Literal["chat", "completion"] = "chat"  # completion: chats are rendered for a base model
     supports_n: bool | None = None  # None: try `n`, learn if the upstream ignores or rejects it
     max_concurrency: int = Field(64, ge=1, le=10_000)
@@ -87,6 +107,32 @@ class UpstreamSettings(StrictModel):
         if not isinstance(params.get("model"), str) or not params["model"]:
             raise ValueError("litellm_params.model is required")
         return params
+
+    @model_validator(mode="after")
+    def _native_can_serve(self) -> UpstreamSettings:
+        problem = self.native_problem()
+        if self.client == "native" and problem is not None:
+            raise ValueError(f"client: native cannot serve this upstream: {problem}")
+        return self
+
+    def native_problem(self) -> str | None:
+        """Why the native client cannot serve this upstream, or None when it can."""
+        params = self.litellm_params
+        model = params["model"]
+        if not model.startswith(OPENAI_PROTOCOL_PREFIXES) or model.endswith("/"):
+            return f"{model!r} is not one of {', '.join(p + '...' for p in OPENAI_PROTOCOL_PREFIXES)}"
+        if model.startswith("hosted_vllm/") and not (params.get("api_base") or params.get("base_url")):
+            return "hosted_vllm/ needs litellm_params.api_base"
+        litellm_only = sorted(set(params) - NATIVE_PARAMS)
+        if litellm_only:
+            keys = ", ".join(f"litellm_params.{key}" for key in litellm_only)
+            return f"{keys} {'is' if len(litellm_only) == 1 else 'are'} litellm's own"
+        return None
+
+    @property
+    def native(self) -> bool:
+        """Whether the native client serves this upstream (else litellm)."""
+        return self.client == "native" or (self.client == "auto" and self.native_problem() is None)
 
 
 MAX_YAML_NODES = 100_000  # a config with every feature is a few hundred; aliases may not multiply it

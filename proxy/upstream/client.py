@@ -1,11 +1,14 @@
-"""The one way the proxy reaches a model: litellm, with n-batching, retries, limits, fallback.
+"""The one way the proxy reaches a model, with n-batching, retries, limits, fallback.
 
 Every upstream call goes through `UpstreamClient._call`, so concurrency limits, timeouts,
 retries, metrics and secret scrubbing hold for candidates, judges and paraphrases alike.
 A failure is classified once, by `proxy.upstream.error_mapping.classify`, into the client's error,
 the metric label and whether a retry may help.
 
-Tests replace litellm with a fake `Transport`, as httpx tests use `MockTransport`:
+Below that, a `Transport` makes the call: the native client (proxy/upstream/native.py) for an
+upstream that speaks OpenAI's protocol, litellm for every other provider (and wherever an
+upstream says `client: litellm`). Both take litellm's keyword arguments. Tests replace them with
+a fake `Transport`, as httpx tests use `MockTransport`:
 
     client = UpstreamClient(settings, Redactor([]), transport=FakeTransport(...))
 """
@@ -20,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
-import litellm
 
 from proxy.config.secrets import Redactor
 from proxy.config.settings import UpstreamSettings
@@ -29,10 +31,10 @@ from proxy.telemetry import metrics
 from proxy.upstream.allowance import CURRENT
 from proxy.upstream.chat_prompt import render_chat
 from proxy.upstream.error_mapping import translate
+from proxy.upstream.litellm_transport import litellm_module, litellm_session
+from proxy.upstream.native import NativeStream, NativeTransport, native_pool
 from proxy.upstream.stream_tap import ACTIVE, MAX_EVENT_BYTES, Tap, connection_pool
 from strategies.contract import Message, Usage
-
-litellm.suppress_debug_info = True  # else it prints a multi-line banner to stdout on every error
 
 # Set by the operator in `litellm_params`; a request never overrides these.
 OPERATOR_KEYS = frozenset({"model", "api_base", "base_url", "api_key", "api_version", "custom_llm_provider"})
@@ -48,19 +50,20 @@ POOL_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=256)
 
 @asynccontextmanager
 async def litellm_pool(limits: httpx.Limits = POOL_LIMITS) -> AsyncIterator[httpx.AsyncClient]:
-    """The connection pool litellm sends every upstream call through while this is open (it
-    reads the module-level `aclient_session`). Its event streams are tapped (proxy.upstream.stream_tap),
-    so a passthrough stream relays the upstream's own chunks."""
-    async with connection_pool(limits) as http:
-        litellm.aclient_session = http
-        try:
+    """A worker's connection pools, for every upstream call while this is open: the native
+    client's session (proxy/upstream/native.py), and the httpx pool that litellm sends through
+    (it reads the module-level `aclient_session`) and that the pipeline's own HTTP calls (reward
+    models) use. litellm's event streams are tapped (proxy.upstream.stream_tap), so a passthrough
+    stream relays the upstream's own chunks. litellm itself is not imported here (see
+    proxy/upstream/litellm_transport.py)."""
+    async with connection_pool(limits) as http, native_pool():
+        with litellm_session(http):
             yield http
-        finally:
-            litellm.aclient_session = None
 
 
 class Transport(Protocol):
-    """What `UpstreamClient` needs of litellm; the `litellm` module itself is the default.
+    """What `UpstreamClient` needs of a client: litellm's three calls, with litellm's keyword
+    arguments. The `litellm` module itself qualifies, and so does `NativeTransport`.
 
     Read-only properties, so that both a module's functions and an object's methods qualify.
     """
@@ -100,8 +103,11 @@ class UpstreamClient:
         self.name = settings.name
         self._redact = redact
         self.fallback = fallback
-        # The module, not its functions: a call looks the function up when made, as before.
-        self._transport: Transport = litellm if transport is None else transport
+        # litellm's module, not its functions: a call looks the function up when made. It is
+        # imported here, at start-up, and only for an upstream that needs it.
+        if transport is None:
+            transport = NativeTransport(settings) if settings.native else litellm_module()
+        self._transport: Transport = transport
         self._params = dict(settings.litellm_params)
         self._params.setdefault("timeout", settings.timeout_s)
         # litellm would retry on its own too; one retry policy, ours, keeps attempts countable.
@@ -214,19 +220,40 @@ class UpstreamClient:
             async for chunk in self._guard_stream(opened, n):
                 yield chunk
             return
-        kwargs = self._kwargs(streamed, None)
-        streams = await asyncio.gather(*(self._call(lambda t, kw: _open(make(t, kw)), kwargs) for _ in range(n)))
+        streams = await self._open_all(make, self._kwargs(streamed, None), n)
         async for chunk in _merged([self._guard_stream(opened, 1) for opened in streams]):
             yield chunk
 
+    async def _open_all(self, make: Call, kwargs: dict[str, Any], n: int) -> list[_OpenStream]:
+        """`n` streams opened at once. The first that fails ends the others: those still opening
+        are cancelled and those open are hung up on, so no upstream keeps generating for nobody."""
+        tasks = [asyncio.ensure_future(self._call(lambda t, kw: _open(make(t, kw)), kwargs)) for _ in range(n)]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            failed = [t for t in tasks if not t.done() or t.cancelled() or t.exception() is not None]
+            if failed:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                opened = [t.result() for t in tasks if not t.cancelled() and t.exception() is None]
+                await asyncio.gather(*(stream.close() for stream in opened), return_exceptions=True)
+        if failed:
+            raise next(t.exception() for t in tasks if not t.cancelled() and t.exception() is not None)
+        return [task.result() for task in tasks]
+
     async def _guard_stream(self, opened: _OpenStream, choices: int) -> AsyncIterator[dict[str, Any]]:
         try:
-            first = opened.tap.take() if opened.tap.attached else []
-            if opened.tap.attached and all(_is_chunk(event) for event in first):
-                chunks = self._upstream_chunks(opened, first, choices)
-            else:  # not tapped, or not OpenAI's protocol underneath: litellm's chunks it is
-                opened.tap.detach()
-                chunks = self._litellm_chunks(opened)
+            if isinstance(opened.stream, NativeStream):  # the upstream's own events already
+                chunks = self._upstream_chunks(_native_events(opened), choices, opened.stream.usage_estimate)
+            else:
+                first = opened.tap.take() if opened.tap.attached else []
+                if opened.tap.attached and all(_is_chunk(event) for event in first):
+                    counted: list[Any] = [None]  # litellm's usage, for an upstream that sends none
+                    chunks = self._upstream_chunks(_tapped_events(opened, first, counted), choices, lambda: counted[0])
+                else:  # not tapped, or not OpenAI's protocol underneath: litellm's chunks it is
+                    opened.tap.detach()
+                    chunks = self._litellm_chunks(opened)
             async for chunk in chunks:
                 yield chunk
         except ProxyError:
@@ -242,49 +269,41 @@ class UpstreamClient:
             error, failure = translate(exc, self.name, self._redact)
             metrics.UPSTREAM_REQUESTS.labels(self.name, failure.outcome).inc()
             raise error from None
+        finally:
+            await opened.close()  # a stream left early (client gone, error) hangs up on the upstream
 
     async def _upstream_chunks(
-        self, opened: _OpenStream, first: list[dict[str, Any]], choices: int
+        self, events: AsyncIterator[dict[str, Any]], choices: int, counted: Callable[[], Any]
     ) -> AsyncIterator[dict[str, Any]]:
-        """The upstream's chunks as it sent them, while litellm reads the same stream.
+        """The upstream's chunks as it sent them, checked before each is relayed.
 
-        litellm still drives the stream: each of its chunks lets the upstream's chunks it has
-        read through, its errors end the stream, and its usage stands in where the upstream
-        sent none (an upstream that ignores `include_usage`). What it would invent at the end
-        of a stream cut short never comes through: a choice without a finish reason is an error.
+        A choice index outside the `choices` asked for is an error, and so is a stream that
+        ends with a choice unfinished (what litellm would invent at the end of a stream cut short
+        never comes through). `counted()` stands in for the usage of an upstream that sent none
+        (one that ignores `include_usage`): litellm's count, or the native client's estimate.
         """
-        events, item = first, opened.first
         started: set[int] = set()
         finished: set[int] = set()
-        counted: dict[str, Any] | None = None  # litellm's usage, used only if the upstream sent none
         upstream_counted = False
-        while True:
-            if item is not _END:
-                counted = _plain(item).get("usage") or counted
-            for event in events:
-                chunk = _as_chunk(event)
-                if chunk is None:
-                    continue
-                upstream_counted = upstream_counted or bool(chunk.get("usage"))
-                if len(chunk["choices"]) > choices or not all(_index_in(c, choices) for c in chunk["choices"]):
-                    metrics.UPSTREAM_REQUESTS.labels(self.name, "error").inc()
-                    raise UpstreamFailed(
-                        f"upstream {self.name!r} streamed a choice index outside the {choices} asked for"
-                    )
-                for choice in chunk["choices"]:
-                    started.add(choice.get("index", 0))
-                    if choice.get("finish_reason"):
-                        finished.add(choice.get("index", 0))
-                yield chunk
-            if item is _END:
-                break
-            item = await anext(opened.chunks, _END)
-            events = opened.tap.take()
+        async for event in events:
+            chunk = _as_chunk(event)
+            if chunk is None:
+                continue
+            upstream_counted = upstream_counted or bool(chunk.get("usage"))
+            if len(chunk["choices"]) > choices or not all(_index_in(c, choices) for c in chunk["choices"]):
+                metrics.UPSTREAM_REQUESTS.labels(self.name, "error").inc()
+                raise UpstreamFailed(f"upstream {self.name!r} streamed a choice index outside the {choices} asked for")
+            for choice in chunk["choices"]:
+                started.add(choice.get("index", 0))
+                if choice.get("finish_reason"):
+                    finished.add(choice.get("index", 0))
+            yield chunk
         if not started or started - finished:
             metrics.UPSTREAM_REQUESTS.labels(self.name, "error").inc()
             raise UpstreamFailed(f"upstream {self.name!r} ended its stream before the answer finished")
-        if counted and not upstream_counted:
-            yield {"choices": [], "usage": _counts(counted)}
+        usage = None if upstream_counted else counted()
+        if usage:
+            yield {"choices": [], "usage": _counts(usage)}
 
     async def _litellm_chunks(self, opened: _OpenStream) -> AsyncIterator[dict[str, Any]]:
         chunk = opened.first
@@ -402,6 +421,12 @@ class _OpenStream:
     first: Any  # a chunk, or _END for a stream that ended at once
     tap: Tap  # the upstream's own events, where its bytes could be read (see proxy.upstream.stream_tap)
 
+    async def close(self) -> None:
+        """Hang up on the upstream unless the stream was read to its end (the native client's
+        streams; litellm's close themselves as their wrappers end or are collected)."""
+        if isinstance(self.stream, NativeStream):
+            await self.stream.aclose()
+
 
 async def _open(pending: Awaitable[Any]) -> _OpenStream:
     """Start a stream and wait for its first chunk, inside the attempt that retries it.
@@ -415,11 +440,38 @@ async def _open(pending: Awaitable[Any]) -> _OpenStream:
     active = ACTIVE.set(tap)
     try:
         stream = await pending
+        if isinstance(stream, NativeStream):
+            tap = stream.tap  # the native client parses its stream with a tap of its own
         chunks = aiter(stream)
         first = await anext(chunks, _END)
     finally:
         ACTIVE.reset(active)
     return _OpenStream(stream, chunks, first, tap)
+
+
+async def _native_events(opened: _OpenStream) -> AsyncIterator[dict[str, Any]]:
+    """A native stream's events: the first, read when it opened, then the rest as they come."""
+    if opened.first is not _END:
+        yield opened.first
+    async for event in opened.chunks:
+        yield event
+
+
+async def _tapped_events(opened: _OpenStream, first: list[dict[str, Any]], counted: list[Any]
+                         ) -> AsyncIterator[dict[str, Any]]:
+    """The events the tap read below litellm, while litellm still drives the stream: each of its
+    chunks lets the upstream's events it has read through, its errors end the stream, and its
+    usage is kept in `counted[0]` (used only where the upstream sent none)."""
+    events, item = first, opened.first
+    while True:
+        if item is not _END:
+            counted[0] = _plain(item).get("usage") or counted[0]
+        for event in events:
+            yield event
+        if item is _END:
+            return
+        item = await anext(opened.chunks, _END)
+        events = opened.tap.take()
 
 
 def _counts(usage: Any) -> dict[str, int]:

@@ -1,8 +1,14 @@
 """What an upstream failure means: the client's error, the metric label, whether to retry.
 
 litellm raises its own exception classes with messages that chain provider, SDK and litellm
-text. `classify` maps an exception once (like httpx's `map_httpcore_exceptions`), and
-`translate` words it as the proxy's own error, keeping only the upstream's message.
+text; the native client (proxy/upstream/native.py) raises `proxy.upstream.native_errors`, whose
+HTTP status means what litellm's mapping of the same status means. `classify` maps an exception
+once (like httpx's `map_httpcore_exceptions`), and `translate` words it as the proxy's own
+error, keeping only the upstream's message.
+
+litellm is never imported here: its exception classes are read from the loaded module, since
+none of them can exist before an upstream served by litellm loaded it, and a proxy whose
+upstreams are all native never loads it.
 """
 
 from __future__ import annotations
@@ -13,16 +19,16 @@ import json
 import os
 import re
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import litellm
-from litellm import exceptions as litellm_exceptions
 
 from proxy.config.secrets import Redactor
 from proxy.errors import ProxyError, UpstreamError, UpstreamFailed, UpstreamRejected, UpstreamTimedOut
+from proxy.upstream.native_errors import ConnectFailed, ConnectionLost, StatusError
 
 DETAIL_LIMIT = 500  # characters of the upstream's own message a client sees
 
@@ -39,56 +45,102 @@ class Failure:
     code: str | None = None
 
 
-TIMEOUTS: tuple[type[BaseException], ...] = (litellm.Timeout, asyncio.TimeoutError)
-
-# First match wins, so subclasses come before their bases (context window before bad request).
 # Timeouts are not retried: the client already waited `timeout_s` once.
-FAILURES: tuple[tuple[tuple[type[BaseException], ...], Failure], ...] = (
-    (
-        TIMEOUTS,
-        Failure(UpstreamTimedOut, "timeout", retryable=False, verb="timed out", has_status=False),
-    ),
-    (
-        (litellm.ContextWindowExceededError,),
-        Failure(
-            UpstreamRejected,
-            "rejected",
-            retryable=False,
-            verb="rejected the request (context window exceeded)",
-            code="context_length_exceeded",
-        ),
-    ),
-    (
-        (litellm.BadRequestError, litellm.UnprocessableEntityError),
-        Failure(UpstreamRejected, "rejected", retryable=False, verb="rejected the request"),
-    ),
-    (
-        (litellm.RateLimitError,),
-        Failure(UpstreamFailed, "rate_limited", retryable=True, verb="rate-limited the request"),
-    ),
-    (
-        (litellm.InternalServerError, litellm.ServiceUnavailableError, litellm.BadGatewayError),
-        Failure(UpstreamFailed, "error", retryable=True, verb="failed"),
-    ),
-    (
-        (litellm.APIConnectionError,),  # litellm says 500 here, but no HTTP answer came back
-        Failure(UpstreamFailed, "error", retryable=True, verb="failed", has_status=False),
-    ),
+TIMED_OUT = Failure(UpstreamTimedOut, "timeout", retryable=False, verb="timed out", has_status=False)
+CONTEXT_WINDOW = Failure(
+    UpstreamRejected,
+    "rejected",
+    retryable=False,
+    verb="rejected the request (context window exceeded)",
+    code="context_length_exceeded",
 )
+REJECTED = Failure(UpstreamRejected, "rejected", retryable=False, verb="rejected the request")
+RATE_LIMITED = Failure(UpstreamFailed, "rate_limited", retryable=True, verb="rate-limited the request")
+SERVER_ERROR = Failure(UpstreamFailed, "error", retryable=True, verb="failed")
+# The connection broke after the request went out: no HTTP answer came back, whatever litellm
+# says (500); retried, as litellm's APIConnectionError always was.
+CONNECTION_LOST = Failure(UpstreamFailed, "error", retryable=True, verb="failed", has_status=False)
 OTHER_FAILURE = Failure(UpstreamFailed, "error", retryable=False, verb="failed")  # auth, not found, unknown
 # No connection was made, so no HTTP status exists, whatever litellm says: it reports a refused
 # connection as an InternalServerError with status 500 ("Connection error."). Retried, as a
 # restarting upstream refuses connections for a moment.
 UNREACHABLE = Failure(UpstreamFailed, "error", retryable=True, verb="could not be reached", has_status=False)
 
+# The native client's HTTP error statuses, mapped as litellm maps the same statuses of an
+# OpenAI-compatible provider (litellm_core_utils/exception_mapping_utils.py): 408 and 504 are
+# timeouts, 400, 413 and 422 rejections, 429 a rate limit, 500, 502 and 503 retryable failures,
+# anything else a failure that is not retried.
+STATUSES: dict[int, Failure] = {
+    400: REJECTED, 413: REJECTED, 422: REJECTED, 408: TIMED_OUT, 504: TIMED_OUT, 429: RATE_LIMITED,
+    500: SERVER_ERROR, 502: SERVER_ERROR, 503: SERVER_ERROR,
+}
+# How an upstream's rejection says the prompt did not fit: OpenAI's code, then the phrases of
+# OpenAI, vLLM and llama.cpp's server that litellm also reads as ContextWindowExceededError.
+CONTEXT_WINDOW_CODE = "context_length_exceeded"
+CONTEXT_WINDOW_PHRASES = (
+    "maximum context length",
+    "context length",
+    "exceeds the available context size",
+    "exceed context limit",
+    "maximum context limit",
+)
+
+
+def _timeouts() -> tuple[type[BaseException], ...]:
+    litellm = sys.modules.get("litellm")
+    return (asyncio.TimeoutError,) if litellm is None else (litellm.Timeout, asyncio.TimeoutError)
+
+
+_LITELLM_FAILURES: tuple[tuple[tuple[type[BaseException], ...], Failure], ...] | None = None
+
+
+def _litellm_failures() -> tuple[tuple[tuple[type[BaseException], ...], Failure], ...]:
+    """litellm's exception classes and what each means, once litellm is loaded (else none); its
+    `Timeout` is among `_timeouts()`.
+
+    First match wins, so subclasses come before their bases (context window before bad request).
+    """
+    global _LITELLM_FAILURES
+    litellm = sys.modules.get("litellm")
+    if litellm is None:
+        return ()
+    if _LITELLM_FAILURES is None:
+        _LITELLM_FAILURES = (
+            ((litellm.ContextWindowExceededError,), CONTEXT_WINDOW),
+            ((litellm.BadRequestError, litellm.UnprocessableEntityError), REJECTED),
+            ((litellm.RateLimitError,), RATE_LIMITED),
+            ((litellm.InternalServerError, litellm.ServiceUnavailableError, litellm.BadGatewayError), SERVER_ERROR),
+            ((litellm.APIConnectionError,), CONNECTION_LOST),  # litellm says 500 here, but no HTTP answer came back
+        )
+    return _LITELLM_FAILURES
+
 
 def classify(exc: BaseException) -> Failure:
-    if not isinstance(exc, TIMEOUTS) and unreachable_reason(exc) is not None:
+    timeouts = _timeouts()
+    if not isinstance(exc, timeouts) and unreachable_reason(exc) is not None:
         return UNREACHABLE
-    for types, failure in FAILURES:
+    if isinstance(exc, timeouts):
+        return TIMED_OUT
+    if isinstance(exc, StatusError):
+        return _by_status(exc)
+    if isinstance(exc, ConnectionLost):
+        return CONNECTION_LOST
+    for types, failure in _litellm_failures():
         if isinstance(exc, types):
             return failure
     return OTHER_FAILURE
+
+
+def _by_status(exc: StatusError) -> Failure:
+    failure = STATUSES.get(exc.status_code, OTHER_FAILURE)
+    if failure is REJECTED:
+        error = exc.body.get("error") if isinstance(exc.body, Mapping) else None
+        if isinstance(error, Mapping) and error.get("code") == CONTEXT_WINDOW_CODE:
+            return CONTEXT_WINDOW
+        said = (_error_message(exc.body) or exc.message).lower()
+        if any(phrase in said for phrase in CONTEXT_WINDOW_PHRASES):
+            return CONTEXT_WINDOW
+    return failure
 
 
 def translate(exc: BaseException, upstream: str, redact: Redactor) -> tuple[UpstreamError, Failure]:
@@ -127,11 +179,12 @@ def unreachable_reason(exc: BaseException) -> str | None:
     resolved", ...), read from the exceptions `exc` was raised from; None when one was made.
 
     Only a failed connect counts (httpx's `ConnectError`, which its own transport and litellm's
-    aiohttp one both raise, or the socket error beneath it): a stream cut after it started is an
-    `APIConnectionError` too, but the upstream was reached.
+    aiohttp one both raise, the native client's `ConnectFailed`, or the socket error beneath
+    them): a stream cut after it started is an `APIConnectionError` too, but the upstream was reached.
     """
     chain = _chain(exc)
-    if not any(isinstance(e, (httpx.ConnectError, ConnectionRefusedError, socket.gaierror)) for e in chain):
+    connect_errors = (httpx.ConnectError, ConnectFailed, ConnectionRefusedError, socket.gaierror)
+    if not any(isinstance(e, connect_errors) for e in chain):
         return None
     for error in reversed(chain):  # the deepest says it most precisely
         if isinstance(error, ConnectionRefusedError):
@@ -163,16 +216,28 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 # litellm wraps the upstream's text in its own class names, sometimes twice ("litellm.BadRequestError:
 # BadRequestError: OpenAIException - Error code: 400 - {...}"), and may repeat the chain after
-# "Original exception:". The client gets the upstream's words only.
-_LITELLM_NAMES = sorted(
-    (name for name, obj in vars(litellm_exceptions).items() if isinstance(obj, type) and issubclass(obj, Exception)),
-    key=len,
-    reverse=True,
-)
-_WRAPPING = re.compile(
-    rf"(?:\b(?:litellm\.(?:\w+\.)*)?(?:{'|'.join(_LITELLM_NAMES)})\b|\b\w+Exception)\s*(?::|\s-)\s*"
-    r"|\blitellm\.(?:\w+\.)*[A-Z]\w*\s*"  # a class name left alone, not litellm.ai in a link
-)
+# "Original exception:". The client gets the upstream's words only. Its class names are known
+# once it is loaded; before that, no message of litellm's exists to unwrap.
+_WRAPPINGS: dict[bool, re.Pattern[str]] = {}
+
+
+def _wrapping() -> re.Pattern[str]:
+    litellm = sys.modules.get("litellm")
+    pattern = _WRAPPINGS.get(litellm is not None)
+    if pattern is None:
+        exceptions = vars(litellm.exceptions) if litellm is not None else {}
+        names = sorted(
+            (name for name, obj in exceptions.items() if isinstance(obj, type) and issubclass(obj, Exception)),
+            key=len,
+            reverse=True,
+        )
+        named = rf"(?:litellm\.(?:\w+\.)*)?(?:{'|'.join(names)})\b|" if names else ""
+        pattern = re.compile(
+            rf"(?:\b{named}\b\w+Exception)\s*(?::|\s-)\s*"
+            r"|\blitellm\.(?:\w+\.)*[A-Z]\w*\s*"  # a class name left alone, not litellm.ai in a link
+        )
+        _WRAPPINGS[litellm is not None] = pattern
+    return pattern
 _STATUS_PREFIX = re.compile(r"^\s*Error code:\s*\d+\s*-\s*")  # the openai SDK's, before the body
 _REPEATED = re.compile(r"\s*Original exception:.*", re.DOTALL)
 
@@ -183,7 +248,7 @@ def upstream_detail(exc: BaseException) -> str:
     if from_body:
         return _one_line(from_body)
     text = str(getattr(exc, "message", None) or exc)
-    text = _WRAPPING.sub("", _REPEATED.sub("", text))
+    text = _wrapping().sub("", _REPEATED.sub("", text))
     text = _STATUS_PREFIX.sub("", text)
     return _one_line(_error_message(_parse(text)) or text)
 

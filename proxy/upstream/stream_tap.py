@@ -16,6 +16,9 @@ A stream that was not tapped (litellm built its own client, the provider speaks 
 protocol, a proxy mount, a compressed body) leaves the tap empty: the caller then relays
 litellm's own chunks, as before.
 
+The native client (proxy/upstream/native.py) reads its streams itself, with no litellm below to
+listen in on: it feeds the bytes it reads into a `Tap` of its own, the same parser with the same cap.
+
 Parsing is linear in the bytes (an unfinished line is kept in pieces, joined once it ends), and
 no event may exceed `MAX_EVENT_BYTES`: a tapped stream that sends a longer line or event fails
 with the proxy's error (`Tap.too_large`) instead of being buffered, parsed and relayed whole.

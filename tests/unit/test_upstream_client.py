@@ -20,6 +20,7 @@ from proxy.config.settings import UpstreamSettings
 from proxy.errors import ProxyError, UpstreamError, UpstreamFailed, UpstreamRejected, UpstreamTimedOut
 from proxy.upstream.client import Choices, UpstreamClient
 from proxy.upstream.error_mapping import classify, translate
+from proxy.upstream.native import NativeTransport
 from proxy.upstream.stream_tap import ACTIVE
 from strategies.contract import Usage
 from tests.fake_transport import Call, FakeTransport, chat_reply, chunks, script, text_reply
@@ -498,8 +499,11 @@ def test_a_secret_is_redacted_before_truncation() -> None:
     assert message.endswith("y[red…") and "sk-" not in message
 
 
-def test_default_transport_is_litellm() -> None:
-    assert UpstreamClient(settings(), Redactor([]))._transport is litellm
+def test_default_transport_is_native_for_openai_and_litellm_when_asked() -> None:
+    assert isinstance(UpstreamClient(settings(), Redactor([]))._transport, NativeTransport)
+    assert UpstreamClient(settings(client="litellm"), Redactor([]))._transport is litellm
+    other = {"model": "anthropic/claude", "api_key": SECRET}
+    assert UpstreamClient(settings(litellm_params=other), Redactor([]))._transport is litellm
 
 
 def test_fake_transport_records_the_kwargs_litellm_would_get() -> None:
