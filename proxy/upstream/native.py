@@ -192,6 +192,8 @@ class NativeStream:
                     events = self.tap.take()
                     if past_done:
                         continue  # read on to the body's end, so that its connection can be reused
+                    if self.tap.malformed:  # relaying on would hand the client a gap in its answer
+                        raise InvalidAnswer("the upstream's stream carried an event that is not a JSON object")
                     for event in events:
                         if "error" in event and not isinstance(event.get("choices"), list):
                             raise StreamErrorEvent(event)

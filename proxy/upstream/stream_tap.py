@@ -50,6 +50,7 @@ class Tap:
         self._keeping = True
         self.done = False  # the upstream sent `data: [DONE]`
         self.too_large: int | None = None  # bytes of the line or event that broke the cap
+        self.malformed = 0  # `data:` events that were not a JSON object
         self._max = max_event_bytes
         self._events: list[dict[str, Any]] = []
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -120,9 +121,11 @@ class Tap:
         try:
             event = json.loads(data)
         except ValueError:
-            return  # litellm's client fails on it, and the stream fails with litellm's error
+            event = None  # litellm's client fails on it; the native client reads `malformed`
         if isinstance(event, dict):
             self._events.append(event)
+        else:
+            self.malformed += 1
 
 
 ACTIVE: ContextVar[Tap | None] = ContextVar("rvr_stream_tap", default=None)

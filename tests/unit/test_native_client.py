@@ -382,6 +382,31 @@ def test_an_error_event_fails_the_stream_with_the_upstreams_words() -> None:
     assert run(work).message.endswith("failed: model crashed")
 
 
+def test_an_event_that_is_not_json_fails_the_stream_instead_of_leaving_a_gap() -> None:
+    # bench/soak.py: a stream with a garbled event in the middle was relayed to its [DONE] with
+    # that event's words missing, a 200 holding an incomplete answer.
+    async def garbled(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "delta": {"content": "the answer"}, "finish_reason": None}]}
+        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: {not json at all\n\n")
+        await response.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+        await response.write_eof()
+        return response
+
+    async def work() -> list[Any]:
+        seen: list[Any] = []
+        async with recorder(garbled) as (base, _):
+            with pytest.raises(UpstreamFailed):
+                async for chunk in native_client(base).stream_chat(HELLO, {}):
+                    seen.append(chunk)
+        return seen
+
+    assert len(run(work)) <= 1
+
+
 def test_a_stream_left_early_hangs_up_on_the_upstream(stub: StubServer) -> None:
     """`late-usage-echo` sends its usage 3 s after the answer: the reader leaves in between."""
     client = native_client(stub.api_base, "late-usage-echo")
