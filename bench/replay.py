@@ -4,16 +4,22 @@
 prompt variant (it recognises a variant by the messages the strategy renders). So `BestOfN.run`
 and `BestOfN.reference` run exactly as they do for a client request or a gold probe, on
 candidates every selector and estimator shares (bench/gold_pools.py makes the pools).
+`serve_pools` sends a pool set through one route as its traffic; `stub_like_pools` makes pools of
+a task with a known answer distribution (bench/compare_strategies.py compares routes on both).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from strategies.contract import Batch, Message, Sample, Usage
+import numpy as np
+
+from strategies.best_of_n.loop import BestOfN
+from strategies.contract import Batch, Message, Sample, StrategyRequest, Usage
 
 
 class PoolExhausted(RuntimeError):
@@ -70,3 +76,48 @@ async def render_variants(messages: Sequence[Message], variants: Sequence[str]) 
 def load_pools(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+# ---- adaptive against fixed best-of-N on pools (method §4.6; bench/compare_strategies.py) ---------
+
+
+@dataclass
+class Served:
+    item: str
+    utility: float
+    candidates: int
+    stop: str
+
+
+async def serve_pools(strategy: BestOfN, items: Sequence[dict[str, Any]]) -> list[Served]:
+    """Every item through one route, in order, as its traffic: what the route learns from one item
+    (its vote prior) it uses on the next. A candidate's utility is its pooled sample's; the pool's
+    order is every route's order, so routes differ only in what they do with the samples."""
+    served = []
+    for item in items:
+        variants = list(item["pool"])
+        services = PoolServices(item["pool"], await render_variants(item["messages"], variants))
+        outcome = await strategy.run(StrategyRequest(item["messages"]), services)  # type: ignore[arg-type]
+        chosen = outcome.chosen
+        order = sum(1 for c in outcome.candidates[: outcome.selected] if c.variant == chosen.variant)
+        utility = float(item["pool"][chosen.variant][order]["utility"])
+        served.append(Served(item["id"], utility, len(outcome.candidates), outcome.stop_reason.value))
+    return served
+
+
+def stub_like_pools(questions: int, p_right: float, samples: int, seed: int, wrong: int = 4,
+                    prefix: str = "q") -> list[dict[str, Any]]:
+    """Pools of a stub-like task: one sample is right ("42") with `p_right`, else one of `wrong`
+    wrong answers uniformly (tests/stub_upstream.py's `math` model, at a fixed p)."""
+    rng = np.random.default_rng(seed)
+    wrong_answers = [str(n) for n in (41, 43, 24, 7, 13, 17, 19, 23)[:wrong]]
+    pools = []
+    for q in range(questions):
+        answers = ["42" if rng.random() < p_right else str(rng.choice(wrong_answers)) for _ in range(samples)]
+        pools.append({
+            "id": f"{prefix}{q}",
+            "messages": [{"role": "user", "content": f"Question {prefix}{q}: what is 6*7?"}],
+            "pool": {"original": [{"text": f"The answer is {a}.", "utility": 1.0 if a == "42" else 0.0}
+                                  for a in answers]},
+        })
+    return pools

@@ -23,8 +23,13 @@ candidates), and a PNG of accuracy against n per selector with the oracle curve.
     python bench/select_bench.py --pools bench/results/pools-logprobs --tasks add1   # + conf_mean, conf_low
     python bench/select_bench.py --tasks add1 --judge-items 60         # + the same-model judge's signal
     python bench/select_bench.py --smoke      # builds small add1 and capitals pools first (embedded model)
+    python bench/select_bench.py --gate-only  # the simulated routes alone: confidence and safety gate
+    python bench/select_bench.py --latency    # request latency during 2,000-item refits (bench/refit_latency.py)
 
-Writes bench/results/select_bench.{md,json,png}.
+Writes bench/results/select_bench.{md,json,png}. Every run also serves the safety gate's
+constructed route (bench/gate_case.py: a route whose learned model is worse than weighted
+selection) and reports what it serves; `--latency` measures a real proxy instead and writes
+bench/results/refit_latency.{md,json}.
 
 The same-model judge (`--judge-items N`, off by default): how well does the embedded model judge
 its own answers? For each task's first N items (shuffled with `--judge-seed`), every distinct
@@ -63,6 +68,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
+from bench import confidence_case, gate_case, refit_latency
 from bench.common import RESULTS, SMOKE_RESULTS, HelpFormatter, add_smoke, apply_smoke
 from bench.real_tasks import CAPITALS_PATTERN, capitals_score
 from bench.replay import PoolServices, load_pools, render_variants
@@ -72,6 +78,7 @@ from strategies.best_of_n.settings import BestOfNSettings
 from strategies.registry import build_strategy
 from strategies.contract import Candidate, StrategyRequest
 from strategies.selection.clusters import shot_answers
+from strategies.selection.confidence import reliability
 from strategies.selection.learned import (
     ClusterRow,
     LearnedSelector,
@@ -87,7 +94,9 @@ SELECTORS = ("majority", "weighted", "learned")
 # How a route would extract each task's answers: the default extraction reads numbers only.
 PATTERNS: dict[str, list[str]] = {"capitals": [CAPITALS_PATTERN]}
 SMOKE_TASKS = ("add1", "capitals")
-SMOKE = {"tasks": list(SMOKE_TASKS), "resamples": 200, "judge_items": 4, "out": SMOKE_RESULTS / "select_bench"}
+SMOKE = {"tasks": list(SMOKE_TASKS), "resamples": 200, "judge_items": 4, "out": SMOKE_RESULTS / "select_bench",
+         "gate_items": 30, "gate_requests": 50, "latency_rounds": 1, "latency_seconds": 3.0,
+         "confidence_items": [50]}
 
 
 def majority_verifiers(task: str) -> list[dict[str, Any]]:
@@ -153,6 +162,8 @@ async def run_task(items: list[dict[str, Any]], seed: int, ns: Sequence[int]) ->
     fold = [half[group_of(i)] for i in items]
     per_n: dict[int, dict[str, list[float]]] = {}
     models: dict[int, list[dict[str, Any]]] = {}
+    confidence: dict[int, list[float | None]] = {}  # the learned route's rvr.confidence per held-out item
+    before: dict[int, list[float | None]] = {}  # the chosen cluster's own P(correct): the confidence before issue 20
     for n in ns:
         scores: dict[str, list[float]] = defaultdict(list)
         task = items[0]["task"]
@@ -181,14 +192,57 @@ async def run_task(items: list[dict[str, Any]], seed: int, ns: Sequence[int]) ->
             reason = None if model is not None else "not fittable on the training half"
             best.use_selector(lambda s=SelectorState(model, reason): s)
             learners.append(best)
+        confidence[n], before[n] = [], []
         for item, render, util, f in zip(items, renders, utilities, fold, strict=True):
             out = await serve(learners[f], item, render)
             scores["learned"].append(util[(out.chosen.variant, out.chosen.text)])
+            confidence[n].append(out.confidence)
+            before[n].append(own_probability(fitted[f], out.selection))
         train_answers = [Counter(i["answer"] for i, g in zip(items, fold, strict=True) if g == 1 - f) for f in (0, 1)]
         constant = [train_answers[f].most_common(1)[0][0] for f in (0, 1)]
         scores["constant"] = [float(i["answer"] == constant[f]) for i, f in zip(items, fold, strict=True)]
         per_n[n] = dict(scores)
-    return {"per_n": per_n, "models": models, "groups": [group_of(i) for i in items]}
+    return {"per_n": per_n, "models": models, "groups": [group_of(i) for i in items], "confidence": confidence,
+            "confidence_before": before}
+
+
+def own_probability(model: LearnedSelector | None, selection: dict[str, Any] | None) -> float | None:
+    """The chosen cluster's own P(correct) under `model`, from the features `rvr.selection` shows."""
+    if model is None or not selection or selection.get("chosen_cluster") is None or selection.get("mode") != "learned":
+        return None
+    features = selection["clusters"][selection["chosen_cluster"]]["features"]
+    return model.probability({k: math.nan if v is None else v for k, v in features.items()})
+
+
+def calibrated_floor(confidence: Sequence[float], draws: int = 200, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated confidence shows at these values and this n: outcomes drawn
+    with exactly the stated probabilities. With few items the binned ECE sits well above 0."""
+    rng = np.random.default_rng(seed)
+    c = np.asarray(confidence, dtype=float)
+    return float(np.mean([reliability(c, rng.random(len(c)) < c).ece for _ in range(draws)]))
+
+
+def confidence_table(results: dict[str, Any]) -> str:
+    """Is the learned route's `rvr.confidence` P(the served answer is right), on held-out items?"""
+    lines = ["", f"Learned selection's `rvr.confidence` on the held-out half (best-of-{HEADLINE_N}), ECE over 10 bins; "
+             "before: the chosen cluster's own P(correct); floor: the ECE a perfectly calibrated confidence shows "
+             "at these values and this many items:", "",
+             "| task | items with a confidence | served accuracy | mean confidence (before) | ECE (before) | floor |",
+             "|---|---|---|---|---|---|"]
+    for task, res in results.items():
+        if HEADLINE_N not in res["confidence"]:
+            continue
+        rows = [(c, b, r) for c, b, r in zip(res["confidence"][HEADLINE_N], res["confidence_before"][HEADLINE_N],
+                                             res["per_n"][HEADLINE_N]["learned"], strict=True) if c is not None]
+        if not rows:
+            lines.append(f"| {task} | 0 | – | – | – | – |")
+            continue
+        now, right = [c for c, _, _ in rows], [r >= 1.0 for _, _, r in rows]
+        old = [b if b is not None else c for c, b, _ in rows]
+        lines.append(f"| {task} | {len(rows)} | {np.mean(right):.3f} | {np.mean(now):.3f} ({np.mean(old):.3f}) | "
+                     f"{reliability(now, right).ece:.3f} ({reliability(old, right).ece:.3f}) | "
+                     f"{calibrated_floor(now):.3f} |")
+    return "\n".join(lines)
 
 
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], groups: Sequence[str], resamples: int, seed: int) -> tuple[float, float, float]:
@@ -332,11 +386,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="also measure the same-model judge's signal on this many items per task (embedded model)")
     p.add_argument("--judge-seed", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads for the judge")
+    p.add_argument("--gate-items", type=int, default=100, help="probe items of the safety gate's constructed route")
+    p.add_argument("--gate-requests", type=int, default=2000, help="fresh requests each simulated route serves")
+    p.add_argument("--gate-only", action="store_true",
+                   help="only the simulated routes: the safety gate's and the confidence's (no pools)")
+    p.add_argument("--confidence-items", type=lambda s: [int(v) for v in s.split(",")], default=[50, 100, 400],
+                   help="probe-set sizes of the simulated confidence route")
+    p.add_argument("--latency", action="store_true",
+                   help="only the request latency during refits, on a real proxy (bench/refit_latency.py)")
+    p.add_argument("--latency-rounds", type=int, default=4)
+    p.add_argument("--latency-seconds", type=float, default=15.0, help="each phase of each round")
     add_smoke(p, "small add1 and capitals pools built first, judge on 4 items")
     return apply_smoke(p.parse_args(argv), SMOKE)
 
 
+async def latency_only(args: argparse.Namespace) -> None:
+    result = await refit_latency.run(args.latency_rounds, args.latency_seconds)
+    text = refit_latency.report(result)
+    out = args.out.with_name("refit_latency")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text + "\n")
+    out.with_suffix(".json").write_text(json.dumps(result))
+    print(text)
+
+
+def gate_only(args: argparse.Namespace) -> None:
+    confident = confidence_case.run(tuple(args.confidence_items), args.gate_requests, args.seed)
+    text = "\n".join([confidence_case.report(confident, args.gate_requests),
+                      gate_case.report(gate_case.run(args.gate_items, args.gate_requests, args.seed))])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_name("gate_case").with_suffix(".md").write_text(text + "\n")
+    print(text)
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.latency:
+        await latency_only(args)
+        if not args.smoke:
+            return
+    if args.gate_only:
+        gate_only(args)
+        return
     if args.smoke:
         from bench.gold_pools import make_pools
 
@@ -364,7 +454,10 @@ async def main(args: argparse.Namespace) -> None:
         pools[task] = items
     if not results:
         raise SystemExit("no pools to benchmark")
-    text = report(results, args.resamples, args.seed)
+    gate = gate_case.run(args.gate_items, args.gate_requests, args.seed)
+    confident = confidence_case.run(tuple(args.confidence_items), args.gate_requests, args.seed)
+    text = "\n".join([report(results, args.resamples, args.seed), confidence_table(results),
+                      confidence_case.report(confident, args.gate_requests), gate_case.report(gate)])
     if args.smoke:
         text = "(--smoke: a check of the whole path on tiny pools; these numbers measure nothing)\n\n" + text
     signals: dict[str, dict[str, Any]] = {}
@@ -381,7 +474,7 @@ async def main(args: argparse.Namespace) -> None:
     args.out.with_suffix(".json").write_text(json.dumps(
         {t: {"per_n": {str(n): v for n, v in r["per_n"].items()}, "models": {str(n): m for n, m in r["models"].items()},
              "groups": r["groups"], "copy_rate": r["copy_rate"], "judge_signal": signals.get(t)}
-         for t, r in results.items()}))
+         for t, r in results.items()} | {"gate_case": gate, "confidence_case": confident}))
     plot(results, args.out.with_suffix(".png"))
     print(text)
 

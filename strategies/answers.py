@@ -255,6 +255,21 @@ def _restates(key: str, kind: str, text: str, asked: Question) -> bool:
     return bool(words) and words <= asked.words
 
 
+ANSWER_TYPES = ("number", "yes_no", "text", "tool_call", "none")
+
+
+def answer_type(key: str | None) -> str:
+    """What kind of answer a vote key is, as `rvr.answer_types` names it: `none` where no answer
+    could be extracted (prose without one, a hedge, the question restated)."""
+    if not key or key.startswith("prose:"):
+        return "none"
+    if key.startswith("tool:"):
+        return "tool_call"
+    if key in ("yes", "no"):
+        return "yes_no"
+    return "number" if _canonical_number(key) == key else "text"
+
+
 def tool_calls_key(tool_calls: Sequence[dict[str, Any]]) -> str:
     """Canonical key of a set of tool calls: name + compact sorted-key JSON arguments.
 

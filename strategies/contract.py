@@ -11,6 +11,7 @@ import enum
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal, Protocol
 from urllib.parse import urlsplit
 
@@ -270,6 +271,7 @@ class StopReason(str, enum.Enum):
     TOKEN_BUDGET = "token_budget"
     DEADLINE = "deadline"
     UPSTREAM_ERRORS = "upstream_errors"
+    NO_MEASURED_GAIN = "no_measured_gain"  # one sample: the route's gold shows no n > 1 paying off
 
 
 @dataclass
@@ -330,6 +332,11 @@ class Outcome:
     selection: dict[str, Any] | None = None
     confidence: float | None = None
     clusters: list[dict[str, Any]] = field(default_factory=list)
+    # Per candidate, the kind of answer its cluster holds (`strategies.answers.answer_type`).
+    answer_types: list[str] = field(default_factory=list)
+    # What the route's candidate cap buys on its gold probes: the served cap's gold accuracy minus
+    # one sample's, with its interval (strategies/best_of_n/adapt.py `Gain.as_dict`); None without gold.
+    gain: dict[str, Any] | None = None
     # Set by the proxy when `min_confidence` was not met: what the client gets instead.
     abstention: Candidate | None = None
     low_confidence: dict[str, Any] | None = None
@@ -472,6 +479,15 @@ class RunningTotals(Protocol):
     def restore(self, totals: dict[str, tuple[float, int]]) -> None: ...
 
 
+class SharedCounts(Protocol):
+    """Additive counts a strategy learns across requests, in named buckets (time windows); the
+    proxy adds every process's increments per bucket and hands back the totals."""
+
+    def buckets(self) -> dict[str, dict[str, float]]: ...
+
+    def restore(self, bucket: str, totals: Mapping[str, float]) -> None: ...
+
+
 class Strategy:
     """A route's way of answering: built once per route from config, `run` once per request.
 
@@ -488,6 +504,9 @@ class Strategy:
     upstreams: tuple[str, ...] = ()  # configured upstreams it calls besides the route's own
     verifiers: Sequence[Verifier] = ()  # the verifiers it built, in config order
     state: RunningTotals | None = None  # estimates it learns across requests, which processes share
+    # Counts it learns across requests and probes, by name (`vote_prior`, `gain`), which processes
+    # share as they do `state`, less often (they move slowly).
+    shared_counts: Mapping[str, SharedCounts] = MappingProxyType({})
 
     @classmethod
     def build(cls, settings: Any) -> Strategy:
@@ -516,6 +535,13 @@ class Strategy:
         the K are still K independent draws, and the probe costs less and varies less.
         """
         return await topped_up(services, request.messages, ORIGINAL_VARIANT, k, served)
+
+    async def learn_from_gold(
+        self, request: StrategyRequest, services: Services, reference: Sequence[Candidate],
+        utility: Callable[[Candidate], float | None], item: str,
+    ) -> None:
+        """Gold probes: what the route learns from one item's reference candidates (its
+        `shared_counts`), e.g. the gold accuracy of serving n candidates. Nothing by default."""
 
     async def judge_pairs(
         self, request: StrategyRequest, services: Services, outcome: Outcome, utility: Callable[[Candidate], float | None]

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from strategies.contract import StrictModel
+from strategies.risk.calibration import DEFAULT_TOLERANCE
 from strategies.risk.checkers import build_checker
 
 MAX_WINDOW_REQUESTS = 50_000
@@ -36,7 +37,10 @@ class ProbeSettings(StrictModel):
     # 0.2 s; 20,000 gold items had stalled a worker for 6 s (issue 21).
     window_requests: int = Field(10_000, ge=1, le=MAX_WINDOW_REQUESTS)  # recent client requests the estimates use
     window_items: int = Field(2_000, ge=1, le=MAX_WINDOW_ITEMS)  # recent gold items the estimates use
-    min_gold_for_ppi: int = Field(30, ge=2)  # below: the gold mean alone, with a Wilson interval
+    min_gold_for_ppi: int = Field(30, ge=2)  # probe items; below: the gold mean alone, with a Wilson interval
+    # How far the online residual may sit from the gold one and still read `calibrated` (method
+    # §9.3): `uncalibrated` only when the bias interval lies wholly outside ±tolerance.
+    tolerance: float = Field(DEFAULT_TOLERANCE, gt=0, le=1)
 
     @field_validator("checker")
     @classmethod

@@ -17,7 +17,7 @@ from proxy.probes.runner import ProbeRunner, RunSummary
 from proxy.probes.selection import RouteSelection
 from proxy.telemetry.progress import Progress
 from strategies.risk.calibration import COMPONENTS, surrogate
-from strategies.selection.learned import SelectorState
+from strategies.selection.learned import LearnedSelector, SelectorState
 
 
 def _mean(values: list[float]) -> str:
@@ -36,7 +36,7 @@ def table(summary: RunSummary, calibration: dict[str, Any]) -> str:
     lines += [
         "",
         f"{'component':<10} {'gold (this run)':>15} {'online (this run)':>17}   "
-        f"calibrated, 90% interval ({calibration['n_gold']} gold items)",
+        f"calibrated, 90% interval ({calibration['n_items']} gold items, {calibration['n_records']} runs)",
     ]
     for component in COMPONENTS:
         gold = [r.truth(component) for r in summary.records]
@@ -45,7 +45,7 @@ def table(summary: RunSummary, calibration: dict[str, Any]) -> str:
         shown = f"{est['estimate']:.3f} [{est['ci90'][0]:.3f}, {est['ci90'][1]:.3f}] ({est['method']})" if est else "-"
         lines.append(f"{component:<10} {_mean(gold):>15} {_mean(online):>17}   {shown}")
     bias = calibration.get("verifier_bias")
-    status = f"status: {calibration['status']}"
+    status = f"status: {calibration['status']} (tolerance ±{calibration['tolerance']:g})"
     if bias:
         low, high = bias["ci95"]
         status += f"; verifier bias (gold − online residual) {bias['estimate']:.3f} [{low:.3f}, {high:.3f}] (95%)"
@@ -64,12 +64,32 @@ def selection_table(state: SelectorState, mode: str) -> str:
     lines.append(f"  {model.n_items} items, {model.n_clusters} clusters, L2 {model.l2:g}; "
                  f"held-out top-cluster accuracy {_fraction(model.cv_accuracy)} "
                  f"(largest cluster: {_fraction(model.cv_vote_accuracy)})")
+    gate = state.safety
+    if gate is not None:
+        verdict = "open: the model serves" if gate.serves else "closed: weighted selection serves"
+        measured = "" if gate.low is None else (
+            f"; learned − weighted {gate.difference:+.3f} [{gate.low:+.3f}, {gate.high:+.3f}] (90%, "
+            f"{gate.items} items: {_fraction(gate.learned)} vs {_fraction(gate.weighted)})")
+        lines.append(f"  safety gate (margin {gate.margin:g}): {verdict}{measured}")
     lines.append(f"  {'signal':<24} {'AUROC':>6} {'weight':>8}")
     weights = dict(zip(model.signals, model.weights, strict=True))
     for signal, value in sorted(model.auroc.items()):
         weight = f"{weights[signal]:+.3f}" if signal in weights else "dropped"
         lines.append(f"  {signal:<24} {_fraction(value):>6} {weight:>8}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *reliability_table(model)])
+
+
+def reliability_table(model: LearnedSelector) -> list[str]:
+    """`rvr.confidence` against what was right, on held-out probe items (method §10.7)."""
+    measured = model.reliability
+    if measured is None:
+        return ["", "  confidence: the chosen cluster's own P(correct) (a model fitted before the recalibration)"]
+    lines = ["", f"  confidence (held out, {measured.n} runs): expected calibration error {measured.ece:.3f}",
+             f"  {'bin':<12} {'runs':>5} {'confidence':>10} {'accuracy':>9}"]
+    for low, high, count, confidence, accuracy in measured.bins:
+        if count:
+            lines.append(f"  [{low:.1f}, {high:.1f}) {count:>5} {_fraction(confidence):>10} {_fraction(accuracy):>9}")
+    return lines
 
 
 def _fraction(value: float | None) -> str:
@@ -95,9 +115,10 @@ async def _run(
             summary = await runner.run(count, on_item=lambda s: bar.update(s.attempted, f"{s.tokens} tokens"))
     finally:
         await state.close()
-    print(table(summary, runner.calibration.snapshot()))
+    # computed here and now from every record, not the serving path's last background result
+    print(table(summary, runner.calibration.snapshot(fresh=True)))
     if selection is not None:
-        print(selection_table(selection.state(), selection.settings.mode))
+        print(selection_table(selection.state(fresh=True), selection.settings.mode))
     if out is not None:
         with out.open("w", encoding="utf-8") as handle:
             for record in summary.records:

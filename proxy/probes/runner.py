@@ -119,6 +119,12 @@ class ProbeRunner:
             pairs = await route.strategy.judge_pairs(
                 prepared.work, prepared.services, outcome, lambda c: self._utility(as_item, c)
             )
+            # The reference draws teach the route its vote prior and the gold accuracy of each n
+            # (method §4.6, §4.8); every worker and instance gets them at once.
+            await route.strategy.learn_from_gold(
+                prepared.work, prepared.services, reference, lambda c: self._utility(as_item, c), item.id
+            )
+            await self.pipeline.learning.share_counts(route)
         except (TokenBudgetExceeded, BudgetExhausted) as exc:
             raise ProbeBudgetSpent(self._spent_message()) from exc
         finally:
@@ -236,7 +242,8 @@ def measure(
     for row in outcome.clusters:  # learned selection's training rows: right only at full credit
         right = utility(outcome.candidates[row["representative"]])
         if right is not None:
-            clusters.append({"features": row["features"], "size": row["size"], "correct": right >= 1.0})
+            clusters.append({"features": row["features"], "size": row["size"], "correct": right >= 1.0,
+                             **({"weighted": True} if row.get("weighted") else {})})  # the safety gate's comparison
     return GoldRecord(
         item=item,
         served=served,

@@ -30,7 +30,9 @@ from proxy.config.settings import Config, RouteLimits, RouteSettings
 from proxy.errors import AuthenticationFailed, ClientDisconnected, ModelNotFound, ProxyError, UpstreamError
 from proxy.pipeline.endpoints import ENDPOINTS, Endpoint
 from proxy.pipeline.requests import MAX_DEPTH, PART_FIELDS
+from strategies.answers import ANSWER_TYPES
 from strategies.contract import Candidate, StopReason
+from strategies.risk.calibration import STATUSES
 from strategies.selection.explain import EXPLANATION_FIELDS, RULES
 
 OPENAPI_VERSION = "3.1.0"
@@ -289,12 +291,19 @@ CALIBRATION = {
     "type": "object",
     "description": "The route's risk terms anchored to its gold probes (PPI++); null terms without gold.",
     "required": [
-        "status", "n_gold", "window_requests", "rho", "residual", "baseline", "candidate", "prompt",
-        "verifier", "verifier_bias", "min_gold_for_ppi",
+        "status", "n_gold", "n_items", "n_records", "window_requests", "rho", "residual", "baseline", "candidate",
+        "prompt", "verifier", "verifier_bias", "min_gold_for_ppi", "tolerance",
     ],
     "properties": {
-        "status": {"enum": ["calibrated", "uncalibrated", "no_gold"]},
-        "n_gold": _COUNT,
+        "status": {
+            "enum": list(STATUSES),
+            "description": "calibrated: the 95% interval of the verifier bias lies inside ±tolerance; uncalibrated: "
+            "wholly outside it; inconclusive: too few probe items to tell; no_gold: fewer than two items",
+        },
+        "n_gold": {**_COUNT, "description": "distinct probe items the estimates rest on (the same as n_items)"},
+        "n_items": {**_COUNT, "description": "distinct probe items: the unit every interval counts"},
+        "n_records": {**_COUNT, "description": "gold records (runs of those items) in the window"},
+        "tolerance": {"type": "number", "description": "the route's `probes.tolerance` on the residual scale"},
         "window_requests": _COUNT,
         "min_gold_for_ppi": _COUNT,
         "rho": _SCORE,
@@ -361,6 +370,42 @@ SELECTION_EXPLANATION: dict[str, Any] = {
     },
     "why": {**_STRING, "description": "the choice in words"},
 }
+# `rvr.cost` (proxy/server/responses.py `cost_body`; the gain is strategies/best_of_n/adapt.py's `Gain`).
+COST = {
+    "type": "object",
+    "description": "what the answer cost upstream, and what the route's candidate cap buys on its gold probes",
+    "required": ["upstream_tokens", "candidates", "single_call_tokens", "multiple", "gain"],
+    "properties": {
+        "upstream_tokens": {**_COUNT, "description": "every upstream token: candidates, judges, paraphrases"},
+        "candidates": {**_COUNT, "description": "candidates sampled"},
+        "single_call_tokens": {
+            "anyOf": [_COUNT, _NULL], "description": "what one plain call cost (the first sample's share)",
+        },
+        "multiple": {"anyOf": [{"type": "number"}, _NULL], "description": "upstream_tokens / single_call_tokens"},
+        "gain": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "description": "gold accuracy at the served cap `n` minus one sample's, paired by probe item, "
+                    "with its 90% interval; `adapted`: `strategy.adapt_n` chose `n`",
+                    "required": ["n", "estimate", "ci90", "items", "best_n", "adapted"],
+                    "properties": {
+                        "n": _COUNT,
+                        "estimate": {"type": "number"},
+                        "ci90": _INTERVAL,
+                        "items": _COUNT,
+                        "best_n": _COUNT,
+                        "adapted": {"type": "boolean"},
+                    },
+                    "additionalProperties": False,
+                },
+                _NULL,
+            ],
+            "description": "null until the route has enough gold probe items",
+        },
+    },
+    "additionalProperties": False,
+}
 RVR_REPORT = {
     "type": "object",
     "description": "rvr-proxy extension, on strategy routes only: what the strategy did and why it stopped.",
@@ -381,6 +426,7 @@ RVR_REPORT = {
         "audit",
         "timings_ms",
         "risk",
+        "cost",
     ],
     "properties": {
         "summary": {**_STRING, "description": "one line for a person to read"},
@@ -408,17 +454,29 @@ RVR_REPORT = {
         "audit": {"type": "boolean"},
         "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
         "risk": {"anyOf": [{"$ref": _REF.format(model="RiskReport")}, _NULL]},
+        "cost": COST,
         "candidate_texts": {**_STRINGS, "description": "with `rvr.details` only"},
+        "answer_types": {
+            "type": "array",
+            "items": {"enum": list(ANSWER_TYPES)},
+            "description": "best_of_n, with `rvr.details` only: each candidate's kind of answer (`none`: no answer "
+            "could be extracted: prose without one, a hedge, the question restated)",
+        },
+        "answer_type": {"enum": list(ANSWER_TYPES), "description": "the served candidate's entry of `answer_types`"},
         "confidence": {
             "anyOf": [_SCORE, _NULL],
-            "description": "best_of_n: the chosen answer's probe-calibrated P(correct); null unless `learned` selection chose",
+            "description": "best_of_n: P(the served answer is right): its cluster's share of one distribution over "
+            "the request's answer clusters and 'none is right', recalibrated on held-out probe items; null unless "
+            "`learned` selection chose",
         },
         "selection": {
             "type": "object",
             "description": "best_of_n: `mode` (weighted | learned), `fallback_reason` (why learned was configured "
-            "but weighted chose), `confidence`, and how the answer was chosen: the `rule` and the numbers it "
-            "`compared`, `compared[chosen]` being their maximum; with `rvr.details` also the answer clusters, "
-            "their features and P(correct), and the model's weights and AUROCs",
+            "but weighted chose: no model yet, or the safety gate found the model's held-out accuracy possibly "
+            "worse than weighted selection's by more than `selection.gate_margin`), `confidence`, and how the "
+            "answer was chosen: the `rule` and the numbers it `compared`, `compared[chosen]` being their maximum; "
+            "with `rvr.details` also the answer clusters, their features and P(correct), the model's weights "
+            "and AUROCs, and the safety `gate`'s numbers",
             "required": ["mode", "fallback_reason", "confidence", *EXPLANATION_FIELDS],
             "properties": {
                 "mode": {"enum": ["weighted", "learned"]},

@@ -97,6 +97,7 @@ def rvr_body(
         "audit": outcome.audit,
         "timings_ms": {k: round(v * 1000, 2) for k, v in outcome.timings.items()},
         "risk": risk,
+        "cost": cost_body(outcome),
     }
     if outcome.selection is not None:
         body["confidence"] = outcome.confidence
@@ -105,7 +106,24 @@ def rvr_body(
         body["low_confidence"] = outcome.low_confidence
     if details:
         body["candidate_texts"] = [c.text for c in outcome.candidates]
+        if 0 <= outcome.selected < len(outcome.answer_types):
+            body["answer_types"] = outcome.answer_types
+            body["answer_type"] = outcome.answer_types[outcome.selected]
     return finite_json(body)
+
+
+def cost_body(outcome: Outcome) -> dict[str, Any]:
+    """`rvr.cost`: what the answer cost upstream, as a multiple of one plain call, beside what the
+    route's candidate cap buys on its gold probes (method §4.8), so the price is never hidden."""
+    tokens = outcome.usage.total_tokens
+    plain = outcome.plain_usage.total_tokens if outcome.plain_usage is not None else 0
+    return {
+        "upstream_tokens": tokens,
+        "candidates": len(outcome.candidates),
+        "single_call_tokens": plain or None,
+        "multiple": tokens / plain if plain else None,
+        "gain": outcome.gain,
+    }
 
 
 # What `rvr.selection` shows without `details`: the mode, and how the answer was chosen, in numbers
@@ -194,4 +212,7 @@ def _anchoring(calibration: dict[str, Any] | None) -> str:
     anchored = f"; gold-anchored residual {residual['estimate']:.2f}" if residual else ""
     if status == "uncalibrated":
         return f"the verifiers' own estimate, uncalibrated: {gold} disagree with it{anchored}"
+    if status == "inconclusive":
+        return (f"the verifiers' own estimate, inconclusive: {gold} cannot yet tell whether it is off by more "
+                f"than {calibration['tolerance']:g}{anchored}")
     return f"the verifiers' own estimate, consistent with {gold}{anchored}"

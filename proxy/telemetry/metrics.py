@@ -91,11 +91,29 @@ CALIBRATED_RISK = Gauge(
 )
 CALIBRATION_STATUS = Gauge(
     "rvr_calibration_status",
-    "1 for the route's current calibration status (calibrated, uncalibrated, no_gold), 0 for the others.",
+    "1 for the route's current calibration status (calibrated, uncalibrated, inconclusive, no_gold), 0 for the others.",
     ["route", "status"],
     multiprocess_mode="mostrecent",
 )
-GOLD_ITEMS = Gauge("rvr_gold_items", "Gold probe items in the route's window.", ["route"], multiprocess_mode="mostrecent")
+GOLD_ITEMS = Gauge(
+    "rvr_gold_items", "Distinct gold probe items in the route's window (repeated runs of one item count once).",
+    ["route"], multiprocess_mode="mostrecent",
+)
+# What best-of-N buys (method §4.8), from the route's gold probes, set as each request finishes.
+ROUTE_GAIN = Gauge(
+    "rvr_route_gain",
+    "Gold accuracy of the route's served candidate cap minus one sample's, paired by probe item: "
+    "bound estimate, lower and upper (90% interval).",
+    ["route", "bound"],
+    multiprocess_mode="mostrecent",
+)
+TOKENS_PER_POINT = Gauge(
+    "rvr_tokens_per_point",
+    "Upstream tokens a request spends beyond one plain call, per percentage point of gold accuracy that "
+    "its candidate cap buys (recent requests); +Inf when the measured gain is not above 0.",
+    ["route"],
+    multiprocess_mode="mostrecent",
+)
 
 # --- scale out: shared state and per-key limits (proxy/state/, proxy/access/limits.py) ---------
 
@@ -139,8 +157,16 @@ SELECTION_SIGNAL_WEIGHT = Gauge(
     ["route", "signal"],
     multiprocess_mode="mostrecent",
 )
+SELECTION_GATE = Gauge(
+    "rvr_selection_gate",
+    "1 for the state of the route's learned-selection safety gate (open: the model serves; closed: its held-out "
+    "accuracy may be worse than weighted selection's by more than gate_margin, so weighted serves; no_model), 0 for the others.",
+    ["route", "state"],
+    multiprocess_mode="mostrecent",
+)
 SELECTIONS = Counter(
-    "rvr_selections", "Client requests by the selection that chose: weighted, learned, or fallback (learned configured, no model).",
+    "rvr_selections", "Client requests by the selection that chose: weighted, learned, or fallback (learned configured, "
+    "weighted chose: no model yet, or the safety gate closed).",
     ["route", "mode"],
 )
 LOW_CONFIDENCE = Counter(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,7 @@ def _observe(record: RequestRecord, duration: float, usage: Usage) -> None:
     metrics.CANDIDATES.labels(route).observe(len(outcome.candidates))
     metrics.STOPS.labels(route, outcome.stop_reason.value).inc()
     _observe_plain_cost(route, outcome)
+    _observe_gain(route, outcome)
     if outcome.audit:
         metrics.AUDITS.labels(route).inc()
         metrics.AUDIT_TOKENS.labels(route).inc(usage.total_tokens)
@@ -108,6 +110,31 @@ def _observe_relayed_stream(record: RequestRecord, usage: Usage) -> None:
     metrics.STOPS.labels(route, StopReason.PASSTHROUGH.value).inc()
     metrics.PASSTHROUGH_TOKENS.labels(route, "prompt").inc(usage.prompt_tokens)  # it was the plain call
     metrics.PASSTHROUGH_TOKENS.labels(route, "completion").inc(usage.completion_tokens)
+
+
+# A route's upstream tokens per request beyond one plain call: a running mean over about the last
+# EXTRA_TOKENS_SPAN requests of this process, so tokens per point follows what the route spends now.
+EXTRA_TOKENS_SPAN = 100
+_extra_tokens: dict[str, float] = {}
+
+
+def _observe_gain(route: str, outcome: Outcome) -> None:
+    """What the route's candidate cap buys on its gold probes (method §4.8), and at what price."""
+    plain = outcome.plain_usage
+    if plain is not None:
+        extra = float(outcome.usage.total_tokens - plain.total_tokens)
+        previous = _extra_tokens.get(route)
+        _extra_tokens[route] = extra if previous is None else previous + (extra - previous) / EXTRA_TOKENS_SPAN
+    gain = outcome.gain
+    if gain is None:
+        return
+    low, high = gain["ci90"]
+    for bound, value in (("estimate", gain["estimate"]), ("lower", low), ("upper", high)):
+        metrics.ROUTE_GAIN.labels(route, bound).set(value)
+    spent = _extra_tokens.get(route)
+    if spent is not None:
+        points = 100.0 * gain["estimate"]
+        metrics.TOKENS_PER_POINT.labels(route).set(spent / points if points > 0 else math.inf)
 
 
 def _observe_plain_cost(route: str, outcome: Outcome) -> None:

@@ -23,8 +23,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from strategies.answers import answer_key, question_of
-from strategies.best_of_n import stopping
+from strategies.answers import answer_key, answer_type, question_of
+from strategies.best_of_n import adapt, stopping
+from strategies.best_of_n.adapt import GainCurve
+from strategies.best_of_n.prior import VotePrior
 from strategies.best_of_n.settings import MAX_VIEW_ROUNDS, BestOfNSettings
 from strategies.best_of_n.variants import Variant, build_variants
 from strategies.contract import (
@@ -228,7 +230,8 @@ def _next_size(run: _Run, plan: Plan, settings: BestOfNSettings) -> int:
     if not plan.adaptive:
         size = plan.max_n - n
     else:
-        size = min(settings.initial_batch if n == 0 else n, plan.max_n - n)
+        later = n if settings.later_batch is None else settings.later_batch  # §4.7
+        size = min(settings.initial_batch if n == 0 else later, plan.max_n - n)
     if settings.max_tokens_budget is not None and n:
         per_candidate = run.usage.total_tokens / n
         if per_candidate > 0:
@@ -288,6 +291,7 @@ Chooser = Callable[[_Run, Selection], "tuple[Selection, Choice]"]
 async def _judge(
     run: _Run, plan: Plan, settings: BestOfNSettings, ctx: VerifyContext,
     rng: np.random.Generator, answer_of: AnswerOf | None, chooser: Chooser,
+    posterior: stopping.Posterior | None = None,
 ) -> _Round:
     """Verify, select and decide; verify better first while the views disagree most (§4.4)."""
     while True:
@@ -297,7 +301,7 @@ async def _judge(
         v_term = _verifier_term(selection, rng, settings.bootstrap)
         decision = stopping.decide(
             settings.stop, _evidence(run, selection, answer_of, v_term),
-            _caps(run, plan, settings), adaptive=plan.adaptive,
+            _caps(run, plan, settings), adaptive=plan.adaptive, posterior=posterior,
         )
         run.time("select", since)
         if not decision.verify_first or run.view_rounds >= MAX_VIEW_ROUNDS:
@@ -334,11 +338,20 @@ class BestOfN(Strategy):
         answer_of: AnswerOf | None = None,
         rng: Callable[[], np.random.Generator] = np.random.default_rng,
         clock: Clock = time.monotonic,
+        prior: VotePrior | None = None,
+        gain: GainCurve | None = None,
     ) -> None:
         self.settings = settings
         self.verifiers = list(verifiers)
         self.variants = list(variants)
         self.state = state
+        # What the route learns from its answers and its gold (§4.6, §4.8), shared by processes.
+        learned = settings.stop.prior
+        if prior is None and learned is not None:
+            prior = VotePrior(learned.min_requests, learned.window_s)
+        self.prior = prior
+        self.gain = gain if gain is not None else GainCurve(settings.adapt_n)
+        self.shared_counts = {"gain": self.gain.counts} | ({"vote_prior": prior.counts} if prior is not None else {})
         # The vote stop rule counts the answers of the first verifier that extracts them.
         voters = [v for v in self.verifiers if v.extracts_answers]
         self._voter = voters[0] if answer_of is None and voters else None
@@ -376,8 +389,15 @@ class BestOfN(Strategy):
         if audit is None:  # drawn only when auditing is on, so seeded runs stay comparable
             audit = settings.audit_rate > 0 and bool(rng.random() < settings.audit_rate)
         plan = plan_request(settings, request.overrides, self.variants, self.verifiers, audit)
+        gain = self.gain.gain(plan.max_n)
+        no_gain_cap = False
+        if gain is not None and gain.adapted and not audit and gain.n < plan.max_n:  # §4.8
+            plan = replace(plan, max_n=gain.n)
+            no_gain_cap = gain.n == 1
         ctx = VerifyContext(request.messages, services, response_format=request.response_format)
         run = _Run(request.messages, services, self._clock, started=self._clock())
+        answers_to = self._answers_to(run.messages)
+        posterior = self.prior.posterior if self.prior is not None and plan.adaptive else None
         verdict: _Round | None = None
         stop: StopReason | None = None
         while stop is None:
@@ -392,7 +412,7 @@ class BestOfN(Strategy):
                 raise NoCandidatesError(
                     f"all {run.errors} upstream call(s) failed; none produced a candidate"
                 ) from run.last_error
-            verdict = await _judge(run, plan, settings, ctx, rng, self._answers_to(run.messages), self._choose)
+            verdict = await _judge(run, plan, settings, ctx, rng, answers_to, self._choose, posterior)
             stop = verdict.decision.stop
             if stop is None and run.over_budget is not None:
                 stop = StopReason.TOKEN_BUDGET
@@ -401,8 +421,14 @@ class BestOfN(Strategy):
             if stop is None and _next_size(run, plan, settings) <= 0:
                 stop = StopReason.TOKEN_BUDGET  # the next candidate would not fit the budget
         assert verdict is not None  # the first batch always produces a verdict or raises
+        if no_gain_cap and stop is StopReason.MAX_N:
+            stop = StopReason.NO_MEASURED_GAIN
+        if self.prior is not None and answers_to is not None:
+            self.prior.observe([answers_to(c) for c in run.candidates])
         verdict = await self._knockout(run, plan, verdict, ctx)
-        return _outcome(run, plan, settings, verdict, stop, rng, audit, self.state)
+        outcome = _outcome(run, plan, settings, verdict, stop, rng, audit, self.state)
+        outcome.gain = gain.as_dict() if gain is not None else None
+        return outcome
 
     def _judge_of(self, plan: Plan | None = None) -> Verifier | None:
         knockout = self.settings.selection.knockout
@@ -466,6 +492,33 @@ class BestOfN(Strategy):
         ctx = VerifyContext(request.messages, services, response_format=request.response_format)
         pairs, _ = await measure_pairs(judge, ctx, right[0], wrong[:2])  # what they cost is charged where every call is
         return pairs
+
+    async def learn_from_gold(
+        self, request: StrategyRequest, services: Services, reference: Sequence[Candidate],
+        utility: Callable[[Candidate], float | None], item: str,
+    ) -> None:
+        """A probe item's reference draws, unstopped, teach the vote prior (§4.6) and measure the
+        gold accuracy of every n up to `max_n` (§4.8)."""
+        answer_of = self._answers_to(request.messages)
+        first = reference[0].variant if reference else None
+        if self.prior is not None and answer_of is not None:
+            self.prior.observe([answer_of(c) for c in reference if c.variant == first])
+        # Verifiers that call nothing are free to run on every group; the others on one per n.
+        free = all(not v.upstreams for v in self.verifiers)
+        accuracy = await adapt.accuracy_by_n(
+            reference, [v.name for v in self.variants], adapt.measured_ns(self.settings.max_n),
+            lambda group: self._select_among(request, services, group), utility, every_group=free,
+        )
+        self.gain.add(item, accuracy)
+
+    async def _select_among(self, request: StrategyRequest, services: Services, candidates: list[Candidate]) -> int:
+        """The candidate the route's verifiers and selection would choose among `candidates`."""
+        plan = plan_request(self.settings, None, self.variants, self.verifiers, audit=False)
+        run = _Run(request.messages, services, self._clock, started=self._clock(), candidates=list(candidates))
+        ctx = VerifyContext(request.messages, services, response_format=request.response_format)
+        results = await _verify(run, plan, ctx)
+        selection, _ = self._choose(run, select(run.candidates, results))
+        return selection.index
 
     def _answers_to(self, messages: Sequence[Message]) -> AnswerOf | None:
         """`answer_of` for this request: the voter's keys know its question (what only restates
@@ -553,4 +606,14 @@ def _outcome(
         ) | explain(selection, verdict.choice, verdict.knockout, voters).as_dict(),
         confidence=verdict.choice.confidence,
         clusters=verdict.choice.training_rows(),
+        answer_types=_answer_types(verdict.choice, len(run.candidates)),
     )
+
+
+def _answer_types(choice: Choice, n: int) -> list[str]:
+    """Each candidate's kind of answer, read off the answer clusters the selection used."""
+    types = ["none"] * n
+    for cluster in choice.clusters:
+        for member in cluster.members:
+            types[member] = answer_type(cluster.key)
+    return types

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -17,11 +18,32 @@ from strategies.verifiers.self_consistency import SelfConsistencySettings
 MAX_VIEW_ROUNDS = 4  # how often one request may answer "verifier first" before sampling again
 
 
+class PriorSettings(StrictModel):
+    """§4.6: the vote rule under a prior learned from the route's recent answers."""
+
+    # A posterior under a learned prior is meant to be read at face value, unlike the uniform
+    # prior's 0.95, which is conservative by construction. Where the model repeats one wrong
+    # answer a tenth of the time, 0.98 lost 1.2 points against fixed best-of-16 and 0.99 at most
+    # 0.17 (method §4.9); 0.98 stops sooner where wrong answers are spread.
+    confidence: float = Field(0.99, gt=0.5, lt=1.0)
+    min_requests: int = Field(10, ge=1)  # counts learned from before the prior is used
+    window_s: float = Field(21600.0, gt=0)  # counts from the last one to two windows are used
+
+
 class StopSettings(StrictModel):
     confidence: float = Field(0.95, gt=0.5, lt=1.0)  # vote posterior needed to stop (§4.1)
     min_gain: float = Field(0.01, ge=0.0)  # epsilon for the predicted gain of a doubling (§4.2)
     good_enough: float | None = Field(None, ge=0.0, le=1.0)  # tau (§4.3); None disables
     verifier_first: bool = True  # §4.4
+    prior: PriorSettings | None = Field(default_factory=PriorSettings)  # §4.6; None: the Beta rule alone
+
+
+class AdaptNSettings(StrictModel):
+    """§4.8: serve the smallest cap whose gold accuracy is within `min_gain` of the best n."""
+
+    min_gain: float = Field(0.01, ge=0.0, le=1.0)
+    min_items: int = Field(30, ge=2)  # probe items measured at n = 1 and at n before it acts
+    window_s: float = Field(604800.0, gt=0)  # gold from the last one to two windows is used
 
 
 class VariantTemplate(StrictModel):
@@ -44,6 +66,10 @@ class BestOfNSettings(StrategySpec):
     name: Literal["best_of_n"] = "best_of_n"
     max_n: int = Field(8, ge=1, le=512)  # hard cap on candidates per request
     initial_batch: int = Field(2, ge=1, le=512)
+    # Candidates added by each batch after the first (§4.7); None doubles the total (2 → 4 → 8).
+    # Smaller steps stop closer to where the rules are satisfied, at one upstream round each.
+    later_batch: int | None = Field(None, ge=1, le=512)
+    adapt_n: AdaptNSettings | None = None  # §4.8; None: max_n, whatever the gold says
     adaptive: bool = True  # False samples exactly max_n (fixed best-of-N)
     variants: list[str | VariantTemplate] = Field(default_factory=lambda: list[str | VariantTemplate](["original"]))
     paraphrase_upstream: str | None = None  # needed by the `paraphrase` variant
@@ -112,11 +138,16 @@ class BestOfNSettings(StrategySpec):
     def upstream_calls(self, choices: int) -> int:
         """Calls one request needs at most, before retries, if every candidate is its own call.
 
-        Batches double, so a request verifies at most log2(candidates) + 1 times, plus the
-        verifier-first rounds; each verifier says what one request costs it.
+        Batches double, so a request verifies at most log2(candidates) + 1 times (with
+        `later_batch`, once per batch), plus the verifier-first rounds, plus one verification per
+        n that a gold probe measures (§4.8); each verifier says what one request costs it.
         """
         candidates = max(self.max_n, self.audit_max_n)
-        rounds = candidates.bit_length() + 1 + MAX_VIEW_ROUNDS
+        if self.later_batch is None:
+            batches = candidates.bit_length() + 1
+        else:
+            batches = 1 + math.ceil(max(candidates - self.initial_batch, 0) / self.later_batch)
+        rounds = batches + MAX_VIEW_ROUNDS + candidates.bit_length() + 1
         paraphrases = sum(1 for variant in self.variants if variant == "paraphrase")
         verifying = sum(verifier.upstream_calls(candidates, rounds) for verifier in self.verifiers)
         return candidates + paraphrases + verifying

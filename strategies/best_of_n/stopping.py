@@ -3,16 +3,19 @@
 Each rule is a small pure function; `decide` applies them in the documented order, so the
 first rule that fires names the stop reason. Rule 4 (verifier first) never stops: it tells the
 loop to spend on verifier views before more candidates. Hard caps come last and always apply.
+The vote rule (§4.1) also stops where the route's learned prior (§4.6, `prior.VotePrior`) is
+confident, which only ever adds stops.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from math import comb
 
+from strategies.best_of_n.prior import Tally, tally
 from strategies.best_of_n.settings import StopSettings
 from strategies.contract import StopReason
 from strategies.risk.estimators import binary_candidate_term, doubling, is_binary
@@ -44,6 +47,21 @@ def top_two_counts(answers: Sequence[str | None]) -> tuple[int, int]:
 def vote_confident(answers: Sequence[str | None], confidence: float) -> bool:
     a, b = top_two_counts(answers)
     return a > 0 and vote_posterior(a, b) >= confidence
+
+
+Posterior = Callable[[Tally], "float | None"]  # P(leader is the mode | counts); None: nothing learned
+
+
+def prior_confident(answers: Sequence[str | None], posterior: Posterior | None, confidence: float) -> bool:
+    """§4.6: the leader is the mode with posterior ≥ `confidence` under the route's learned
+    prior. Never on one vote: a single answer is a sample, not agreement."""
+    if posterior is None:
+        return False
+    counts = tally(answers)
+    if counts is None or counts[0] < 2:
+        return False
+    value = posterior(counts)
+    return value is not None and value >= confidence
 
 
 def voting(answers: Sequence[str | None] | None) -> bool:
@@ -120,11 +138,18 @@ class Decision:
     verify_first: bool = False  # spend on verifier views before more candidates
 
 
-def decide(stop: StopSettings, evidence: Evidence, caps: Caps, *, adaptive: bool = True) -> Decision:
+def decide(
+    stop: StopSettings, evidence: Evidence, caps: Caps, *, adaptive: bool = True, posterior: Posterior | None = None
+) -> Decision:
+    """`posterior` is the route's learned vote prior (§4.6); it only ever adds stops to the Beta
+    rule's, so no route samples more than the uniform prior would have it."""
     cap = cap_reached(caps)
     if not adaptive:
         return Decision(cap)
-    if evidence.answers is not None and vote_confident(evidence.answers, stop.confidence):
+    if evidence.answers is not None and (
+        vote_confident(evidence.answers, stop.confidence)
+        or (stop.prior is not None and prior_confident(evidence.answers, posterior, stop.prior.confidence))
+    ):
         return Decision(StopReason.VOTE_CONFIDENT)
     trend = doubling(evidence.utilities)
     # Rule 2 is for scored candidates. While answers are extractable the vote decides: vote

@@ -18,7 +18,7 @@ from enum import Enum
 
 import numpy as np
 
-from strategies.risk.calibration import Z95, wilson
+from strategies.risk.intervals import Z95, wilson
 
 
 class Decision(str, Enum):

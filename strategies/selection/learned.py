@@ -8,11 +8,18 @@ cluster features of `strategies.selection.clusters`:
 * a signal whose probe AUROC is within `floor − 0.5` of chance (AUROC in (0.45, 0.55) at the
   default 0.55) is dropped before fitting, as Weaver filters weak verifiers. The AUROC is kept
   as measured: a signal far *below* 0.5 (a copied few-shot answer is usually wrong) is as
-  informative as one far above and is kept, with a negative weight;
+  informative as one far above and is kept, with a negative weight. `vote_share` is never
+  dropped: a screen that dropped it let one binary signal choose a 1/8 cluster over a 7/8
+  majority (issue 20), and the model should weigh the vote, not forget it;
 * the L2 strength is chosen by grouped K-fold cross-validation (clusters of one item stay in
   one fold) on held-out log loss;
 * the fit is Newton's method (IRLS) on the penalised log likelihood; the intercept is not
-  penalised.
+  penalised;
+* the held-out predictions of the chosen L2 give, per probe item, whether the model's top
+  cluster was right next to whether weighted selection's was (`HeldOut`), which the safety
+  gate (strategies/selection/safety.py) compares, and the held-out logits on which the
+  request's confidence is recalibrated into one distribution over its clusters
+  (strategies/selection/confidence.py).
 
 Pure numpy; the proxy decides when to refit and where the model is kept.
 """
@@ -28,10 +35,15 @@ import numpy as np
 
 from strategies.contract import finite
 
+from strategies.selection.confidence import Recalibration, Reliability, fit_recalibration, logits, reliability
+from strategies.selection.safety import HeldOut
+
 if TYPE_CHECKING:
     from strategies.selection.knockout import JudgeGate
+    from strategies.selection.safety import SafetyGate
 
 SIGNAL_FLOOR = 0.55
+ALWAYS_KEPT = ("vote_share",)  # signals the AUROC screen never drops
 L2_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 FOLDS = 5
 _MAX_NEWTON = 100
@@ -46,11 +58,14 @@ MAX_PARAMETER = 1e6  # a saved model's weights, centres and scales; fitted ones 
 
 @dataclass(frozen=True)
 class ClusterRow:
-    """One answered cluster of one probe item: its features and whether its answer was right."""
+    """One answered cluster of one probe item: its features, whether its answer was right, and
+    whether weighted selection chose it (what the safety gate compares the model with)."""
 
     item: str
     features: Mapping[str, float]
     correct: bool
+    weighted: bool = False
+    run: str | None = None  # which run of the item (probe items recur in the window); None: one run
 
 
 def auroc(scores: Sequence[float] | np.ndarray, labels: Sequence[bool] | np.ndarray) -> float | None:
@@ -125,6 +140,11 @@ class LearnedSelector:
     cv_accuracy: float | None = None  # held-out: the top cluster by P was right
     cv_vote_accuracy: float | None = None  # the same items: the largest cluster was right
     dropped: tuple[str, ...] = field(default=())
+    held_out: HeldOut | None = None  # per item against weighted selection, for the safety gate
+    # The request's confidence (strategies/selection/confidence.py); None: a model saved before
+    # it, whose confidence is the chosen cluster's own P(correct)
+    recalibration: Recalibration | None = None
+    reliability: Reliability | None = None  # cross-fitted: the confidence against what was right
 
     def probability(self, features: Mapping[str, float]) -> float:
         z = self.bias
@@ -141,7 +161,9 @@ class LearnedSelector:
             "weights": list(self.weights), "bias": self.bias, "l2": self.l2, "auroc": dict(self.auroc),
             "n_items": self.n_items, "n_clusters": self.n_clusters, "cv_log_loss": self.cv_log_loss,
             "cv_accuracy": self.cv_accuracy, "cv_vote_accuracy": self.cv_vote_accuracy,
-            "dropped": list(self.dropped),
+            "dropped": list(self.dropped), "held_out": None if self.held_out is None else self.held_out.as_dict(),
+            "recalibration": None if self.recalibration is None else self.recalibration.as_dict(),
+            "reliability": None if self.reliability is None else self.reliability.as_dict(),
         }
 
     @classmethod
@@ -161,6 +183,9 @@ class LearnedSelector:
             n_items=int(finite(data["n_items"], 0)), n_clusters=int(finite(data["n_clusters"], 0)),
             cv_log_loss=finite(data["cv_log_loss"], 0), cv_accuracy=share("cv_accuracy"),
             cv_vote_accuracy=share("cv_vote_accuracy"), dropped=tuple(str(s) for s in data.get("dropped", ())),
+            held_out=None if data.get("held_out") is None else HeldOut.from_dict(dict(data["held_out"])),
+            recalibration=None if data.get("recalibration") is None else Recalibration.from_dict(data["recalibration"]),
+            reliability=None if data.get("reliability") is None else Reliability.from_dict(data["reliability"]),
         )
         if not len(model.center) == len(model.scale) == len(model.weights) == len(signals):
             raise ValueError("signals, center, scale and weights differ in length")
@@ -177,7 +202,19 @@ class LearnedSelector:
             "n_items": self.n_items,
             "cv_accuracy": self.cv_accuracy,
             "cv_vote_accuracy": self.cv_vote_accuracy,
+            "cv_weighted_accuracy": None if self.held_out is None else self.held_out.weighted,
+            "ece": None if self.reliability is None else round(self.reliability.ece, 4),
         }
+
+    def distribution(self, features: Sequence[Mapping[str, float]]) -> tuple[list[float], float | None]:
+        """P(right) of each of a request's answer clusters and P(none is right), summing to 1
+        (method §10.7). A model saved before the recalibration gives each cluster's own
+        P(correct) and no P(none)."""
+        own = [self.probability(f) for f in features]
+        if self.recalibration is None:
+            return own, None
+        probs, p_none = self.recalibration.distribution(logits(np.array(own)))
+        return [float(p) for p in probs], float(p_none)
 
 
 def _matrix(rows: Sequence[ClusterRow], signals: Sequence[str]) -> np.ndarray:
@@ -219,13 +256,51 @@ def _folds(items: Sequence[str], k: int, seed: int) -> list[set[str]]:
     return [set(order[i::k]) for i in range(k)]
 
 
+Run = tuple[str, str | None]  # (item, run)
+
+
+def _top_choice(rows: Sequence[ClusterRow], score: np.ndarray) -> dict[Run, bool]:
+    """Per run of an item, whether its highest-scoring cluster is right (ties: the first row)."""
+    best: dict[Run, tuple[float, bool]] = {}
+    for row, s in zip(rows, score, strict=True):
+        key = (row.item, row.run)
+        if key not in best or s > best[key][0]:
+            best[key] = (float(s), row.correct)
+    return {key: right for key, (_, right) in best.items()}
+
+
+def _per_item(values: Mapping[Run, float]) -> dict[str, float]:
+    """Means over each item's runs: the items are the independent draws (method §9.2)."""
+    sums: dict[str, list[float]] = {}
+    for (item, _), value in values.items():
+        sums.setdefault(item, []).append(value)
+    return {item: sum(v) / len(v) for item, v in sums.items()}
+
+
 def _top_right(rows: Sequence[ClusterRow], score: np.ndarray) -> float:
     """Share of items whose highest-scoring cluster is right (ties: the first row)."""
-    best: dict[str, tuple[float, bool]] = {}
-    for row, s in zip(rows, score, strict=True):
-        if row.item not in best or s > best[row.item][0]:
-            best[row.item] = (float(s), row.correct)
-    return sum(right for _, right in best.values()) / len(best)
+    right = _per_item({key: float(ok) for key, ok in _top_choice(rows, score).items()})
+    return sum(right.values()) / len(right)
+
+
+def _weighted_choice(rows: Sequence[ClusterRow]) -> dict[Run, bool]:
+    """Per run, whether weighted selection's cluster was right: the row marked `weighted`, or
+    the largest cluster where none is (records written before the mark, or weighted selection
+    chose a cluster without an answer)."""
+    votes = _top_choice(rows, np.array([r.features.get("vote_share", 0.0) for r in rows], dtype=float))
+    marked = {(r.item, r.run): r.correct for r in rows if r.weighted}
+    return {key: marked.get(key, right) for key, right in votes.items()}
+
+
+def _held_out(rows: Sequence[ClusterRow], predicted: np.ndarray) -> HeldOut:
+    learned, weighted = _top_choice(rows, predicted), _weighted_choice(rows)
+    wins = _per_item({k: float(learned[k] and not weighted[k]) for k in learned})
+    losses = _per_item({k: float(weighted[k] and not learned[k]) for k in learned})
+    right = _per_item({k: float(v) for k, v in learned.items()})
+    right_weighted = _per_item({k: float(v) for k, v in weighted.items()})
+    items = len(right)
+    return HeldOut(items, sum(wins.values()), sum(losses.values()), sum(right.values()) / items,
+                   sum(right_weighted.values()) / items)
 
 
 def fit_selector(
@@ -246,7 +321,10 @@ def fit_selector(
     x = _matrix(rows, names)
     scores = {name: auroc(x[:, j], y) for j, name in enumerate(names)}
     margin = floor - 0.5
-    signals = [n for n in names if scores[n] is not None and abs(scores[n] - 0.5) >= margin]  # type: ignore[operator]
+    signals = [
+        n for n in names
+        if scores[n] is not None and (n in ALWAYS_KEPT or abs(scores[n] - 0.5) >= margin)  # type: ignore[operator]
+    ]
     dropped = tuple(n for n in names if n not in signals)
     if not signals:
         raise NotFittable(f"no signal reaches probe AUROC {floor} (or {1 - floor:.2f} the other way)")
@@ -257,6 +335,7 @@ def fit_selector(
     k = min(folds, len(items))
     best_l2, best_loss = grid[0], math.inf
     held: dict[float, np.ndarray] = {}
+    tests: list[np.ndarray] = []
     if k >= 2:
         tests = [np.array([r.item in part for r in rows]) for part in _folds(items, k, seed)]
         for l2 in grid:
@@ -275,14 +354,42 @@ def fit_selector(
     w, b, center, scale = _fit_on(x, labels, best_l2)
     if not math.isfinite(best_loss):
         best_loss = log_loss(_predict(x, w, b, center, scale), labels)
-    cv_accuracy = _top_right(rows, held[best_l2]) if best_l2 in held else None
+    held_out = _held_out(rows, held[best_l2]) if best_l2 in held else None
+    recalibration, measured = _recalibrate(rows, held[best_l2], tests) if best_l2 in held else (None, None)
     votes = np.array([r.features.get("vote_share", 0.0) for r in rows], dtype=float)
     return LearnedSelector(
         signals=tuple(signals), center=tuple(float(v) for v in center), scale=tuple(float(v) for v in scale),
         weights=tuple(float(v) for v in w), bias=b, l2=best_l2, auroc=scores, n_items=len(items),
-        n_clusters=len(rows), cv_log_loss=best_loss, cv_accuracy=cv_accuracy,
-        cv_vote_accuracy=_top_right(rows, votes), dropped=dropped,
+        n_clusters=len(rows), cv_log_loss=best_loss, cv_accuracy=None if held_out is None else held_out.learned,
+        cv_vote_accuracy=_top_right(rows, votes), dropped=dropped, held_out=held_out,
+        recalibration=recalibration, reliability=measured,
     )
+
+
+def _recalibrate(
+    rows: Sequence[ClusterRow], predicted: np.ndarray, tests: Sequence[np.ndarray]
+) -> tuple[Recalibration, Reliability]:
+    """(a, c) on every run's held-out logits, and the reliability of the confidence with the
+    runs of each fold scored by (a, c) fitted on the other folds' runs."""
+    z = logits(predicted)
+    labels = np.array([r.correct for r in rows], dtype=bool)
+    runs: dict[Run, list[int]] = {}
+    for i, row in enumerate(rows):
+        runs.setdefault((row.item, row.run), []).append(i)
+    groups = [np.array(members) for members in runs.values()]
+    fold_of = np.zeros(len(rows), dtype=int)
+    for f, test in enumerate(tests):
+        fold_of[test] = f
+    confidence, right = [], []
+    for f in range(len(tests)):
+        inside = [g for g in groups if fold_of[g[0]] == f]
+        cal = fit_recalibration([(z[g], labels[g]) for g in groups if fold_of[g[0]] != f])
+        for g in inside:
+            probs, _ = cal.distribution(z[g])
+            top = int(np.argmax(z[g]))  # the cluster the model serves (ties: the first row)
+            confidence.append(float(probs[top]))
+            right.append(bool(labels[g][top]))
+    return fit_recalibration([(z[g], labels[g]) for g in groups]), reliability(confidence, right)
 
 
 @dataclass(frozen=True)
@@ -292,6 +399,8 @@ class SelectorState:
     model: LearnedSelector | None
     reason: str | None = None  # why selection falls back to `weighted`, in words for `rvr`
     judge_gate: JudgeGate | None = None  # whether the knockout tournament may run (when configured)
+    # Whether the model may serve (method §10.6); None: not checked (a model handed in directly)
+    safety: SafetyGate | None = None
 
 
 def rank_clusters(

@@ -27,12 +27,15 @@ class SelectionSettings(StrictModel):
     `weighted`: the weighted mean of the verifiers' normalized scores (strategies/selection/weighted.py).
     `learned`: the cluster with the highest P(correct) under a model fitted on the route's gold
     probe clusters (strategies/selection/learned.py); `weighted` until `min_items` probe items
-    exist. `min_confidence` (learned only): below it the proxy answers with `fallback_route`'s
+    exist, and while the safety gate (strategies/selection/safety.py) cannot rule out that the
+    model's held-out accuracy is below weighted selection's by more than `gate_margin`.
+    `min_confidence` (learned only): below it the proxy answers with `fallback_route`'s
     answer or with `abstain_message`, exactly one of which must be set.
     """
 
     mode: Literal["weighted", "learned"] = "weighted"
     min_items: int = Field(50, ge=4)
+    gate_margin: float = Field(0.02, ge=0.0, le=1.0)
     min_confidence: float | None = Field(None, gt=0.0, lt=1.0)
     fallback_route: str | None = None
     abstain_message: str | None = Field(None, min_length=1, max_length=4000)

@@ -70,6 +70,7 @@ def test_client_overrides_lower_caps_but_never_raise_them(client: openai.OpenAI,
         ask(client, "math-fixed", extra_body={"rvr": {"max_n": 0}})
     _, detailed = ask(client, "math-fixed", extra_body={"rvr": {"max_n": 2, "details": True}})
     assert len(rvr(detailed)["candidate_texts"]) == 2
+    assert rvr(detailed)["answer_types"] == ["number", "number"] and rvr(detailed)["answer_type"] == "number"
 
 
 def test_variants_spread_candidates_and_reach_the_upstream(client: openai.OpenAI, stub: StubServer) -> None:

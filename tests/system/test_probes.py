@@ -66,7 +66,8 @@ def probed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyProc
             directory, stub.api_base,
             [
                 route("biased", "prefers_wrong", {"file": str(directory / "half.jsonl")}),
-                route("honest", "knows_42", {"file": str(directory / "easy.jsonl")}),
+                # 20 items cannot pin a bias within the default ±0.03: this route accepts ±0.2
+                route("honest", "knows_42", {"file": str(directory / "easy.jsonl"), "tolerance": 0.2}),
                 route("later", "knows_42", {"file": str(directory / "easy.jsonl"), "every_s": 3600}),
                 route("broken", "knows_42", {"file": str(directory / "easy.jsonl"),
                                               "checker": "plugin:tests.plugin_verifier:broken_checker"}),
@@ -86,14 +87,14 @@ def ask(proxy: ProxyProcess, model: str) -> dict[str, Any]:
 
 
 def calibration_after(proxy: ProxyProcess, model: str, gold: int, timeout: float = 60.0) -> dict[str, Any]:
-    """The route's calibration once it rests on at least `gold` items."""
+    """The route's calibration once it rests on at least `gold` gold records (runs of its items)."""
     deadline = time.monotonic() + timeout
     while True:
         rvr = ask(proxy, model)
         calibration = rvr["risk"]["calibration"]
-        if calibration["n_gold"] >= gold:
+        if calibration["n_records"] >= gold:
             return rvr
-        assert time.monotonic() < deadline, f"{model}: {calibration['n_gold']} gold items after {timeout}s"
+        assert time.monotonic() < deadline, f"{model}: {calibration['n_records']} gold records after {timeout}s"
         time.sleep(0.3)
 
 
@@ -102,6 +103,8 @@ def test_a_shared_verifier_bias_is_caught_and_the_residual_anchored(probed: tupl
     rvr = calibration_after(proxy, "biased", 24)
     calibration = rvr["risk"]["calibration"]
     assert calibration["status"] == "uncalibrated"
+    # the items cycle: the runs count as records, the intervals count the 20 items
+    assert calibration["n_items"] == calibration["n_gold"] <= 20 < calibration["n_records"]
     # Every answer looks good to the verifier, so online little seems left to gain...
     assert rvr["risk"]["residual"] is not None and rvr["risk"]["residual"] < 0.1
     # ...while gold shows wrong answers served where right ones were there to take: the whole
@@ -115,7 +118,7 @@ def test_a_shared_verifier_bias_is_caught_and_the_residual_anchored(probed: tupl
 def test_a_verifier_that_is_right_is_calibrated(probed: tuple[ProxyProcess, Path]) -> None:
     proxy, _ = probed
     calibration = calibration_after(proxy, "honest", 24)["risk"]["calibration"]
-    assert calibration["status"] == "calibrated"
+    assert calibration["status"] == "calibrated" and calibration["tolerance"] == 0.2
     assert calibration["residual"]["ci90"][0] <= 0.05
 
 

@@ -16,7 +16,7 @@ from proxy.pipeline.services import RequestServices
 from proxy.upstream.allowance import BYTES_PER_TOKEN, RequestAllowance, estimate_tokens
 from proxy.upstream.client import UpstreamClient
 from strategies.contract import Usage
-from tests.fake_transport import FakeTransport, chat_reply, chunks
+from tests.fake_transport import FakeTransport, chunks
 
 MESSAGES = [{"role": "user", "content": "Say something long."}]
 

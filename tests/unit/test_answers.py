@@ -422,3 +422,14 @@ def test_question_of_is_the_last_user_message() -> None:
     assert question_of(messages) == "is 36 even?"
     assert question_of([{"role": "system", "content": "x"}]) is None
     assert parse_question("is 36 even?").numbers == {"36": 1}  # type: ignore[union-attr]
+
+
+def test_answer_types_name_the_kind_of_each_key() -> None:
+    from strategies.answers import ANSWER_TYPES, answer_type
+
+    kinds = {key: answer_type(key) for key in ("42", "-3.5", "yes", "no", "tokyo", "tool:f({})", "prose:3", None, "")}
+    assert kinds == {
+        "42": "number", "-3.5": "number", "yes": "yes_no", "no": "yes_no", "tokyo": "text",
+        "tool:f({})": "tool_call", "prose:3": "none", None: "none", "": "none",
+    }
+    assert set(kinds.values()) <= set(ANSWER_TYPES)

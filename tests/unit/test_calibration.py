@@ -7,14 +7,16 @@ import pytest
 
 from strategies.risk.calibration import (
     COMPONENTS,
+    Bias,
     GoldRecord,
     calibrate,
     classical,
     power_tuned_lambda,
     ppi_mean,
+    status_of,
     verifier_bias,
-    wilson,
 )
+from strategies.risk.intervals import wilson
 from strategies.risk.checkers import CheckerError, build_checker, score
 
 
@@ -81,12 +83,14 @@ def test_a_shared_bias_makes_the_status_uncalibrated_and_the_estimate_honest() -
 
 def test_an_unbiased_surrogate_is_calibrated_and_narrows_the_interval() -> None:
     rng = np.random.default_rng(2)
-    p = rng.uniform(0, 1, 3000)
-    y = (rng.random(3000) < p).astype(float)
-    gold = [GoldRecord(f"g{i}", 1 - y[i], 1, 1, 1, 0.5, {"residual": float(p[i])}) for i in range(200)]
-    traffic = [{"residual": float(v)} for v in p[200:]]
+    p = rng.uniform(0, 1, 6000)
+    y = (rng.random(6000) < p).astype(float)
+    gold = [GoldRecord(f"g{i}", 1 - y[i], 1, 1, 1, 0.5, {"residual": float(p[i])}) for i in range(3000)]
+    traffic = [{"residual": float(v)} for v in p[3000:]]
     body = calibrate(gold, traffic)
+    # 3,000 items pin the bias within ±0.03; 200 could not (a 95% half-width of 0.057: inconclusive)
     assert body["status"] == "calibrated"
+    assert calibrate(gold[:200], traffic)["status"] == "inconclusive"
     assert body["rho"] > 0.4
     est = body["residual"]
     gold_only = classical(np.array([g.truth("residual") for g in gold]))
@@ -150,3 +154,80 @@ def test_a_failing_checker_is_an_error_never_a_zero() -> None:
         score(build_checker("numeric"), "42", {"answer": "forty-two"})
     with pytest.raises(ValueError, match="unknown checker"):
         build_checker("fuzzy")
+
+
+# ---- issue 20, item 1: inference over probe items, intervals that never collapse --------------
+
+
+def polarized_gold(items: int, runs: int, rate: float, seed: int) -> list[GoldRecord]:
+    """`items` probe items each always right or always wrong (a share `rate` wrong), each run
+    `runs` times: the repeated records of one item carry no new information about the route."""
+    rng = np.random.default_rng(seed)
+    wrong = rng.random(items) < rate
+    return [
+        GoldRecord(f"i{i}", 0.0 if wrong[i] else 1.0, 1.0, 1.0, 1.0, 0.5, {"residual": float(rng.normal(0.01, 0.005))})
+        for _ in range(runs) for i in range(items)
+    ]
+
+
+def test_repeated_runs_of_an_item_count_once() -> None:
+    traffic = [{"residual": 0.01}] * 1000
+    cycled = calibrate(polarized_gold(100, 20, 0.5, 0), traffic)
+    assert (cycled["n_items"], cycled["n_records"], cycled["n_gold"]) == (100, 2000, 100)
+    once = calibrate(polarized_gold(100, 1, 0.5, 0), traffic)
+    width = lambda body: body["residual"]["ci90"][1] - body["residual"]["ci90"][0]  # noqa: E731
+    # 2,000 records of 100 items are worth 100 items: about ±0.08, not the ±0.018 of 2,000 draws
+    assert width(cycled) == pytest.approx(width(once), rel=0.05)
+    assert width(cycled) > 0.14
+    assert cycled["residual"]["estimate"] == pytest.approx(once["residual"]["estimate"], abs=0.005)
+
+
+def test_equal_gold_values_never_give_a_zero_width_interval() -> None:
+    gold = [GoldRecord(f"i{i}", 1.0, 1.0, 1.0, 1.0, 1.0, {"residual": 0.0}) for i in range(30)]
+    body = calibrate(gold, [{"residual": 0.0}] * 500)
+    low, high = body["residual"]["ci90"]
+    # Wilson's 0.083 at 0 of 30: a true rate of 1% stays inside
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(wilson(0, 30)[1])
+    for estimate in ppi_mean([0.5] * 40, [0.5] * 40, [0.5] * 100), classical(np.array([0.25] * 40)):
+        assert estimate is not None and estimate.high - estimate.low > 0
+
+
+# ---- issue 20, item 2: a status with a tolerance ------------------------------------------------
+
+
+def gap_gold(items: int, wrong_rate: float, online: float, seed: int = 0) -> list[GoldRecord]:
+    rng = np.random.default_rng(seed)
+    return [GoldRecord(f"i{i}", float(rng.random() >= wrong_rate), 1.0, 1.0, 1.0, 0.5, {"residual": online})
+            for i in range(items)]
+
+
+def test_a_negligible_bias_reads_calibrated_not_uncalibrated() -> None:
+    """Issue 20: an online residual off by 6e-6 made the route `uncalibrated` for ever."""
+    body = calibrate(gap_gold(2000, 0.0, 6e-6), [{"residual": 6e-6}] * 100)
+    assert body["status"] == "calibrated" and body["tolerance"] == 0.03
+    low, high = body["verifier_bias"]["ci95"]
+    assert low < 0 < high and high - low > 1e-3  # Wilson's width at 0 of 2,000, not a sliver
+
+
+def test_the_status_is_inconclusive_until_the_items_can_tell() -> None:
+    assert calibrate(gap_gold(5, 0.0, 0.0), [])["status"] == "inconclusive"
+    assert calibrate(gap_gold(1, 0.0, 0.0), [])["status"] == "no_gold"
+    assert calibrate(gap_gold(400, 0.0, 0.0), [])["status"] == "calibrated"
+
+
+def test_the_tolerance_is_the_routes_to_choose() -> None:
+    gold = gap_gold(3000, 0.08, 0.0, seed=1)  # the online residual misses 8 points of 100
+    assert calibrate(gold, [], tolerance=0.03)["status"] == "uncalibrated"
+    assert calibrate(gold, [], tolerance=0.15)["status"] == "calibrated"
+    assert calibrate(gold[:30], [], tolerance=0.03)["status"] == "inconclusive"
+    assert status_of(None) == "no_gold"
+    assert status_of(Bias(0.0, -0.01, 0.04), 0.03) == "inconclusive"
+    assert status_of(Bias(-0.1, -0.2, -0.05), 0.03) == "uncalibrated"
+
+
+def test_a_gold_record_keeps_an_online_estimate_past_1() -> None:
+    """The online baseline extrapolates past 1; such a record was skipped when read back."""
+    record = GoldRecord("a", 1.0, 1.0, 1.0, 1.0, 0.5, {"baseline": 1.17, "residual": 0.02})
+    assert GoldRecord.from_dict(record.as_dict()) == record
+    with pytest.raises(ValueError):
+        GoldRecord.from_dict({**record.as_dict(), "online": {"baseline": 1e308}})

@@ -72,8 +72,9 @@ def rows(items: int = 150, seed: int = 0) -> list[ClusterRow]:
 
 def test_the_selector_keeps_informative_signals_either_way_and_drops_chance() -> None:
     model = fit_selector(rows())
-    assert set(model.signals) == {"good", "copied"}
-    assert {"noise", "vote_share"} <= set(model.dropped)
+    # vote_share is at chance here (every cluster 0.25) and still kept: the vote is always weighed
+    assert set(model.signals) == {"good", "copied", "vote_share"}
+    assert set(model.dropped) == {"noise"}
     weights = dict(zip(model.signals, model.weights, strict=True))
     assert weights["good"] > 0 and weights["copied"] < 0  # AUROC below 0.5 is kept, with its sign
     assert model.auroc["copied"] is not None and model.auroc["copied"] < 0.45
@@ -243,7 +244,8 @@ def test_a_route_refits_from_its_gold_clusters_and_keeps_the_model(tmp_path: Pat
         clusters = tuple({"features": dict(r.features), "size": 1, "correct": r.correct} for r in training[i : i + 4])
         calibration.add_gold(GoldRecord(f"i{i}", 1.0, 1.0, 1.0, 1.0, 0.5, {}, time=float(i), clusters=clusters))
     selection._checked = -math.inf  # the once-a-second check, now
-    state = selection.state()
+    assert selection.state().model is None  # the refit runs in the fit helper: not waited for
+    state = selection.wait(timeout=60)
     assert state.model is not None and "good" in state.model.signals and state.reason is None
     restarted = RouteSelection("r/1", settings, RouteCalibration("r/1", probes, tmp_path / "other"), tmp_path)
     assert restarted._state.model == state.model  # read back from state_dir/selection/r%2F1.json
@@ -253,7 +255,8 @@ def test_the_probe_table_shows_each_signals_auroc_and_weight() -> None:
     from proxy.probes.command import selection_table
 
     text = selection_table(SelectorState(fit_selector(rows())), "learned")
-    lines = {line.split()[0]: line.split()[1:] for line in text.splitlines()[3:]}
+    signal_rows = text.split("\n\n")[0].splitlines()[3:]  # the signal table; the confidence's follows
+    lines = {line.split()[0]: line.split()[1:] for line in signal_rows}
     assert lines["good"][1].startswith("+") and lines["copied"][1].startswith("-")
     assert lines["noise"][1] == "dropped" and float(lines["noise"][0]) > 0.4
     assert "held-out top-cluster accuracy" in text

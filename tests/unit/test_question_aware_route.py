@@ -66,3 +66,10 @@ def test_restated_numbers_do_not_stop_the_vote() -> None:
 def test_an_answer_may_repeat_a_number_of_the_question() -> None:
     out = ask("what is 5 times 1?", ["5", "5 times 1 =", "5", "5", "5 x 1 = 5", "6", "5", "5"])
     assert out.stop_reason is StopReason.VOTE_CONFIDENT and out.chosen.text in ("5", "5 x 1 = 5")
+
+
+def test_each_candidate_names_its_kind_of_answer() -> None:
+    texts = ["Yes, 36 is even.", "36", "Yes", "It can be split into two equal halves, with nothing left over at all", "No.", "yes"]
+    out = ask("is 36 even?", texts)
+    assert out.answer_types[:6] == ["yes_no", "none", "yes_no", "none", "yes_no", "yes_no"]
+    assert out.answer_types[out.selected] == "yes_no"
