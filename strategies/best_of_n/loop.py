@@ -414,6 +414,8 @@ class BestOfN(Strategy):
                 ) from run.last_error
             verdict = await _judge(run, plan, settings, ctx, rng, answers_to, self._choose, posterior)
             stop = verdict.decision.stop
+            if stop in _EARLY_STOPS and len(run.candidates) < min(request.n, plan.max_n):
+                stop = None  # the client asked for n answers: an early stop waits until there are n
             if stop is None and run.over_budget is not None:
                 stop = StopReason.TOKEN_BUDGET
             if stop is None and added == 0:
@@ -617,3 +619,8 @@ def _answer_types(choice: Choice, n: int) -> list[str]:
         for member in cluster.members:
             types[member] = answer_type(cluster.key)
     return types
+
+
+# Stops that say "more samples would not pay"; hard caps (max_n, budget, deadline) still end a
+# request that has fewer candidates than the answers it asked for.
+_EARLY_STOPS = frozenset({StopReason.VOTE_CONFIDENT, StopReason.NO_GAIN, StopReason.GOOD_ENOUGH})

@@ -73,3 +73,16 @@ def test_each_candidate_names_its_kind_of_answer() -> None:
     out = ask("is 36 even?", texts)
     assert out.answer_types[:6] == ["yes_no", "none", "yes_no", "none", "yes_no", "yes_no"]
     assert out.answer_types[out.selected] == "yes_no"
+
+
+def test_an_early_stop_waits_until_the_request_has_the_n_answers_it_asked_for() -> None:
+    # Conformance: with the learned prior, two agreeing votes stopped a request that asked for
+    # n=3, and it answered with 2 choices.
+    settings = BestOfNSettings.model_validate({
+        "max_n": 8, "initial_batch": 2, "later_batch": 1, "variants": ["original"],
+        "verifiers": [{"type": "self_consistency"}], "stop": {"confidence": 0.8},
+    })
+    strategy = BestOfN(settings, build_verifiers(settings.verifiers), [_Original()], rng=lambda: np.random.default_rng(0))
+    request = StrategyRequest([{"role": "user", "content": "What is 6 times 7?"}], n=3)
+    out = asyncio.run(strategy.run(request, ScriptedServices(["42"] * 8)))  # type: ignore[arg-type]
+    assert len(out.candidates) == 3 and out.stop_reason is StopReason.VOTE_CONFIDENT
