@@ -37,6 +37,8 @@ from bench.common import (
     API_KEY_REF,
     HelpFormatter,
     LoadClient,
+    add_smoke,
+    apply_smoke,
     key_env,
     percentile,
     start_fast_upstream,
@@ -193,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--seconds", type=float, default=15.0, help="length of each phase of each round")
-    args = p.parse_args(argv)
+    add_smoke(p, "1 round of 2 s phases")
+    args = apply_smoke(p.parse_args(argv), {"rounds": 1, "seconds": 2.0})
     print(report(asyncio.run(run(args.rounds, args.seconds))))
 
 
