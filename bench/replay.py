@@ -40,7 +40,7 @@ class PoolServices:
             raise KeyError("messages of no pooled variant")
         return self._by_messages[key]
 
-    async def generate(self, messages: Sequence[Message], n: int) -> Batch:
+    async def generate(self, messages: Sequence[Message], n: int, upstream: str | None = None) -> Batch:
         queue = self._queues[self.variant_of(messages)]
         if len(queue) < n:
             raise PoolExhausted(f"the pool has {len(queue)} samples left, {n} wanted")

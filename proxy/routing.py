@@ -42,7 +42,7 @@ class Router:
         self._default: Route | None = None
         if config.server.default_upstream is not None:
             settings = RouteSettings(model=DEFAULT_ROUTE, upstream=config.server.default_upstream)
-            client = self.clients[settings.upstream]
+            client = self.clients[settings.primary_upstream]
             self._default = Route(DEFAULT_ROUTE, settings, client, call_ceiling=call_ceiling(config, settings))
 
     def resolve(self, model: str) -> Route:
@@ -58,4 +58,4 @@ class Router:
 
 def build_route(config: Config, settings: RouteSettings, clients: dict[str, UpstreamClient], path: str) -> Route:
     strategy = build_strategy_of(settings, path)
-    return Route(settings.model, settings, clients[settings.upstream], strategy, call_ceiling(config, settings))
+    return Route(settings.model, settings, clients[settings.primary_upstream], strategy, call_ceiling(config, settings))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal, Protocol
@@ -178,6 +178,9 @@ class Candidate:
     token_logprobs: list[float] | None = None
     logprobs: Any = None  # the upstream's logprobs object, returned to the client untouched
     response_fields: dict[str, Any] = field(default_factory=dict)  # system_fingerprint, ... as sent
+    # The panelist (configured upstream) that drew it, on panel routes; verifiers never show it
+    # to a judge, so judging stays blind to which model wrote what.
+    upstream: str | None = None
 
     @property
     def text(self) -> str:
@@ -229,8 +232,9 @@ class RewardReply:
 class Services(Protocol):
     """The outside world as a strategy sees it. The proxy implements it per request."""
 
-    async def generate(self, messages: Sequence[Message], n: int) -> Batch:
-        """Sample `n` answers from the route's upstream with the client's parameters.
+    async def generate(self, messages: Sequence[Message], n: int, upstream: str | None = None) -> Batch:
+        """Sample `n` answers from the route's upstream (or the configured `upstream`, a panelist)
+        with the client's parameters.
 
         Partial failure returns the samples that succeeded (and counts `errors`); raises
         only when not a single sample could be produced.
@@ -239,6 +243,11 @@ class Services(Protocol):
 
     async def chat(self, upstream: str, messages: Sequence[Message], **params: Any) -> Reply:
         """One completion from a configured upstream (judges, paraphrases)."""
+        ...
+
+    def chat_stream(self, upstream: str, messages: Sequence[Message]) -> AsyncIterator[str | Usage]:
+        """One completion from a configured upstream with the client's parameters, as text pieces
+        while they arrive (a fuser writing the answer), then, last, the `Usage` it was charged."""
         ...
 
     async def embed(self, upstream: str, texts: Sequence[str]) -> EmbedReply:
@@ -337,6 +346,15 @@ class Outcome:
     # What the route's candidate cap buys on its gold probes: the served cap's gold accuracy minus
     # one sample's, with its interval (strategies/best_of_n/adapt.py `Gain.as_dict`); None without gold.
     gain: dict[str, Any] | None = None
+    # What each upstream (config name) was paid for this request, filled by the proxy, which
+    # meters every call: `rvr.cost.by_upstream`.
+    usage_by_upstream: dict[str, Usage] = field(default_factory=dict)
+    # Panel routes: `rvr.panel` (strategies/best_of_n/panel.py `PanelRecord.report`).
+    panel: dict[str, Any] | None = None
+    # Fusion routes: `rvr.fusion`; `fusion_stream` is set, instead of a fused candidate, when the
+    # client streams: the fuser's text pieces, then `finish` completes the outcome.
+    fusion: dict[str, Any] | None = None
+    fusion_stream: FusionStream | None = None
     # Set by the proxy when `min_confidence` was not met: what the client gets instead.
     abstention: Candidate | None = None
     low_confidence: dict[str, Any] | None = None
@@ -468,6 +486,7 @@ class StrategyRequest:
     overrides: RequestOverrides | None = None  # the client's `rvr` options
     response_format: dict[str, Any] | None = None
     audit: bool | None = None  # None: the strategy draws it from its audit rate
+    stream: bool = False  # the client streams: a fused answer streams as the fuser writes it
 
 
 class RunningTotals(Protocol):
@@ -567,10 +586,24 @@ async def topped_up(
     return mine + fresh
 
 
-async def sample_variant(services: Services, messages: Sequence[Message], variant: str, k: int) -> list[Candidate]:
+async def sample_variant(
+    services: Services, messages: Sequence[Message], variant: str, k: int, upstream: str | None = None
+) -> list[Candidate]:
     """`k` candidates for `messages` as one variant; what they cost is charged where every call is."""
-    batch = await services.generate(messages, k)
-    return [
-        Candidate(i, variant, s.message, s.finish_reason, s.token_logprobs, s.logprobs, s.response_fields)
-        for i, s in enumerate(batch.samples)
-    ]
+    batch = await services.generate(messages, k, upstream)
+    return [as_candidate(i, variant, s, upstream) for i, s in enumerate(batch.samples)]
+
+
+def as_candidate(index: int, variant: str, sample: Sample, upstream: str | None = None) -> Candidate:
+    return Candidate(index, variant, sample.message, sample.finish_reason, sample.token_logprobs, sample.logprobs,
+                     sample.response_fields, upstream)
+
+
+@dataclass
+class FusionStream:
+    """A fused answer still being written: `pieces` yields the fuser's text as it arrives; then
+    `finish(text, None)` scores it and returns the completed outcome, or, where the fuser failed
+    before its first piece, `finish(None, error)` returns the selected candidate's."""
+
+    pieces: AsyncIterator[str]
+    finish: Callable[[str | None, BaseException | None], Awaitable[Outcome]]

@@ -31,6 +31,10 @@ class StrategySpec(StrictModel):
         """Configured upstreams this strategy calls besides the route's own, in first-use order."""
         return tuple(dict.fromkeys(name for _, name in self.upstream_references()))
 
+    def panel_upstreams(self) -> tuple[str, ...]:
+        """The upstreams that draw its candidates in place of the route's `upstream`; () for none."""
+        return ()
+
     def route_references(self) -> list[tuple[str, str]]:
         """(key path, route name) of every other route this strategy may answer with."""
         return []

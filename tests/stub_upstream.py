@@ -19,7 +19,10 @@ Three prefixes change how a one-choice stream is sent: `gzip-` (`gzip-echo`) com
 server behind a compressing front end does; `no-usage-` (`no-usage-echo`) ignores
 `stream_options.include_usage`, as some OpenAI-compatible servers do; `late-usage-`
 (`late-usage-echo`) sends its usage chunk `slow_s` after `finish_reason`, so a client can hang up
-in between, having read the whole answer.
+in between, having read the whole answer; `drip-` waits `DRIP_S` after each piece, so a client
+can tell a stream relayed as it comes from one replayed at its end.
+
+`answer-X` always answers "The answer is X." (a panelist that is always right, or always wrong).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ ANSWER = "42"
 RICH_CREATED = 1_700_000_000  # `rich` answers carry this `created`, streamed or not
 RICH_FINGERPRINT = "fp_stub_rich"
 RICH_SERVICE_TIER = "default"
+DRIP_S = 0.4
 TOOL_ARGUMENTS = ({"city": "Paris", "unit": "celsius"}, {"city": "Tokyo", "unit": "celsius"})
 
 
@@ -184,7 +188,9 @@ class Handler(BaseHTTPRequestHandler):
         behaviour = model.split("/")[-1]
         compressed, uncounted = behaviour.startswith("gzip-"), behaviour.startswith("no-usage-")
         late_usage = behaviour.startswith("late-usage-")
+        drip = behaviour.startswith("drip-")
         behaviour = behaviour.removeprefix("gzip-").removeprefix("no-usage-").removeprefix("late-usage-")
+        behaviour = behaviour.removeprefix("drip-")
         self._gzip = zlib.compressobj(wbits=31) if compressed else None
         n = int(body.get("n") or 1)
         if behaviour == "fail":
@@ -234,7 +240,7 @@ class Handler(BaseHTTPRequestHandler):
             cut, ends_early = behaviour == "cut", behaviour == "ends-early"
             self._stream(
                 body, contents[0], text_mode, cut=cut, ends_early=ends_early, counted=not uncounted,
-                late_usage=late_usage,
+                late_usage=late_usage, drip=drip,
             )
         elif behaviour == "rich":
             self._json(200, self._rich_completion(body, contents, text_mode))
@@ -248,6 +254,8 @@ class Handler(BaseHTTPRequestHandler):
     # ---- behaviours ---------------------------------------------------------------------
 
     def _content(self, behaviour: str, body: dict[str, Any], index: int) -> str:
+        if behaviour.startswith("answer-"):
+            return f"The answer is {behaviour.removeprefix('answer-')}."
         if behaviour == "math":
             return _math_answer(self.server.rng, body)
         if behaviour == "judge":
@@ -312,7 +320,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _stream(
         self, body: dict[str, Any], content: str, text_mode: bool, cut: bool, ends_early: bool = False,
-        counted: bool = True, late_usage: bool = False,
+        counted: bool = True, late_usage: bool = False, drip: bool = False,
     ) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
@@ -340,6 +348,9 @@ class Handler(BaseHTTPRequestHandler):
                     "choices": [choice],
                 }
             )
+            if drip:
+                self.wfile.flush()
+                time.sleep(DRIP_S)
             if cut and i == 1:
                 self.close_connection = True
                 self.wfile.flush()

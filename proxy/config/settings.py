@@ -154,7 +154,7 @@ class RouteLimits(StrictModel):
 
 class RouteSettings(StrictModel):
     model: str = Field(pattern=MODEL_NAME_PATTERN)
-    upstream: str
+    upstream: str | None = None  # the route's model; a best_of_n `panel` names its models instead
     strategy: SerializeAsAny[StrategySpec] = Field(default_factory=PassthroughSettings)
     limits: RouteLimits = Field(default_factory=RouteLimits)
     probes: ProbeSettings | None = None  # gold items that anchor the route's risk numbers
@@ -163,6 +163,21 @@ class RouteSettings(StrictModel):
     @classmethod
     def _strategy_of_its_kind(cls, value: Any) -> StrategySpec:
         return parse_settings(value)  # the kind's own settings type, found in the registry
+
+    @model_validator(mode="after")
+    def _upstream_or_panel(self) -> RouteSettings:
+        panel = self.strategy.panel_upstreams()
+        if panel and self.upstream is not None:
+            raise ValueError("a route has `upstream` or `strategy.panel`, not both")
+        if not panel and self.upstream is None:
+            raise ValueError("upstream: required (or a best_of_n `strategy.panel`)")
+        return self
+
+    @property
+    def primary_upstream(self) -> str:
+        """The route's own upstream: its `upstream`, or its panel's first. Plain calls (a client's
+        request as sent, learned facts such as `n` support) go there."""
+        return self.upstream if self.upstream is not None else self.strategy.panel_upstreams()[0]
 
 
 class Config(StrictModel):
@@ -184,7 +199,7 @@ class Config(StrictModel):
         if self.server.default_upstream is not None and self.server.default_upstream not in known:
             raise ValueError(f"server.default_upstream: unknown upstream {self.server.default_upstream!r}")
         for i, route in enumerate(self.routes):
-            if route.upstream not in known:
+            if route.upstream is not None and route.upstream not in known:
                 raise ValueError(f"routes.{i}.upstream: unknown upstream {route.upstream!r}")
             for where, name in route.strategy.upstream_references():
                 if name not in known:
@@ -243,7 +258,7 @@ def call_ceiling(config: Config, route: RouteSettings) -> int:
         fallback = config.upstream(upstream.fallback) if upstream.fallback is not None else None
         return 1 + upstream.retries + (1 + fallback.retries if fallback is not None else 0)
 
-    names = [route.upstream, *(name for _, name in strategy.upstream_references())]
+    names = [route.primary_upstream, *(name for _, name in strategy.upstream_references())]
     return strategy.upstream_calls(route.limits.max_n) * max(attempts(name) for name in names)
 
 

@@ -34,6 +34,10 @@ async def confident(
     if outcome.confidence is None or outcome.confidence >= threshold:
         return outcome
     note = {"confidence": outcome.confidence, "min_confidence": threshold}
+    if outcome.fusion_stream is not None:  # below the bar, nothing is fused: the stream never opens
+        outcome.fusion_stream = None
+        if outcome.fusion is not None:
+            outcome.fusion["skipped"] = "the selection's confidence was below min_confidence"
     if settings.fallback_route is not None:
         other = router.routes[settings.fallback_route]
         answer = await run(other, work, services.for_upstream(other.upstream))

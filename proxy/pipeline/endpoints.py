@@ -68,6 +68,10 @@ class Endpoint:
     def final_piece(self, candidate: Candidate, index: int) -> dict[str, Any]:
         raise NotImplementedError
 
+    def text_piece(self, text: str, index: int) -> dict[str, Any]:
+        """One streamed choice adding `text` to the answer."""
+        raise NotImplementedError
+
 
 def _slices(text: str) -> list[str]:
     return [text[i : i + CONTENT_PIECE] for i in range(0, len(text), CONTENT_PIECE)]
@@ -98,9 +102,7 @@ class ChatEndpoint(Endpoint):
 
     def pieces(self, candidate: Candidate, index: int) -> list[dict[str, Any]]:
         pieces = [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-        pieces += [
-            {"index": index, "delta": {"content": piece}, "finish_reason": None} for piece in _slices(candidate.text)
-        ]
+        pieces += [self.text_piece(piece, index) for piece in _slices(candidate.text)]
         calls = candidate.tool_calls
         if calls:  # tool calls stay structured: one delta with every call, indexed as OpenAI does
             deltas = [{"index": k, **call} for k, call in enumerate(calls)]
@@ -109,6 +111,9 @@ class ChatEndpoint(Endpoint):
 
     def final_piece(self, candidate: Candidate, index: int) -> dict[str, Any]:
         return {"index": index, "delta": {}, "finish_reason": candidate.finish_reason or "stop"}
+
+    def text_piece(self, text: str, index: int) -> dict[str, Any]:
+        return {"index": index, "delta": {"content": text}, "finish_reason": None}
 
 
 class TextEndpoint(Endpoint):
@@ -144,10 +149,13 @@ class TextEndpoint(Endpoint):
         return {"text": candidate.text}
 
     def pieces(self, candidate: Candidate, index: int) -> list[dict[str, Any]]:
-        return [{"index": index, "text": piece, "finish_reason": None} for piece in _slices(candidate.text)]
+        return [self.text_piece(piece, index) for piece in _slices(candidate.text)]
 
     def final_piece(self, candidate: Candidate, index: int) -> dict[str, Any]:
         return {"index": index, "text": "", "finish_reason": candidate.finish_reason or "stop"}
+
+    def text_piece(self, text: str, index: int) -> dict[str, Any]:
+        return {"index": index, "text": text, "finish_reason": None}
 
 
 CHAT = ChatEndpoint(

@@ -64,7 +64,9 @@ class Pipeline:
         services = RequestServices(
             route.upstream, self.router.clients, params, endpoint, self.http, endpoint.client_input(body), allowance
         )
-        work = StrategyRequest(endpoint.messages(body), body.n, body.rvr, params.get("response_format"))
+        work = StrategyRequest(
+            endpoint.messages(body), body.n, body.rvr, params.get("response_format"), stream=bool(body.stream)
+        )
         asked_max_n = body.rvr.max_n if body.rvr is not None else None
         candidates = route.settings.strategy.candidate_ceiling(endpoint.input_count(body) * body.n, asked_max_n)
         estimate = request_estimate(endpoint.client_input(body), params, candidates, budget)
@@ -126,5 +128,6 @@ class Pipeline:
             raise UpstreamFailed(str(exc)) from None
         if outcome.plain_usage is None:  # a strategy that made the plain call itself says so
             outcome.plain_usage = services.plain_usage
+        outcome.usage_by_upstream = services.spent  # the live tally: a streamed fusion adds to it later
         await self.learning.after(route)
         return outcome

@@ -41,6 +41,7 @@ class RequestServices:
         http: httpx.AsyncClient,
         client_input: Any = None,
         allowance: RequestAllowance | None = None,
+        spent: dict[str, Usage] | None = None,
     ) -> None:
         self._upstream = upstream
         self._clients = clients
@@ -51,14 +52,20 @@ class RequestServices:
         self._allowance = allowance if allowance is not None else RequestAllowance()
         self._completion = completion_cap(params)
         self.plain_usage: Usage | None = None  # one plain call's cost, for the cost multiplier
+        # What each upstream (by config name; `reward_model` for reward endpoints) was paid for this
+        # request, shared with `for_upstream` copies: `rvr.cost.by_upstream`.
+        self.spent: dict[str, Usage] = spent if spent is not None else {}
 
     def for_upstream(self, upstream: UpstreamClient) -> RequestServices:
         """The same request (parameters, input, allowance) sent to another route's upstream."""
         return RequestServices(
-            upstream, self._clients, dict(self._params), self._endpoint, self._http, self.client_input, self._allowance
+            upstream, self._clients, dict(self._params), self._endpoint, self._http, self.client_input,
+            self._allowance, self.spent,
         )
 
-    async def _metered(self, estimate: int, call: Callable[[], Awaitable[T]], usage: Callable[[T], Usage]) -> T:
+    async def _metered(
+        self, estimate: int, call: Callable[[], Awaitable[T]], usage: Callable[[T], Usage], upstream: str
+    ) -> T:
         """Run one call against the request's token budget (see `proxy.upstream.allowance`)."""
         held = self._allowance.reserve(estimate)
         try:
@@ -69,17 +76,23 @@ class RequestServices:
         except BaseException:
             self._allowance.settle(held, None)
             raise
+        self._spend(upstream, usage(result))
         self._allowance.settle(held, usage(result))
         return result
 
-    async def generate(self, messages: Sequence[Message], n: int) -> Batch:
+    def _spend(self, upstream: str, usage: Usage) -> None:
+        self.spent[upstream] = self.spent.get(upstream, Usage()) + usage
+
+    async def generate(self, messages: Sequence[Message], n: int, upstream: str | None = None) -> Batch:
+        client = self._upstream if upstream is None else self._clients[upstream]
         sent = self._endpoint.upstream_input(messages)
         each = estimate_tokens(sent) + self._completion
         n = self._allowance.affordable(each, n)  # fewer samples, rather than none, near the budget
         result = await self._metered(
             n * each,
-            lambda: self._endpoint.call(self._upstream, sent, self._params, n),
+            lambda: self._endpoint.call(client, sent, self._params, n),
             lambda r: r.usage,
+            client.name,
         )
         if self.plain_usage is None and result.choices:
             self.plain_usage = Usage(
@@ -93,6 +106,7 @@ class RequestServices:
             n * (estimate_tokens(self.client_input) + self._completion),
             lambda: self._endpoint.call(self._upstream, self.client_input, self._params, n),
             lambda r: r.usage,
+            self._upstream.name,
         )
         return _batch(result)
 
@@ -111,20 +125,45 @@ class RequestServices:
                 yield chunk
         finally:
             spent = reported if reported.total_tokens else Usage(prompt, math.ceil(streamed / BYTES_PER_TOKEN))
+            self._spend(self._upstream.name, spent)
             self._allowance.settle(held, spent)
+
+    async def chat_stream(self, upstream: str, messages: Sequence[Message]) -> AsyncIterator[str]:
+        """One answer from `upstream` with the client's parameters, as text pieces while they
+        arrive; charged, when the stream ends, at the usage it reported or at its estimate."""
+        client = self._clients[upstream]
+        sent = self._endpoint.upstream_input(messages)
+        prompt = estimate_tokens(sent)
+        held = self._allowance.reserve(prompt + self._completion)
+        reported, streamed = Usage(), 0
+        try:
+            async for chunk in self._endpoint.stream(client, sent, self._params, 1):
+                if chunk.get("usage"):
+                    reported += Usage.from_openai(chunk["usage"])
+                for choice in chunk.get("choices") or []:
+                    piece = _piece_text(choice)
+                    if piece:
+                        streamed += len(piece.encode("utf-8", "replace"))
+                        yield piece
+        finally:
+            spent = reported if reported.total_tokens else Usage(prompt, math.ceil(streamed / BYTES_PER_TOKEN))
+            self._spend(upstream, spent)
+            self._allowance.settle(held, spent)
+        yield spent  # last, so the strategy counts what the stream cost in the request's usage
 
     async def chat(self, upstream: str, messages: Sequence[Message], **params: Any) -> Reply:
         result = await self._metered(
             estimate_tokens(messages) + completion_cap(params),
             lambda: self._clients[upstream].chat(messages, params, 1),
             lambda r: r.usage,
+            upstream,
         )
         content = result.choices[0]["message"].get("content") if result.choices else None
         return Reply(content if isinstance(content, str) else "", result.usage)
 
     async def embed(self, upstream: str, texts: Sequence[str]) -> EmbedReply:
         vectors, usage = await self._metered(
-            estimate_tokens(list(texts)), lambda: self._clients[upstream].embed(texts), lambda r: r[1]
+            estimate_tokens(list(texts)), lambda: self._clients[upstream].embed(texts), lambda r: r[1], upstream
         )
         return EmbedReply(vectors, usage)
 
@@ -133,7 +172,7 @@ class RequestServices:
     ) -> RewardReply:
         body = _reward_body(endpoint, messages, answers)
         return await self._metered(
-            estimate_tokens(body), lambda: self._score(endpoint, body, len(answers)), lambda r: r.usage
+            estimate_tokens(body), lambda: self._score(endpoint, body, len(answers)), lambda r: r.usage, "reward_model"
         )
 
     async def _score(self, endpoint: RewardEndpoint, body: dict[str, Any], count: int) -> RewardReply:
@@ -163,6 +202,15 @@ def _batch(result: Choices) -> Batch:
             )
         )
     return Batch(samples, result.usage, result.errors)
+
+
+def _piece_text(choice: Any) -> str:
+    """The text a streamed choice adds: a chat delta's content, or a text completion's text."""
+    if not isinstance(choice, Mapping):
+        return ""
+    delta = choice.get("delta")
+    value = delta.get("content") if isinstance(delta, Mapping) else choice.get("text")
+    return value if isinstance(value, str) else ""
 
 
 def _conversation(messages: Sequence[Message]) -> str:

@@ -31,6 +31,7 @@ from proxy.errors import AuthenticationFailed, ClientDisconnected, ModelNotFound
 from proxy.pipeline.endpoints import ENDPOINTS, Endpoint
 from proxy.pipeline.requests import MAX_DEPTH, PART_FIELDS
 from strategies.answers import ANSWER_TYPES
+from strategies.best_of_n.panel import DROP_REASONS
 from strategies.contract import Candidate, StopReason
 from strategies.risk.calibration import STATUSES
 from strategies.selection.explain import EXPLANATION_FIELDS, RULES
@@ -333,7 +334,7 @@ SELECTION_EXPLANATION: dict[str, Any] = {
         "description": "what chose: vote (the ranking key, ordered by vote shares alone), score (the ranking key "
         "of the verifiers' normalized scores), consensus (no verifier ordered the candidates: agreement chose), "
         "learned (P(correct) per cluster), knockout (pairwise judge tournament), single (one candidate), "
-        "abstain (below min_confidence: the abstention message answered), fusion (reserved)",
+        "abstain (below min_confidence: the abstention message answered), fusion (a fuser wrote the answer from the strongest distinct answers, `rvr.fusion`)",
     },
     "over": {"enum": ["candidates", "clusters"], "description": "what `compared` and `chosen` index"},
     "key": {**_STRING, "description": "what the compared numbers are"},
@@ -382,6 +383,12 @@ COST = {
             "anyOf": [_COUNT, _NULL], "description": "what one plain call cost (the first sample's share)",
         },
         "multiple": {"anyOf": [{"type": "number"}, _NULL], "description": "upstream_tokens / single_call_tokens"},
+        "by_upstream": {
+            "type": "object",
+            "description": "the tokens each configured upstream was paid for this request (panelists, fuser, "
+            "judges, paraphrases; `reward_model` for reward endpoints)",
+            "additionalProperties": USAGE,
+        },
         "gain": {
             "anyOf": [
                 {
@@ -402,6 +409,53 @@ COST = {
                 _NULL,
             ],
             "description": "null until the route has enough gold probe items",
+        },
+    },
+    "additionalProperties": False,
+}
+# `rvr.panel` (strategies/best_of_n/panel.py `PanelRecord.report`).
+PANEL = {
+    "type": "object",
+    "description": "panel routes: candidates per upstream, the selected candidate's upstream, the panelists "
+    "dropped for this request and why",
+    "required": ["upstreams", "candidates", "selected_upstream", "dropped", "min_panel"],
+    "properties": {
+        "upstreams": _STRINGS,
+        "candidates": {"type": "object", "additionalProperties": _COUNT},
+        "selected_upstream": {"anyOf": [_STRING, _NULL]},
+        "dropped": {"type": "object", "additionalProperties": {"enum": list(DROP_REASONS)}},
+        "min_panel": _COUNT,
+    },
+    "additionalProperties": False,
+}
+# `rvr.fusion` (strategies/best_of_n/loop.py `BestOfN._fuse`).
+FUSION = {
+    "type": "object",
+    "description": "routes with `selection.fusion`: whether the fuser wrote the answer; if not, why "
+    "(`skipped`) or how it failed (`error`, and the selected candidate answered); the candidates it read "
+    "(`shown`, in the order shown), its answer's score under the route's verifiers, whether that answer "
+    "`agrees` with the selected cluster, and fused minus selected gold utility on the route's probes",
+    "required": ["fuser", "fused", "gain"],
+    "properties": {
+        "fuser": _STRING,
+        "fused": {"type": "boolean"},
+        "skipped": _STRING,
+        "error": _STRING,
+        "shown": _INDICES,
+        "answers": _COUNT,
+        "selected_candidate": _COUNT,
+        "score": _SCORE,
+        "agrees": {"type": "boolean"},
+        "gain": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "required": ["estimate", "ci90", "items"],
+                    "properties": {"estimate": {"type": "number"}, "ci90": _INTERVAL, "items": _COUNT},
+                    "additionalProperties": False,
+                },
+                _NULL,
+            ],
         },
     },
     "additionalProperties": False,
@@ -485,6 +539,12 @@ RVR_REPORT = {
                 **SELECTION_EXPLANATION,
             },
         },
+        "panel": PANEL,
+        "candidate_upstreams": {
+            "type": "array", "items": {"anyOf": [_STRING, _NULL]},
+            "description": "panel routes: the upstream that drew each candidate (the fuser for a fused answer)",
+        },
+        "fusion": FUSION,
         "low_confidence": {
             "type": "object",
             "description": "set when `selection.min_confidence` was not met: `action` route (another route answered) or abstain",

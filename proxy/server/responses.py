@@ -102,6 +102,11 @@ def rvr_body(
     if outcome.selection is not None:
         body["confidence"] = outcome.confidence
         body["selection"] = selection_body(outcome, details)
+    if outcome.panel is not None:
+        body["panel"] = outcome.panel
+        body["candidate_upstreams"] = [c.upstream for c in outcome.candidates]
+    if outcome.fusion is not None:
+        body["fusion"] = outcome.fusion
     if outcome.low_confidence is not None:
         body["low_confidence"] = outcome.low_confidence
     if details:
@@ -123,6 +128,7 @@ def cost_body(outcome: Outcome) -> dict[str, Any]:
         "single_call_tokens": plain or None,
         "multiple": tokens / plain if plain else None,
         "gain": outcome.gain,
+        "by_upstream": {name: usage_body(usage) for name, usage in outcome.usage_by_upstream.items()},
     }
 
 

@@ -103,13 +103,8 @@ async def replay(
     """
     task = asyncio.ensure_future(work)
     try:
-        if due and not task.done():
-            yield KEEPALIVE
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=keepalive_s)
-            if done:
-                break
-            yield KEEPALIVE
+        async for keepalive in _waiting(task, keepalive_s, due):
+            yield keepalive
         outcome = task.result()
     except asyncio.CancelledError:
         task.cancel()
@@ -118,14 +113,91 @@ async def replay(
         on_error(exc)
         yield error_event(exc)
         return
-    created = int(time.time())
+    base = {"id": stream_id, "object": endpoint.chunk_object, "created": int(time.time()), "model": route}
+    if outcome.fusion_stream is not None:
+        fused: list[Outcome] = []
+        async for data in _fused(outcome, base, endpoint, keepalive_s, fused, on_error):
+            yield data
+        if not fused:  # cut mid-answer: the error event went out
+            return
+        outcome = fused[0]
+        if _was_fused(outcome):
+            yield event({**base, "choices": [{**endpoint.final_piece(outcome.chosen, 0), "logprobs": None}]})
+            async for data in _tail(outcome, base, include_usage, rvr):
+                yield data
+            return
+        # the fuser failed before its first piece: the selected answer streams as it would have
     chosen = returned(outcome, n)
-    base = {"id": stream_id, "object": endpoint.chunk_object, "created": created, "model": route}
     base.update(chosen[0].response_fields if chosen else {})  # system_fingerprint, ... as the upstream sent
     for index, candidate in enumerate(chosen):
         pieces, final = endpoint.pieces(candidate, index), endpoint.final_piece(candidate, index)
         for choice in _with_logprobs(candidate, pieces, final):
             yield event({**base, "choices": [choice]})
+    async for data in _tail(outcome, base, include_usage, rvr):
+        yield data
+
+
+async def _waiting(task: asyncio.Future[Any], keepalive_s: float, due: bool) -> AsyncIterator[bytes]:
+    """Keep-alives until `task` is done (`due`: one at once)."""
+    if due and not task.done():
+        yield KEEPALIVE
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=keepalive_s)
+        if done:
+            return
+        yield KEEPALIVE
+
+
+def _was_fused(outcome: Outcome) -> bool:
+    return bool(outcome.fusion and outcome.fusion.get("fused"))
+
+
+async def _fused(
+    outcome: Outcome, base: dict[str, Any], endpoint: Endpoint, keepalive_s: float, into: list[Outcome],
+    on_error: Callable[[Exception], None],
+) -> AsyncIterator[bytes]:
+    """The fuser's answer as it is written (keep-alives until its first piece), then the finished
+    outcome in `into`. A fuser that fails before its first piece leaves the selected answer to
+    stream instead; one that fails mid-answer ends the stream with an error event (`into` empty)."""
+    stream = outcome.fusion_stream
+    assert stream is not None
+    outcome.fusion_stream = None
+    pieces = stream.pieces
+    first = asyncio.ensure_future(anext(pieces, END))
+    try:
+        async for keepalive in _waiting(first, keepalive_s, due=False):
+            yield keepalive
+        piece = first.result()
+    except asyncio.CancelledError:
+        first.cancel()
+        raise
+    except Exception as exc:  # noqa: BLE001 - nothing was sent: the selected answer stands in
+        into.append(await stream.finish(None, exc))
+        return
+    if piece is END:
+        into.append(await stream.finish(None, None))
+        return
+    written: list[str] = []
+    chat_role = endpoint.pieces(Candidate(0, "", {"role": "assistant", "content": ""}), 0)
+    for choice in chat_role:  # a chat stream opens with the role
+        yield event({**base, "choices": [{**choice, "logprobs": None}]})
+    try:
+        while piece is not END:
+            written.append(piece)
+            yield event({**base, "choices": [{**endpoint.text_piece(piece, 0), "logprobs": None}]})
+            piece = await anext(pieces, END)
+        into.append(await stream.finish("".join(written), None))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        on_error(exc)
+        yield error_event(exc)
+
+
+async def _tail(
+    outcome: Outcome, base: dict[str, Any], include_usage: bool, rvr: Callable[[Outcome], dict[str, Any] | None]
+) -> AsyncIterator[bytes]:
+    """The usage and `rvr` chunk, then `[DONE]`."""
     extension = rvr(outcome)
     if include_usage or extension is not None:
         tail: dict[str, Any] = {**base, "choices": []}

@@ -169,6 +169,26 @@ SELECTIONS = Counter(
     "weighted chose: no model yet, or the safety gate closed).",
     ["route", "mode"],
 )
+# --- panels and fusion (strategies/best_of_n/panel.py, strategies/selection/fusion.py) ---------
+PANEL_CANDIDATES = Counter("rvr_panel_candidates", "Candidates drawn from each panelist.", ["route", "upstream"])
+PANEL_SELECTED = Counter(
+    "rvr_panel_selected", "Requests whose selected candidate a panelist drew (before any fusion).", ["route", "upstream"]
+)
+PANEL_DROPPED = Counter(
+    "rvr_panel_dropped", "Panelists dropped for a request: rate_limited, timeout, error or no_candidates.",
+    ["route", "upstream", "reason"],
+)
+FUSIONS = Counter(
+    "rvr_fusions", "Requests on fusion routes by result: fused, skipped (agreement, n > 1, tool calls, the gold "
+    "gate) or failed (the selected candidate answered).", ["route", "result"],
+)
+FUSION_GAIN = Gauge(
+    "rvr_fusion_gain",
+    "Gold utility of fused minus selected answers, paired by probe item: bound estimate, lower and upper "
+    "(90% interval).",
+    ["route", "bound"],
+    multiprocess_mode="mostrecent",
+)
 LOW_CONFIDENCE = Counter(
     "rvr_low_confidence",
     "Client requests answered by the route's low-confidence fallback (another route, or abstention).",

@@ -76,6 +76,8 @@ def _observe(record: RequestRecord, duration: float, usage: Usage) -> None:
     metrics.STOPS.labels(route, outcome.stop_reason.value).inc()
     _observe_plain_cost(route, outcome)
     _observe_gain(route, outcome)
+    _observe_panel(route, outcome)
+    _observe_fusion(route, outcome)
     if outcome.audit:
         metrics.AUDITS.labels(route).inc()
         metrics.AUDIT_TOKENS.labels(route).inc(usage.total_tokens)
@@ -135,6 +137,31 @@ def _observe_gain(route: str, outcome: Outcome) -> None:
     if spent is not None:
         points = 100.0 * gain["estimate"]
         metrics.TOKENS_PER_POINT.labels(route).set(spent / points if points > 0 else math.inf)
+
+
+def _observe_panel(route: str, outcome: Outcome) -> None:
+    panel = outcome.panel
+    if panel is None:
+        return
+    for upstream, count in panel["candidates"].items():
+        metrics.PANEL_CANDIDATES.labels(route, upstream).inc(count)
+    if panel["selected_upstream"] is not None:
+        metrics.PANEL_SELECTED.labels(route, panel["selected_upstream"]).inc()
+    for upstream, reason in panel["dropped"].items():
+        metrics.PANEL_DROPPED.labels(route, upstream, reason).inc()
+
+
+def _observe_fusion(route: str, outcome: Outcome) -> None:
+    fusion = outcome.fusion
+    if fusion is None:
+        return
+    result = "fused" if fusion["fused"] else ("failed" if "error" in fusion else "skipped")
+    metrics.FUSIONS.labels(route, result).inc()
+    gain = fusion["gain"]
+    if gain is not None:
+        low, high = gain["ci90"]
+        for bound, value in (("estimate", gain["estimate"]), ("lower", low), ("upper", high)):
+            metrics.FUSION_GAIN.labels(route, bound).set(value)
 
 
 def _observe_plain_cost(route: str, outcome: Outcome) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ import numpy as np
 from strategies.answers import answer_key, answer_type, question_of
 from strategies.best_of_n import adapt, stopping
 from strategies.best_of_n.adapt import GainCurve
+from strategies.best_of_n.panel import PanelistSettings, PanelRecord, drop_reason, split
 from strategies.best_of_n.prior import VotePrior
 from strategies.best_of_n.settings import MAX_VIEW_ROUNDS, BestOfNSettings
 from strategies.best_of_n.variants import Variant, build_variants
@@ -33,6 +34,7 @@ from strategies.contract import (
     Batch,
     BudgetExhausted,
     Candidate,
+    FusionStream,
     Message,
     NoCandidatesError,
     Outcome,
@@ -46,13 +48,15 @@ from strategies.contract import (
     Usage,
     Verifier,
     VerifyContext,
+    as_candidate,
     failure_cause,
-    topped_up,
+    sample_variant,
 )
 from strategies.risk import estimators as risk
 from strategies.risk.estimators import RouteRiskState
 from strategies.selection.choice import Choice, StateSource, choose
 from strategies.selection.explain import explain
+from strategies.selection.fusion import FusionGain, fused_candidate, fusion_messages, shown_answers
 from strategies.selection.knockout import measure_pairs, tournament
 from strategies.selection.weighted import Selection, VerifierResult, select, view_key
 from strategies.verifiers import build_verifiers
@@ -71,6 +75,7 @@ class Plan:
     adaptive: bool
     variants: list[Variant]
     verifiers: list[Verifier]
+    panel: tuple[PanelistSettings, ...] = ()
 
 
 _Named = TypeVar("_Named", Variant, Verifier)
@@ -104,7 +109,7 @@ def plan_request(
         cap = min(cap, overrides.max_n)
     # audit requests measure the route, so they sample the whole budget, never stop early
     adaptive = False if audit else (settings.adaptive if overrides.adaptive is None else overrides.adaptive)
-    return Plan(cap, adaptive, chosen_variants, chosen_verifiers)
+    return Plan(cap, adaptive, chosen_variants, chosen_verifiers, tuple(settings.panel or ()))
 
 
 def round_robin(start: int, size: int, variants: Sequence[str]) -> dict[str, int]:
@@ -128,11 +133,13 @@ class _Run:
     errors: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     rendered: dict[str, list[Message]] = field(default_factory=dict)
+    rendering: dict[str, asyncio.Future[tuple[list[Message], Usage]]] = field(default_factory=dict)
     last_error: BaseException | None = None
     over_budget: BudgetExhausted | None = None  # a call the token budget could not pay for
     view_rounds: int = 0  # times the verifier-first rule added views
     verifier_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
     verifier_causes: dict[str, str] = field(default_factory=dict)
+    panel: PanelRecord | None = None  # panel routes: who drew what, who was dropped
 
     def time(self, step: str, since: float) -> None:
         self.timings[step] = self.timings.get(step, 0.0) + (self.clock() - since)
@@ -142,32 +149,57 @@ class _Run:
         return self.clock() - self.started
 
 
-async def _generate_for(run: _Run, variant: Variant, share: int) -> tuple[str, Batch | None]:
-    """One variant's share of a batch; a failure becomes an error count, not an exception."""
-    try:
-        if variant.name not in run.rendered:
-            messages, usage = await variant.render(run.messages, run.services)
+async def _render(run: _Run, variant: Variant) -> list[Message]:
+    """The variant's messages, rendered once per request (a paraphrase is asked once, whichever
+    panelists then answer it)."""
+    rendered = run.rendered.get(variant.name)
+    if rendered is None:
+        task = run.rendering.get(variant.name)
+        if task is None:
+            task = run.rendering[variant.name] = asyncio.ensure_future(variant.render(run.messages, run.services))
+            messages, usage = await task
             run.rendered[variant.name] = messages
             run.usage += usage
-        batch = await run.services.generate(run.rendered[variant.name], share)
+            return messages
+        messages, _ = await asyncio.shield(task)
+        return messages
+    return rendered
+
+
+async def _generate_for(
+    run: _Run, variant: Variant, share: int, upstream: str | None
+) -> tuple[str, str | None, Batch | None]:
+    """One (variant, panelist) share of a batch; a failure becomes an error count (and, on a
+    panel, drops the panelist for the request), not an exception."""
+    try:
+        messages = await _render(run, variant)
+        batch = await run.services.generate(messages, share, upstream)
     except BudgetExhausted as refused:  # never sent: not an upstream error
         run.over_budget = refused
-        return variant.name, None
+        return variant.name, upstream, None
     except Exception as error:  # noqa: BLE001 - any upstream failure only costs its share
         run.errors += 1
         run.last_error = error
-        return variant.name, None
+        if run.panel is not None and upstream is not None:
+            run.panel.drop(upstream, drop_reason(error))
+        return variant.name, upstream, None
     run.usage += batch.usage
     run.errors += batch.errors
-    return variant.name, batch
+    if run.panel is not None and upstream is not None and not batch.samples:
+        run.panel.drop(upstream, "no_candidates")
+    return variant.name, upstream, batch
 
 
 async def _sample_batch(run: _Run, plan: Plan, size: int, timeout: float | None) -> int:
     """Run one batch; keeps what finished in time and returns how many candidates it added."""
     since = run.clock()
-    shares = round_robin(len(run.candidates), size, [v.name for v in plan.variants])
+    dropped = set(run.panel.dropped) if run.panel is not None else set()
+    shares = split(len(run.candidates), size, [v.name for v in plan.variants], plan.panel, dropped)
     by_name = {v.name: v for v in plan.variants}
-    tasks = [asyncio.ensure_future(_generate_for(run, by_name[name], k)) for name, k in shares.items()]
+    tasks = [
+        asyncio.ensure_future(_generate_for(run, by_name[name], k, upstream))
+        for (name, upstream), k in shares.items()
+    ]
     try:
         done, pending = await asyncio.wait(tasks, timeout=timeout)
     except asyncio.CancelledError:  # asyncio.wait never cancels what it waits for: the client left
@@ -180,13 +212,12 @@ async def _sample_batch(run: _Run, plan: Plan, size: int, timeout: float | None)
     for task in tasks:
         if task not in done:
             continue
-        name, batch = task.result()
+        name, upstream, batch = task.result()
         for sample in batch.samples if batch else []:
-            run.candidates.append(
-                Candidate(len(run.candidates), name, sample.message, sample.finish_reason,
-                          sample.token_logprobs, sample.logprobs, sample.response_fields)
-            )
+            run.candidates.append(as_candidate(len(run.candidates), name, sample, upstream))
             added += 1
+            if run.panel is not None and upstream is not None:
+                run.panel.drawn[upstream] = run.panel.drawn.get(upstream, 0) + 1
     run.time("generate", since)
     return added
 
@@ -351,7 +382,13 @@ class BestOfN(Strategy):
             prior = VotePrior(learned.min_requests, learned.window_s)
         self.prior = prior
         self.gain = gain if gain is not None else GainCurve(settings.adapt_n)
-        self.shared_counts = {"gain": self.gain.counts} | ({"vote_prior": prior.counts} if prior is not None else {})
+        fusion = settings.selection.fusion
+        self.fusion_gain = FusionGain(fusion) if fusion is not None else None
+        self.shared_counts = (
+            {"gain": self.gain.counts}
+            | ({"vote_prior": prior.counts} if prior is not None else {})
+            | ({"fusion": self.fusion_gain.counts} if self.fusion_gain is not None else {})
+        )
         # The vote stop rule counts the answers of the first verifier that extracts them.
         voters = [v for v in self.verifiers if v.extracts_answers]
         self._voter = voters[0] if answer_of is None and voters else None
@@ -396,6 +433,8 @@ class BestOfN(Strategy):
             no_gain_cap = gain.n == 1
         ctx = VerifyContext(request.messages, services, response_format=request.response_format)
         run = _Run(request.messages, services, self._clock, started=self._clock())
+        if plan.panel:
+            run.panel = PanelRecord([p.upstream for p in plan.panel], settings.min_panel)
         answers_to = self._answers_to(run.messages)
         posterior = self.prior.posterior if self.prior is not None and plan.adaptive else None
         verdict: _Round | None = None
@@ -423,6 +462,12 @@ class BestOfN(Strategy):
             if stop is None and _next_size(run, plan, settings) <= 0:
                 stop = StopReason.TOKEN_BUDGET  # the next candidate would not fit the budget
         assert verdict is not None  # the first batch always produces a verdict or raises
+        if run.panel is not None and len(run.panel.producing) < run.panel.min_panel:
+            dropped = ", ".join(f"{name}: {why}" for name, why in run.panel.dropped.items())
+            raise NoCandidatesError(  # the panel's own words: one panelist's error would not say why
+                f"{len(run.panel.producing)} of the panel's {len(run.panel.upstreams)} upstreams produced"
+                f" candidates; the route needs {run.panel.min_panel}" + (f" (dropped {dropped})" if dropped else "")
+            )
         if no_gain_cap and stop is StopReason.MAX_N:
             stop = StopReason.NO_MEASURED_GAIN
         if self.prior is not None and answers_to is not None:
@@ -430,6 +475,106 @@ class BestOfN(Strategy):
         verdict = await self._knockout(run, plan, verdict, ctx)
         outcome = _outcome(run, plan, settings, verdict, stop, rng, audit, self.state)
         outcome.gain = gain.as_dict() if gain is not None else None
+        if run.panel is not None:
+            outcome.panel = run.panel.report(outcome.candidates, outcome.selected)
+        return await self._fuse(request, run, plan, verdict, ctx, rng, outcome)
+
+    async def _fuse(
+        self, request: StrategyRequest, run: _Run, plan: Plan, verdict: _Round, ctx: VerifyContext,
+        rng: np.random.Generator, outcome: Outcome,
+    ) -> Outcome:
+        """The fuser's answer from the strongest distinct answers (strategies/selection/fusion.py),
+        scored by the route's verifiers like a candidate and served in place of the selected one;
+        the selected one where fusion does not run or the fuser fails. A streaming client gets
+        a `fusion_stream` to relay instead, which completes the outcome when it ends."""
+        fusion = self.settings.selection.fusion
+        if fusion is None or self.fusion_gain is None:
+            return outcome
+        gain = self.fusion_gain.gain()
+        report: dict[str, Any] = {
+            "fuser": fusion.fuser, "fused": False,
+            "gain": None if gain is None else {"estimate": gain.estimate, "ci90": [gain.low, gain.high], "items": gain.items},
+        }
+        outcome.fusion = report
+        shown = _fusion_inputs(verdict.choice, verdict.selection, run.candidates, fusion.top_k, rng)
+        skipped = self._fusion_skipped(request, outcome, len(shown))
+        if skipped is not None:
+            report["skipped"] = skipped
+            return outcome
+        report.update(shown=shown, answers=len(shown), selected_candidate=outcome.selected)
+        messages = fusion_messages(request.messages, [run.candidates[i].text for i in shown], fusion.template)
+        if request.stream:
+            async def pieces() -> AsyncIterator[str]:
+                async for piece in run.services.chat_stream(fusion.fuser, messages):
+                    if isinstance(piece, Usage):
+                        run.usage += piece
+                    else:
+                        yield piece
+
+            async def finish(text: str | None, error: BaseException | None) -> Outcome:
+                if text is None:
+                    return _fusion_failed(outcome, run, error)
+                return await self._with_fused(run, plan, ctx, outcome, text, "stop", {})
+
+            outcome.fusion_stream = FusionStream(pieces(), finish)
+            return outcome
+        since = run.clock()
+        try:
+            batch = await run.services.generate(messages, 1, fusion.fuser)
+        except Exception as exc:  # noqa: BLE001 - a failed fuser leaves the selected answer standing
+            run.time("fuse", since)
+            return _fusion_failed(outcome, run, exc)
+        run.usage += batch.usage
+        run.time("fuse", since)
+        if not batch.samples:
+            return _fusion_failed(outcome, run, None)
+        sample = batch.samples[0]
+        text = Candidate(-1, "", sample.message).text
+        return await self._with_fused(run, plan, ctx, outcome, text, sample.finish_reason, sample.response_fields)
+
+    def _fusion_skipped(self, request: StrategyRequest, outcome: Outcome, answers: int) -> str | None:
+        """Why this request is not fused, or None."""
+        fusion = self.settings.selection.fusion
+        assert fusion is not None and self.fusion_gain is not None
+        fuses, why = self.fusion_gain.fuses()
+        if not fuses:
+            return why
+        if request.n > 1:
+            return "the client asked for n > 1 answers; fusion writes one"
+        if outcome.chosen.tool_calls:
+            return "tool-call answers are never fused"
+        if answers < fusion.min_clusters:
+            return f"{answers} distinct answer(s), fewer than min_clusters {fusion.min_clusters}"
+        return None
+
+    async def _with_fused(
+        self, run: _Run, plan: Plan, ctx: VerifyContext, outcome: Outcome, text: str,
+        finish_reason: str | None, response_fields: dict[str, Any],
+    ) -> Outcome:
+        """The outcome serving the fused answer, scored by the route's verifiers beside the
+        candidates it was written from."""
+        fusion = self.settings.selection.fusion
+        assert fusion is not None and outcome.fusion is not None
+        fused = fused_candidate(len(run.candidates), text, finish_reason, fusion.fuser, response_fields)
+        selected = run.candidates[outcome.selected]
+        run.candidates.append(fused)  # the outcome's candidates are the run's
+        results = await _verify(run, plan, ctx)
+        rescored = select(run.candidates, results)
+        key_of = self._answers_to(run.messages) or self.cluster_key
+        key = key_of(fused)
+        outcome.scores = rescored.utility_list()
+        outcome.view_scores = _view_scores(results, len(run.candidates))
+        outcome.answer_types.append(answer_type(key or ""))
+        outcome.fusion.update(fused=True, score=outcome.scores[-1], agrees=key is not None and key == key_of(selected))
+        outcome.selected = fused.index
+        if outcome.selection is not None:
+            outcome.selection["rule"] = "fusion"
+            outcome.selection["why"] = (
+                f"{fusion.fuser} wrote the answer from {outcome.fusion['answers']} distinct answers; "
+                f"the selection's own choice was candidate {outcome.fusion['selected_candidate']}"
+            )
+        outcome.usage = run.usage
+        outcome.timings = dict(run.timings)
         return outcome
 
     def _judge_of(self, plan: Plan | None = None) -> Verifier | None:
@@ -452,17 +597,7 @@ class BestOfN(Strategy):
             report["played"] = False
             return replace(verdict, knockout=report)
         choice, selection = verdict.choice, verdict.selection
-        eligible = selection.matrix.eligible
-        ranked = [j for j, c in enumerate(choice.clusters) if c.answered and eligible[c.representative]]
-
-        def strength(j: int) -> tuple[bool, float]:
-            chosen = selection.index in choice.clusters[j].members  # the current choice defends first
-            if choice.probabilities is not None:
-                return chosen, choice.probabilities[j]
-            rank = selection.ranking[choice.clusters[j].representative]
-            return chosen, float(rank) if not np.isnan(rank) else -1.0
-
-        seeds = sorted(ranked, key=strength, reverse=True)[: knockout.top]
+        seeds = _ranked_clusters(choice, selection)[: knockout.top]
         if len(seeds) < 2:
             report["played"] = False
             return replace(verdict, knockout=report)
@@ -512,6 +647,42 @@ class BestOfN(Strategy):
             lambda group: self._select_among(request, services, group), utility, every_group=free,
         )
         self.gain.add(item, accuracy)
+        if self.fusion_gain is not None:
+            await self._measure_fusion(request, services, reference, utility, item)
+
+    async def _measure_fusion(
+        self, request: StrategyRequest, services: Services, reference: Sequence[Candidate],
+        utility: Callable[[Candidate], float | None], item: str,
+    ) -> None:
+        """Fused against selected gold utility on one probe item (§10.6): the route's selection
+        and fuser on a request's worth of its reference draws. Where serving would not fuse
+        (agreement, tool calls), the two are the same answer."""
+        fusion = self.settings.selection.fusion
+        assert fusion is not None and self.fusion_gain is not None
+        group = adapt.groups(reference, [v.name for v in self.variants], self.settings.max_n)[:1]
+        if not group:
+            return
+        plan = plan_request(self.settings, None, self.variants, self.verifiers, audit=False)
+        run = _Run(request.messages, services, self._clock, started=self._clock(), candidates=group[0])
+        ctx = VerifyContext(request.messages, services, response_format=request.response_format)
+        selection, choice = self._choose(run, select(run.candidates, await _verify(run, plan, ctx)))
+        selected = run.candidates[selection.index]
+        shown = _fusion_inputs(choice, selection, run.candidates, fusion.top_k, self._rng())
+        fused = selected
+        if not selected.tool_calls and len(shown) >= fusion.min_clusters:
+            messages = fusion_messages(request.messages, [run.candidates[i].text for i in shown], fusion.template)
+            try:
+                batch = await services.generate(messages, 1, fusion.fuser)
+            except BudgetExhausted:
+                return
+            if not batch.samples:
+                return
+            sample = batch.samples[0]
+            fused = fused_candidate(len(run.candidates), Candidate(-1, "", sample.message).text,
+                                    sample.finish_reason, fusion.fuser)
+        fused_utility, selected_utility = utility(fused), utility(selected)
+        if fused_utility is not None and selected_utility is not None:
+            self.fusion_gain.add(item, fused_utility, selected_utility)
 
     async def _select_among(self, request: StrategyRequest, services: Services, candidates: list[Candidate]) -> int:
         """The candidate the route's verifiers and selection would choose among `candidates`."""
@@ -543,11 +714,61 @@ class BestOfN(Strategy):
 
         async def one(variant: Variant) -> list[Candidate]:
             messages, _ = await variant.render(request.messages, services)
-            return await topped_up(services, messages, variant.name, k, served)
+            mine = [c for c in served if c.variant == variant.name][:k]
+            if len(mine) >= k:
+                return mine
+            # a panel's reference draws are split by weight, as its requests' candidates are
+            shares = split(len(mine), k - len(mine), [variant.name], self.settings.panel or (), set())
+            drawn = await asyncio.gather(
+                *(sample_variant(services, messages, variant.name, count, upstream)
+                  for (_, upstream), count in shares.items())
+            )
+            return mine + [c for batch in drawn for c in batch]
 
         batches = await asyncio.gather(*(one(v) for v in self.variants))
         ordered = [c for batch in batches for c in batch]
         return [replace(c, index=i) for i, c in enumerate(ordered)]
+
+
+def _fusion_inputs(
+    choice: Choice, selection: Selection, candidates: Sequence[Candidate], top_k: int, rng: np.random.Generator
+) -> list[int]:
+    """The candidates the fuser reads: the strongest answered clusters' representatives, then
+    (free text whose answers cannot be compared) unanswered candidates by ranking, shuffled."""
+    clusters = choice.clusters
+    ranked = [clusters[j].representative for j in _ranked_clusters(choice, selection)]
+    ranking = selection.ranking
+    loose = [i for c in clusters if not c.answered for i in c.members]
+    loose.sort(key=lambda i: -ranking[i] if not np.isnan(ranking[i]) else math.inf)
+    return shown_answers(candidates, ranked + loose, top_k, rng)
+
+
+def _fusion_failed(outcome: Outcome, run: _Run, error: BaseException | None) -> Outcome:
+    """The selected answer, saying that the fuser failed and why."""
+    cause = failure_cause(error) if error is not None else "it returned no answer"
+    assert outcome.fusion is not None
+    outcome.fusion.update(fused=False, error=cause)
+    if outcome.selection is not None:
+        outcome.selection["fallback_reason"] = f"the fuser failed ({cause}); the selected candidate answered"
+    outcome.usage = run.usage
+    outcome.timings = dict(run.timings)
+    return outcome
+
+
+def _ranked_clusters(choice: Choice, selection: Selection) -> list[int]:
+    """The admissible answered clusters, strongest first: the current choice, then by the learned
+    probability where there is one, else by the weighted ranking key of the representative."""
+    eligible = selection.matrix.eligible
+    ranked = [j for j, c in enumerate(choice.clusters) if c.answered and eligible[c.representative]]
+
+    def strength(j: int) -> tuple[bool, float]:
+        chosen = selection.index in choice.clusters[j].members  # the current choice defends first
+        if choice.probabilities is not None:
+            return chosen, choice.probabilities[j]
+        rank = selection.ranking[choice.clusters[j].representative]
+        return chosen, float(rank) if not np.isnan(rank) else -1.0
+
+    return sorted(ranked, key=strength, reverse=True)
 
 
 def _vote_answers(plan: Plan, choice: Choice, n: int) -> list[str | None] | None:

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from strategies.best_of_n.panel import PanelistSettings
 from strategies.contract import NAME_PATTERN, StrictModel
 from strategies.selection.settings import SelectionSettings
 from strategies.settings import StrategySpec
@@ -71,6 +72,11 @@ class BestOfNSettings(StrategySpec):
     later_batch: int | None = Field(None, ge=1, le=512)
     adapt_n: AdaptNSettings | None = None  # §4.8; None: max_n, whatever the gold says
     adaptive: bool = True  # False samples exactly max_n (fixed best-of-N)
+    # Candidates from several upstreams, split by weight (strategies/best_of_n/panel.py); a route
+    # with a panel names no `upstream` of its own. A panelist that fails is dropped for the
+    # request, which answers while `min_panel` panelists produced candidates.
+    panel: list[PanelistSettings] | None = Field(None, min_length=1, max_length=16)
+    min_panel: int = Field(1, ge=1)
     variants: list[str | VariantTemplate] = Field(default_factory=lambda: list[str | VariantTemplate](["original"]))
     paraphrase_upstream: str | None = None  # needed by the `paraphrase` variant
     verifiers: list[VerifierSettings] = Field(
@@ -97,6 +103,14 @@ class BestOfNSettings(StrategySpec):
                     f"verifiers.{j}.name: {verifier.name!r} is already used; give each verifier a distinct `name`"
                 )
             seen.add(verifier.name)
+        if self.panel is not None:
+            names = [p.upstream for p in self.panel]
+            if len(set(names)) != len(names):
+                raise ValueError("panel: each upstream may appear once; give it a larger `weight` instead")
+            if self.min_panel > len(self.panel):
+                raise ValueError(f"min_panel: {self.min_panel} is more than the panel's {len(self.panel)} upstreams")
+        elif self.min_panel != 1:
+            raise ValueError("min_panel needs a `panel`")
         knockout = self.selection.knockout
         if knockout is not None and not any(
             v.name == knockout.judge and v.judges_pairs for v in self.verifiers
@@ -106,9 +120,15 @@ class BestOfNSettings(StrategySpec):
 
     def upstream_references(self) -> list[tuple[str, str]]:
         """(key path, upstream name) of every configured upstream this strategy calls."""
-        refs = [("paraphrase_upstream", self.paraphrase_upstream)] if self.paraphrase_upstream else []
+        refs = [(f"panel.{j}.upstream", p.upstream) for j, p in enumerate(self.panel or ())]
+        refs += [("paraphrase_upstream", self.paraphrase_upstream)] if self.paraphrase_upstream else []
+        fusion = self.selection.fusion
+        refs += [("selection.fusion.fuser", fusion.fuser)] if fusion is not None else []
         refs += [(f"verifiers.{j}", name) for j, v in enumerate(self.verifiers) for name in v.upstreams()]
         return refs
+
+    def panel_upstreams(self) -> tuple[str, ...]:
+        return tuple(p.upstream for p in self.panel or ())
 
     def route_references(self) -> list[tuple[str, str]]:
         fallback = self.selection.fallback_route
@@ -148,6 +168,10 @@ class BestOfNSettings(StrategySpec):
         else:
             batches = 1 + math.ceil(max(candidates - self.initial_batch, 0) / self.later_batch)
         rounds = batches + MAX_VIEW_ROUNDS + candidates.bit_length() + 1
+        # Variants render once per request; a paraphrase is asked once, not per panelist.
         paraphrases = sum(1 for variant in self.variants if variant == "paraphrase")
-        verifying = sum(verifier.upstream_calls(candidates, rounds) for verifier in self.verifiers)
-        return candidates + paraphrases + verifying
+        # The fused answer is one more candidate for the verifiers, verified once more; a gold
+        # probe fuses its reference candidates once more.
+        fusing = 2 if self.selection.fusion is not None else 0
+        verifying = sum(verifier.upstream_calls(candidates + 1, rounds + fusing) for verifier in self.verifiers)
+        return candidates + paraphrases + fusing + verifying

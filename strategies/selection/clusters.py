@@ -40,6 +40,7 @@ NO_ANSWER = ""
 CONF_WINDOW = 8  # tokens; DeepConf uses larger groups for long traces, answers here are short
 BASE_FEATURES = ("vote_share", "variant_support", "copied_shot", "conf_mean", "conf_low", "format_ok")
 VERIFIER_PREFIX = "v:"
+PANEL_PREFIX = "m:"  # per panelist (model): the share of its own candidates in the cluster
 
 AnswerOf = Callable[[Candidate], "str | None"]
 
@@ -108,6 +109,10 @@ def build_clusters(
     confidence = [token_confidence(c.token_logprobs) for c in candidates]
     passes = matrix.eligible.astype(float)
     owners = np.asarray(matrix.verifiers)
+    drawn: dict[str, int] = {}  # panel routes: candidates per panelist that drew any
+    for c in candidates:
+        if c.upstream is not None:
+            drawn[c.upstream] = drawn.get(c.upstream, 0) + 1
     clusters = []
     for key, members in groups.items():
         features = {
@@ -118,6 +123,11 @@ def build_clusters(
             "conf_low": _nanmean([confidence[i][1] for i in members]),
             "format_ok": float(passes[members].mean()),
         }
+        if drawn:  # agreement across models is evidence that agreement within one is not
+            by_model = [candidates[i].upstream for i in members]
+            features["panel_support"] = len(set(by_model) & drawn.keys()) / len(drawn)
+            for upstream, count in drawn.items():
+                features[PANEL_PREFIX + upstream] = by_model.count(upstream) / count
         for name in dict.fromkeys(matrix.verifiers):
             block = matrix.scores[np.ix_(members, owners == name)]
             features[VERIFIER_PREFIX + name] = float(np.nanmean(block)) if not np.isnan(block).all() else math.nan

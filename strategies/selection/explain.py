@@ -18,8 +18,9 @@ names its `rule` and gives the very numbers that rule compared:
 * `higher_scores` lists the candidates whose `s̄` beats the served one's, and `why` says in
   words why they lost, so `scores` and `selected` never contradict each other unexplained.
 
-`RULES` is the fixed vocabulary; `fusion` is reserved for a strategy that writes its answer
-from several candidates (none does yet).
+`RULES` is the fixed vocabulary; `fusion` marks an answer a fuser wrote from the strongest
+distinct answers (strategies/best_of_n/loop.py `BestOfN._fuse`), the other fields then telling
+how the selection ranked them.
 """
 
 from __future__ import annotations

@@ -21,6 +21,34 @@ class KnockoutSettings(StrictModel):
     min_accuracy: float = Field(0.6, gt=0.5, lt=1.0)
 
 
+FUSION_PLACEHOLDER = "{answers}"
+
+
+class FusionSettings(StrictModel):
+    """A fuser model writes the answer from the top answer clusters' representatives, shown
+    anonymized and shuffled (strategies/selection/fusion.py). Tool-call answers are never fused.
+
+    `when: measured_better` fuses only while the route's gold probes measure fused answers above
+    selected ones on the same items (the paired interval's lower bound above 0, over at least
+    `min_items` items); `always` fuses every request whose candidates fall in at least
+    `min_clusters` answer clusters (1: also when they agree).
+    """
+
+    fuser: str = Field(pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")  # a configured upstream
+    top_k: int = Field(4, ge=1, le=16)
+    min_clusters: int = Field(2, ge=1, le=16)
+    template: str | None = Field(None, min_length=1, max_length=20_000)  # must contain {answers}
+    when: Literal["always", "measured_better"] = "always"
+    min_items: int = Field(30, ge=4)
+    window_s: float = Field(604800.0, gt=0)  # gold from the last one to two windows is used
+
+    @model_validator(mode="after")
+    def _template_has_answers(self) -> FusionSettings:
+        if self.template is not None and FUSION_PLACEHOLDER not in self.template:
+            raise ValueError(f"template must contain {FUSION_PLACEHOLDER}")
+        return self
+
+
 class SelectionSettings(StrictModel):
     """How a best_of_n route picks its answer among the candidates' answer clusters.
 
@@ -40,6 +68,7 @@ class SelectionSettings(StrictModel):
     fallback_route: str | None = None
     abstain_message: str | None = Field(None, min_length=1, max_length=4000)
     knockout: KnockoutSettings | None = None
+    fusion: FusionSettings | None = None  # write the answer from the top clusters, after choosing
 
     @model_validator(mode="after")
     def _fallback_is_clear(self) -> SelectionSettings:

@@ -31,7 +31,7 @@ class Scripted:
     def __init__(self) -> None:
         self.sampled = 0
 
-    async def generate(self, messages: Sequence[Message], n: int) -> Batch:
+    async def generate(self, messages: Sequence[Message], n: int, upstream: str | None = None) -> Batch:
         self.sampled += n
         return Batch([Sample({"role": "assistant", "content": RIGHT}, "stop") for _ in range(n)], Usage(3 * n, 5 * n))
 

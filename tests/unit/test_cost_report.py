@@ -26,8 +26,16 @@ def gauge(name: str, **labels: str) -> float | None:
 
 
 def test_rvr_cost_names_tokens_candidates_the_multiple_and_the_gain() -> None:
-    cost = rvr_body(outcome(400, 100, GAIN), "r", details=False)["cost"]
-    assert cost == {"upstream_tokens": 400, "candidates": 4, "single_call_tokens": 100, "multiple": 4.0, "gain": GAIN}
+    answered = outcome(400, 100, GAIN)
+    answered.usage_by_upstream = {"big": Usage(150, 150), "judge": Usage(90, 10)}
+    cost = rvr_body(answered, "r", details=False)["cost"]
+    assert cost == {
+        "upstream_tokens": 400, "candidates": 4, "single_call_tokens": 100, "multiple": 4.0, "gain": GAIN,
+        "by_upstream": {
+            "big": {"prompt_tokens": 150, "completion_tokens": 150, "total_tokens": 300},
+            "judge": {"prompt_tokens": 90, "completion_tokens": 10, "total_tokens": 100},
+        },
+    }
     Draft202012Validator(COST).validate(cost)
 
 

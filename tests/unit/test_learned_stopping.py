@@ -29,7 +29,7 @@ class Answers:
         self.batches: list[int] = []
         self.position = 0
 
-    async def generate(self, messages: Sequence[Message], n: int) -> Batch:
+    async def generate(self, messages: Sequence[Message], n: int, upstream: str | None = None) -> Batch:
         self.batches.append(n)
         texts = [self.answers[(self.position + i) % len(self.answers)] for i in range(n)]
         self.position += n

@@ -23,7 +23,7 @@ class ScriptedServices:
     def __init__(self, texts: Sequence[str]) -> None:
         self.texts = list(texts)
 
-    async def generate(self, messages: Sequence[Message], n: int) -> Batch:
+    async def generate(self, messages: Sequence[Message], n: int, upstream: str | None = None) -> Batch:
         taken, self.texts = self.texts[:n], self.texts[n:]
         return Batch([Sample({"role": "assistant", "content": t}, "stop") for t in taken], Usage(5, 5 * len(taken)))
 

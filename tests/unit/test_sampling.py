@@ -76,7 +76,7 @@ class FakeServices:
         self.calls: list[tuple[str, int]] = []
         self.counter = itertools.count()
 
-    async def generate(self, messages: Sequence[Message], n: int) -> Batch:
+    async def generate(self, messages: Sequence[Message], n: int, upstream: str | None = None) -> Batch:
         variant = variant_of(messages)
         self.calls.append((variant, n))
         if self.clock is not None:

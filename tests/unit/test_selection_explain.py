@@ -149,7 +149,7 @@ class Script:
     def __init__(self, texts: Sequence[str]) -> None:
         self.texts, self.next = list(texts), 0
 
-    async def generate(self, messages: Sequence[Message], n: int) -> Batch:
+    async def generate(self, messages: Sequence[Message], n: int, upstream: str | None = None) -> Batch:
         samples = [Sample({"role": "assistant", "content": self.texts[self.next + k]}, "stop") for k in range(n)]
         self.next += n
         return Batch(samples, Usage(n, n))

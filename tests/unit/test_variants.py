@@ -21,7 +21,7 @@ class FakeServices:
         self.replies = list(replies)
         self.chat_calls: list[tuple[str, list[Message], dict[str, Any]]] = []
 
-    async def generate(self, messages: Sequence[Message], n: int) -> Batch:
+    async def generate(self, messages: Sequence[Message], n: int, upstream: str | None = None) -> Batch:
         raise AssertionError("variants never generate")
 
     async def chat(self, upstream: str, messages: Sequence[Message], **params: Any) -> Reply:

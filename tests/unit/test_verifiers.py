@@ -56,7 +56,7 @@ class FakeServices:
         self.in_flight = 0
         self.max_in_flight = 0
 
-    async def generate(self, messages: Sequence[Message], n: int) -> Batch:
+    async def generate(self, messages: Sequence[Message], n: int, upstream: str | None = None) -> Batch:
         raise AssertionError("verifiers never generate")
 
     async def chat(self, upstream: str, messages: Sequence[Message], **params: Any) -> Reply:

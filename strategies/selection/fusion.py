@@ -1,0 +1,126 @@
+"""Fusion: a fuser model writes the answer from the top answer clusters (method §10.6).
+
+Selection can only serve an answer some candidate wrote; a fuser reads the strongest distinct
+answers and may combine or correct them. It sees them anonymized (no model, variant or score) and
+in shuffled order, because judges prefer positions and names they recognize; it sees one
+representative per cluster, so a large cluster is one voice, not many. Whether fusion beats
+selection is measured, not assumed: gold probes fuse each item's reference candidates and score
+fused against selected on the same item (`FusionGain`), and `when: measured_better` fuses only
+while the paired interval's lower bound is above zero.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from strategies.best_of_n.adapt import Paired, paired
+from strategies.best_of_n.counts import Clock, EpochCounts
+from strategies.contract import Candidate, Message, content_text
+from strategies.selection.settings import FUSION_PLACEHOLDER, FusionSettings
+
+QUESTION_PLACEHOLDER = "{question}"
+DEFAULT_TEMPLATE = (
+    "{question}\n\n"
+    "Several answers to the request above were written independently. Some may be wrong, and "
+    "agreeing with each other does not make them right.\n\n"
+    "{answers}\n\n"
+    "Write the single best answer to the request. Check each candidate; keep what is right, correct "
+    "what is wrong, and do not mention the candidates. Answer in the form the request asks for."
+)
+FUSION_VARIANT = "fusion"  # the fused answer's `variant`: it was asked in no variant's words
+
+
+def fusion_messages(messages: Sequence[Message], answers: Sequence[str], template: str | None) -> list[Message]:
+    """The fuser's conversation: the client's, with its last user turn replaced by the template
+    filled with that turn and the answers. Plain replacement, not `str.format`: answers and
+    questions carry braces (code, JSON)."""
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    question = content_text(messages[last_user].get("content"), mark_attachments=True) if last_user >= 0 else ""
+    listed = "\n\n".join(f"Answer {i + 1}:\n{text}" for i, text in enumerate(answers))
+    filled = (template or DEFAULT_TEMPLATE).replace(QUESTION_PLACEHOLDER, question).replace(FUSION_PLACEHOLDER, listed)
+    head = [dict(m) for m in messages[:last_user]] if last_user >= 0 else [dict(m) for m in messages]
+    return [*head, {"role": "user", "content": filled}]
+
+
+def shown_answers(
+    candidates: Sequence[Candidate], ranked: Sequence[int], top_k: int, rng: np.random.Generator
+) -> list[int]:
+    """Which representatives the fuser reads, in the order it reads them: the `top_k` best
+    clusters' (`ranked`, best first), shuffled so the best is not always first."""
+    shown = [i for i in ranked if not candidates[i].tool_calls][:top_k]
+    order = rng.permutation(len(shown))
+    return [shown[j] for j in order]
+
+
+def fused_candidate(index: int, text: str, finish_reason: str | None, fuser: str,
+                    response_fields: dict[str, Any] | None = None) -> Candidate:
+    return Candidate(index, FUSION_VARIANT, {"role": "assistant", "content": text}, finish_reason,
+                     response_fields=response_fields or {}, upstream=fuser)
+
+
+# ---- measured on gold ------------------------------------------------------------------------
+
+
+FUSED, SELECTED = 1, 0  # rows of the table `paired` compares
+
+
+class FusionGain:
+    """Per probe item, the gold utility of the fused and of the selected answer (sums and counts
+    in shared time buckets, as `strategies.best_of_n.adapt.GainCurve` keeps its curve)."""
+
+    def __init__(self, settings: FusionSettings, clock: Clock = time.time) -> None:
+        self.settings = settings
+        self.counts = EpochCounts(settings.window_s, clock)
+        self._cached: tuple[int, Paired | None] | None = None
+
+    def add(self, item: str, fused: float, selected: float) -> None:
+        self.counts.add(f"fused|{item}", fused)
+        self.counts.add(f"selected|{item}", selected)
+        self.counts.add(f"count|{item}", 1.0)
+
+    def table(self) -> dict[int, dict[str, float]]:
+        totals = self.counts.totals()
+        out: dict[int, dict[str, float]] = {FUSED: {}, SELECTED: {}}
+        for field, count in totals.items():
+            kind, _, item = field.partition("|")
+            if kind != "count" or count <= 0:
+                continue
+            out[FUSED][item] = totals.get(f"fused|{item}", 0.0) / count
+            out[SELECTED][item] = totals.get(f"selected|{item}", 0.0) / count
+        return out
+
+    def gain(self) -> Paired | None:
+        """Fused minus selected gold utility, paired by probe item (90% interval); None below
+        `min_items` items. Cached until new gold arrives."""
+        version = self.counts.version
+        if self._cached is not None and self._cached[0] == version:
+            return self._cached[1]
+        table = self.table()
+        items = set(table[FUSED])
+        result = paired(table, FUSED, SELECTED, items) if len(items) >= self.settings.min_items else None
+        self._cached = (version, result)
+        return result
+
+    def fuses(self) -> tuple[bool, str | None]:
+        """Whether requests fuse now, and if not, why."""
+        if self.settings.when == "always":
+            return True, None
+        gain = self.gain()
+        if gain is None:
+            return False, f"fusion waits for {self.settings.min_items} gold items measuring it against selection"
+        if gain.low <= 0:
+            return False, f"gold does not show fusion beating selection (90% interval low {gain.low:+.3f})"
+        return True, None
+
+
+@dataclass(frozen=True)
+class FusionPlan:
+    """What one request fuses: the representatives shown, in order, and the fuser's messages."""
+
+    shown: list[int]
+    messages: list[Message]

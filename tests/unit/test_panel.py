@@ -1,0 +1,149 @@
+"""Panels (issue 23): candidates from several upstreams, split by weight, failures dropped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from proxy.config.settings import ConfigError, call_ceiling, parse_config
+from strategies.best_of_n.loop import BestOfN
+from strategies.best_of_n.panel import PanelistSettings, drop_reason, split, weighted_order
+from strategies.best_of_n.settings import BestOfNSettings
+from strategies.contract import Batch, Message, NoCandidatesError, Sample, StrategyRequest, Usage
+from strategies.verifiers import build_verifiers
+
+
+class Failure(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class PanelServices:
+    """Each upstream answers with its own text; `failing` upstreams raise with their code."""
+
+    def __init__(self, answers: dict[str, str], failing: dict[str, str] | None = None) -> None:
+        self.answers = answers
+        self.failing = failing or {}
+        self.calls: list[tuple[str | None, int]] = []
+
+    async def generate(self, messages: Sequence[Message], n: int, upstream: str | None = None) -> Batch:
+        self.calls.append((upstream, n))
+        if upstream in self.failing:
+            raise Failure(self.failing[upstream])
+        text = self.answers[upstream or "own"]
+        return Batch([Sample({"role": "assistant", "content": text}, "stop") for _ in range(n)], Usage(3, n))
+
+
+class _Original:
+    name = "original"
+
+    async def render(self, messages: Sequence[Message], services: object) -> tuple[list[Message], Usage]:
+        return list(messages), Usage()
+
+
+def route(**settings: object) -> BestOfN:
+    parsed = BestOfNSettings.model_validate({"verifiers": [{"type": "self_consistency"}], **settings})
+    return BestOfN(parsed, build_verifiers(parsed.verifiers), [_Original()], rng=lambda: np.random.default_rng(0))
+
+
+def ask(strategy: BestOfN, services: PanelServices, question: str = "What is 6 times 7?"):
+    return asyncio.run(strategy.run(StrategyRequest([{"role": "user", "content": question}]), services))  # type: ignore[arg-type]
+
+
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=5), st.integers(1, 200))
+def test_the_weighted_order_keeps_every_prefix_within_one_of_its_share(weights: list[int], length: int) -> None:
+    order = weighted_order([float(w) for w in weights], length)
+    for prefix in range(1, length + 1):
+        counts = Counter(order[:prefix])
+        for i, w in enumerate(weights):
+            assert abs(counts[i] - prefix * w / sum(weights)) < 1.0 + 1e-9
+
+
+def test_a_batch_splits_by_weight_and_every_variant_reaches_every_panelist() -> None:
+    panel = [PanelistSettings(upstream="big", weight=1), PanelistSettings(upstream="small", weight=3)]
+    assert split(0, 8, ["original"], panel, set()) == {("original", "small"): 6, ("original", "big"): 2}
+    both = split(0, 8, ["a", "b"], [PanelistSettings(upstream="x"), PanelistSettings(upstream="y")], set())
+    assert both == {("a", "x"): 2, ("b", "x"): 2, ("a", "y"): 2, ("b", "y"): 2}
+    assert split(0, 4, ["a"], [], set()) == {("a", None): 4}  # no panel: the route's own upstream
+
+
+def test_a_dropped_panelists_share_goes_to_the_others() -> None:
+    panel = [PanelistSettings(upstream="big"), PanelistSettings(upstream="small")]
+    assert split(2, 4, ["original"], panel, {"big"}) == {("original", "small"): 4}
+    assert split(2, 4, ["original"], panel, {"big", "small"}) == {}
+
+
+def test_drop_reasons_come_from_the_errors_code() -> None:
+    assert drop_reason(Failure("rate_limited")) == "rate_limited"
+    assert drop_reason(Failure("upstream_timeout")) == "timeout"
+    assert drop_reason(TimeoutError()) == "timeout"
+    assert drop_reason(ValueError("x")) == "error"
+
+
+def test_a_panel_route_pools_candidates_from_every_panelist() -> None:
+    services = PanelServices({"big": "42", "small": "42"})
+    out = ask(route(max_n=8, adaptive=False, panel=[{"upstream": "big"}, {"upstream": "small", "weight": 3}]), services)
+    assert [c.upstream for c in out.candidates].count("small") == 6
+    assert out.panel is not None and out.panel["candidates"] == {"big": 2, "small": 6}
+    assert out.panel["dropped"] == {} and out.panel["selected_upstream"] in ("big", "small")
+
+
+def test_a_failing_panelist_is_dropped_and_the_request_goes_on() -> None:
+    services = PanelServices({"small": "42"}, failing={"big": "rate_limited"})
+    out = ask(route(max_n=8, adaptive=False, panel=[{"upstream": "big"}, {"upstream": "small"}]), services)
+    assert len(out.candidates) == 8 and {c.upstream for c in out.candidates} == {"small"}
+    assert out.panel is not None and out.panel["dropped"] == {"big": "rate_limited"}
+    assert services.calls.count(("big", 4)) == 1  # asked once, then never again in this request
+
+
+def test_min_panel_refuses_an_answer_from_too_few_panelists() -> None:
+    services = PanelServices({"small": "42"}, failing={"big": "upstream_timeout"})
+    strategy = route(max_n=4, adaptive=False, min_panel=2, panel=[{"upstream": "big"}, {"upstream": "small"}])
+    with pytest.raises(NoCandidatesError, match="1 of the panel's 2 upstreams"):
+        ask(strategy, services)
+
+
+def test_clusters_carry_cross_model_features() -> None:
+    services = PanelServices({"big": "42", "small": "41"})
+    out = ask(route(max_n=4, adaptive=False, panel=[{"upstream": "big"}, {"upstream": "small"}]), services)
+    features = {row["representative"]: row["features"] for row in out.clusters}
+    for row in features.values():
+        assert row["panel_support"] == 0.5  # each answer came from one of the two models
+        assert sorted((row["m:big"], row["m:small"])) == [0.0, 1.0]
+
+
+def test_panel_settings_are_checked() -> None:
+    with pytest.raises(ValidationError, match="once"):
+        BestOfNSettings.model_validate({"panel": [{"upstream": "a"}, {"upstream": "a"}]})
+    with pytest.raises(ValidationError, match="min_panel"):
+        BestOfNSettings.model_validate({"panel": [{"upstream": "a"}], "min_panel": 2})
+    with pytest.raises(ValidationError, match="min_panel needs"):
+        BestOfNSettings.model_validate({"min_panel": 2})
+
+
+def _config(route: dict) -> dict:
+    ups = [{"name": name, "litellm_params": {"model": f"openai/{name}", "api_base": "http://127.0.0.1:9/v1"},
+            "retries": retries} for name, retries in (("big", 0), ("small", 3), ("fuse", 1))]
+    return {"upstreams": ups, "routes": [route]}
+
+
+def test_a_route_has_an_upstream_or_a_panel_and_the_ceiling_counts_the_panel() -> None:
+    panel = {"name": "best_of_n", "max_n": 4, "panel": [{"upstream": "big"}, {"upstream": "small"}]}
+    config = parse_config(_config({"model": "p", "strategy": panel}))
+    route_settings = config.routes[0]
+    assert route_settings.primary_upstream == "big"
+    assert call_ceiling(config, route_settings) == route_settings.strategy.upstream_calls(8) * 4  # small's 1 + 3 retries
+    with pytest.raises(ConfigError, match="not both"):
+        parse_config(_config({"model": "p", "upstream": "big", "strategy": panel}))
+    with pytest.raises(ConfigError, match="unknown upstream 'nope'"):
+        parse_config(_config({"model": "p", "strategy": {**panel, "panel": [{"upstream": "nope"}]}}))
+    with pytest.raises(ConfigError, match="upstream: required"):
+        parse_config(_config({"model": "p"}))
