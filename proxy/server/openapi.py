@@ -425,6 +425,8 @@ PANEL = {
         "selected_upstream": {"anyOf": [_STRING, _NULL]},
         "dropped": {"type": "object", "additionalProperties": {"enum": list(DROP_REASONS)}},
         "min_panel": _COUNT,
+        "weights": {"type": "object", "additionalProperties": {"type": "number"},
+                    "description": "the weights this request split by (`auto` ones as learned)"},
     },
     "additionalProperties": False,
 }

@@ -26,7 +26,7 @@ import numpy as np
 from strategies.answers import answer_key, answer_type, question_of
 from strategies.best_of_n import adapt, stopping
 from strategies.best_of_n.adapt import GainCurve
-from strategies.best_of_n.panel import PanelistSettings, PanelRecord, drop_reason, split
+from strategies.best_of_n.panel import PanelistSettings, PanelRecord, PanelStats, drop_reason, numeric_weight, split
 from strategies.best_of_n.prior import VotePrior
 from strategies.best_of_n.settings import MAX_VIEW_ROUNDS, BestOfNSettings
 from strategies.best_of_n.variants import Variant, build_variants
@@ -185,8 +185,10 @@ async def _generate_for(
         return variant.name, upstream, None
     run.usage += batch.usage
     run.errors += batch.errors
-    if run.panel is not None and upstream is not None and not batch.samples:
-        run.panel.drop(upstream, "no_candidates")
+    if run.panel is not None and upstream is not None:
+        run.panel.tokens[upstream] = run.panel.tokens.get(upstream, 0) + batch.usage.total_tokens
+        if not batch.samples:
+            run.panel.drop(upstream, "no_candidates")
     return variant.name, upstream, batch
 
 
@@ -384,10 +386,12 @@ class BestOfN(Strategy):
         self.gain = gain if gain is not None else GainCurve(settings.adapt_n)
         fusion = settings.selection.fusion
         self.fusion_gain = FusionGain(fusion) if fusion is not None else None
+        self.panel_stats = PanelStats(settings.panel_min_items) if settings.panel else None
         self.shared_counts = (
             {"gain": self.gain.counts}
             | ({"vote_prior": prior.counts} if prior is not None else {})
             | ({"fusion": self.fusion_gain.counts} if self.fusion_gain is not None else {})
+            | ({"panel": self.panel_stats.counts} if self.panel_stats is not None else {})
         )
         # The vote stop rule counts the answers of the first verifier that extracts them.
         voters = [v for v in self.verifiers if v.extracts_answers]
@@ -426,6 +430,8 @@ class BestOfN(Strategy):
         if audit is None:  # drawn only when auditing is on, so seeded runs stay comparable
             audit = settings.audit_rate > 0 and bool(rng.random() < settings.audit_rate)
         plan = plan_request(settings, request.overrides, self.variants, self.verifiers, audit)
+        if self.panel_stats is not None:
+            plan = replace(plan, panel=self.panel_stats.resolve(plan.panel))
         gain = self.gain.gain(plan.max_n)
         no_gain_cap = False
         if gain is not None and gain.adapted and not audit and gain.n < plan.max_n:  # §4.8
@@ -434,7 +440,8 @@ class BestOfN(Strategy):
         ctx = VerifyContext(request.messages, services, response_format=request.response_format)
         run = _Run(request.messages, services, self._clock, started=self._clock())
         if plan.panel:
-            run.panel = PanelRecord([p.upstream for p in plan.panel], settings.min_panel)
+            run.panel = PanelRecord([p.upstream for p in plan.panel], settings.min_panel,
+                                    weights={p.upstream: numeric_weight(p) for p in plan.panel})
         answers_to = self._answers_to(run.messages)
         posterior = self.prior.posterior if self.prior is not None and plan.adaptive else None
         verdict: _Round | None = None
@@ -472,6 +479,9 @@ class BestOfN(Strategy):
             stop = StopReason.NO_MEASURED_GAIN
         if self.prior is not None and answers_to is not None:
             self.prior.observe([answers_to(c) for c in run.candidates])
+        if self.panel_stats is not None and run.panel is not None:
+            for upstream, drawn in run.panel.drawn.items():
+                self.panel_stats.observe_tokens(upstream, run.panel.tokens.get(upstream, 0), drawn)
         verdict = await self._knockout(run, plan, verdict, ctx)
         outcome = _outcome(run, plan, settings, verdict, stop, rng, audit, self.state)
         outcome.gain = gain.as_dict() if gain is not None else None
@@ -647,6 +657,11 @@ class BestOfN(Strategy):
             lambda group: self._select_among(request, services, group), utility, every_group=free,
         )
         self.gain.add(item, accuracy)
+        if self.panel_stats is not None:
+            for candidate in reference:
+                value = utility(candidate) if candidate.upstream is not None else None
+                if value is not None:
+                    self.panel_stats.observe_gold(candidate.upstream, value)  # type: ignore[arg-type]
         if self.fusion_gain is not None:
             await self._measure_fusion(request, services, reference, utility, item)
 
@@ -718,7 +733,8 @@ class BestOfN(Strategy):
             if len(mine) >= k:
                 return mine
             # a panel's reference draws are split by weight, as its requests' candidates are
-            shares = split(len(mine), k - len(mine), [variant.name], self.settings.panel or (), set())
+            panel = self.panel_stats.resolve(self.settings.panel or ()) if self.panel_stats is not None else ()
+            shares = split(len(mine), k - len(mine), [variant.name], panel, set())
             drawn = await asyncio.gather(
                 *(sample_variant(services, messages, variant.name, count, upstream)
                   for (_, upstream), count in shares.items())

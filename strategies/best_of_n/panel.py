@@ -8,12 +8,14 @@ which panelist draws each candidate, and records which panelists failed and why;
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from strategies.best_of_n.counts import Clock, EpochCounts
 from strategies.contract import MODEL_NAME_PATTERN, Candidate, StrictModel
 
 # Why a panelist was dropped for a request: a metric label, so a fixed vocabulary.
@@ -23,7 +25,14 @@ DROP_REASONS: tuple[DropReason, ...] = ("rate_limited", "timeout", "error", "no_
 
 class PanelistSettings(StrictModel):
     upstream: str = Field(pattern=MODEL_NAME_PATTERN)
-    weight: float = Field(1.0, gt=0, le=1000)  # its share of every batch, relative to the others
+    # Its share of every batch, relative to the others; `auto` learns it from the route's gold
+    # (`PanelStats`): 1 until every auto panelist has `panel_min_items` gold draws.
+    weight: Annotated[float, Field(gt=0, le=1000)] | Literal["auto"] = 1.0
+
+
+def numeric_weight(panelist: PanelistSettings) -> float:
+    assert panelist.weight != "auto", "auto weights are resolved per request (PanelStats.resolve)"
+    return float(panelist.weight)
 
 
 def drop_reason(error: BaseException) -> DropReason:
@@ -67,7 +76,7 @@ def split(start: int, size: int, variants: Sequence[str], panel: Sequence[Paneli
         return {}
     V = len(variants)
     last_round = (start + size - 1) // V + 1 if size > 0 else 0
-    order = weighted_order([p.weight for p in active], last_round) if active else []
+    order = weighted_order([numeric_weight(p) for p in active], last_round) if active else []
     shares: dict[tuple[str, str | None], int] = {}
     for i in range(start, start + size):
         upstream = active[order[i // V]].upstream if active else None
@@ -84,6 +93,8 @@ class PanelRecord:
     min_panel: int
     drawn: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, DropReason] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)  # what each panelist's candidate calls cost
+    weights: dict[str, float] = field(default_factory=dict)  # the weights the request split by
 
     def drop(self, upstream: str, reason: DropReason) -> None:
         self.dropped.setdefault(upstream, reason)  # the first cause is the one that dropped it
@@ -101,5 +112,69 @@ class PanelRecord:
             "selected_upstream": chosen,
             "dropped": dict(self.dropped),
             "min_panel": self.min_panel,
+            "weights": dict(self.weights),
         }
 
+
+AUTO_MIN_SHARE = 0.1  # an auto panelist keeps at least this share, so its gold keeps being measured
+
+
+class PanelStats:
+    """What `weight: auto` learns, per panelist, in time buckets every process shares: the gold
+    utility of its reference draws (probes) and the tokens per candidate it drew (requests).
+
+    An auto panelist's weight is its gold accuracy per token, normalized over the auto panelists
+    to a mean of 1 and floored at `AUTO_MIN_SHARE` of their total: a cheap model that is right
+    half as often as a dear one at a fifth of the tokens draws more, and no panelist starves.
+    """
+
+    def __init__(self, min_items: int, window_s: float = 7 * 24 * 3600.0, clock: Clock = time.time) -> None:
+        self.min_items = min_items
+        self.counts = EpochCounts(window_s, clock)
+
+    def observe_gold(self, upstream: str, utility: float) -> None:
+        self.counts.add(f"gold|{upstream}", utility)
+        self.counts.add(f"items|{upstream}", 1.0)
+
+    def observe_tokens(self, upstream: str, tokens: int, candidates: int) -> None:
+        if candidates > 0:
+            self.counts.add(f"tokens|{upstream}", float(tokens))
+            self.counts.add(f"drawn|{upstream}", float(candidates))
+
+    def accuracy_per_token(self, upstream: str) -> float | None:
+        totals = self.counts.totals()
+        items, drawn = totals.get(f"items|{upstream}", 0.0), totals.get(f"drawn|{upstream}", 0.0)
+        tokens = totals.get(f"tokens|{upstream}", 0.0)
+        if items < self.min_items or drawn <= 0 or tokens <= 0:
+            return None
+        return (totals.get(f"gold|{upstream}", 0.0) / items) / (tokens / drawn)
+
+    def resolve(self, panel: Sequence[PanelistSettings]) -> tuple[PanelistSettings, ...]:
+        """The panel with every `auto` weight replaced by its learned one (1 while learning)."""
+        auto = [p.upstream for p in panel if p.weight == "auto"]
+        values = {u: self.accuracy_per_token(u) for u in auto}
+        learned: dict[str, float] = dict.fromkeys(auto, 1.0)
+        known = [v for v in values.values() if v is not None]
+        if auto and len(known) == len(auto) and sum(known) > 0:
+            shares = floored(known, min(AUTO_MIN_SHARE, 1.0 / len(auto)))
+            learned = {u: len(auto) * share for u, share in zip(auto, shares, strict=True)}
+        return tuple(
+            PanelistSettings(upstream=p.upstream, weight=learned[p.upstream]) if p.weight == "auto" else p
+            for p in panel
+        )
+
+
+
+def floored(values: Sequence[float], floor: float) -> list[float]:
+    """Shares proportional to `values`, none below `floor`: the floored ones get exactly it and
+    the rest share what is left in proportion."""
+    pinned: set[int] = set()
+    while True:
+        free = [i for i in range(len(values)) if i not in pinned]
+        left = 1.0 - floor * len(pinned)
+        total = sum(values[i] for i in free)
+        shares = {i: left * values[i] / total if total > 0 else left / len(free) for i in free}
+        low = {i for i, share in shares.items() if share < floor}
+        if not low:
+            return [floor if i in pinned else shares[i] for i in range(len(values))]
+        pinned |= low

@@ -77,6 +77,7 @@ class BestOfNSettings(StrategySpec):
     # request, which answers while `min_panel` panelists produced candidates.
     panel: list[PanelistSettings] | None = Field(None, min_length=1, max_length=16)
     min_panel: int = Field(1, ge=1)
+    panel_min_items: int = Field(30, ge=2)  # gold draws per panelist before `weight: auto` acts
     variants: list[str | VariantTemplate] = Field(default_factory=lambda: list[str | VariantTemplate](["original"]))
     paraphrase_upstream: str | None = None  # needed by the `paraphrase` variant
     verifiers: list[VerifierSettings] = Field(

@@ -147,3 +147,57 @@ def test_a_route_has_an_upstream_or_a_panel_and_the_ceiling_counts_the_panel() -
         parse_config(_config({"model": "p", "strategy": {**panel, "panel": [{"upstream": "nope"}]}}))
     with pytest.raises(ConfigError, match="upstream: required"):
         parse_config(_config({"model": "p"}))
+
+
+def test_auto_weights_follow_gold_accuracy_per_token_and_never_starve_a_panelist() -> None:
+    from strategies.best_of_n.panel import AUTO_MIN_SHARE, PanelStats
+
+    stats = PanelStats(min_items=10)
+    panel = [PanelistSettings(upstream="big", weight="auto"), PanelistSettings(upstream="small", weight="auto"),
+             PanelistSettings(upstream="fixed", weight=2.0)]
+    assert [p.weight for p in stats.resolve(panel)] == [1.0, 1.0, 2.0]  # learning: equal
+    for i in range(10):
+        stats.observe_gold("big", 1.0)
+        stats.observe_gold("small", 1.0 if i < 5 else 0.0)
+    stats.observe_tokens("big", 1000, 10)  # 100 tokens a candidate, right every time
+    assert [p.weight for p in stats.resolve(panel)] == [1.0, 1.0, 2.0]  # small's cost is not known yet
+    stats.observe_tokens("small", 200, 10)  # 20 tokens a candidate, right half the time: 2.5× the value
+    big, small, fixed = (p.weight for p in stats.resolve(panel))
+    assert fixed == 2.0 and big + small == pytest.approx(2.0) and small / big == pytest.approx(2.5)
+    stats = PanelStats(min_items=1)  # a panelist never right keeps the floor
+    stats.observe_gold("big", 1.0), stats.observe_gold("small", 0.0)
+    stats.observe_tokens("big", 10, 1), stats.observe_tokens("small", 10, 1)
+    big, small, _ = (p.weight for p in stats.resolve(panel))
+    assert small / (big + small) == pytest.approx(AUTO_MIN_SHARE)
+
+
+def test_an_auto_panel_learns_its_split_from_gold_and_requests() -> None:
+    strategy = route(max_n=8, adaptive=False, panel_min_items=4,
+                     panel=[{"upstream": "big", "weight": "auto"}, {"upstream": "small", "weight": "auto"}])
+    services = PanelServices({"big": "42", "small": "41"})
+    first = ask(strategy, services)
+    assert first.panel is not None and first.panel["weights"] == {"big": 1.0, "small": 1.0}
+    request = StrategyRequest([{"role": "user", "content": "What is 6 times 7?"}])
+    reference = asyncio.run(strategy.reference(request, services, 8))  # type: ignore[arg-type]
+    assert Counter(c.upstream for c in reference) == {"big": 4, "small": 4}
+
+    def right(candidate: object) -> float:
+        return 1.0 if getattr(candidate, "text") == "42" else 0.0
+
+    asyncio.run(strategy.learn_from_gold(request, services, reference, right, "q0"))  # type: ignore[arg-type]
+    later = ask(strategy, services)
+    assert later.panel is not None
+    weights = later.panel["weights"]
+    assert weights["big"] > weights["small"] and [c.upstream for c in later.candidates].count("big") >= 6
+
+
+@given(st.lists(st.floats(0.0, 100.0), min_size=1, max_size=8), st.floats(0.0, 0.12))
+def test_floored_shares_sum_to_one_and_respect_the_floor(values: list[float], floor: float) -> None:
+    from strategies.best_of_n.panel import floored
+
+    shares = floored(values, floor)
+    assert sum(shares) == pytest.approx(1.0)
+    assert all(share >= floor - 1e-12 for share in shares)
+    above = [(v, s) for v, s in zip(values, shares, strict=True) if s > floor + 1e-9]
+    for (v1, s1), (v2, s2) in zip(above, above[1:], strict=False):  # the unfloored keep their proportions
+        assert s1 * v2 == pytest.approx(s2 * v1, abs=1e-9)
