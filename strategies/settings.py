@@ -66,3 +66,9 @@ class StrategySpec(StrictModel):
     def candidate_ceiling(self, choices: int, asked_max_n: int | None = None) -> int:
         """Candidates one request may draw at most; `asked_max_n` is a client's lower cap, if any."""
         return choices
+
+    def answers_rewritten(self) -> int:
+        """How many candidates' worth of answers a request's final rewrite reads (a fuser reads the
+        top clusters, then writes one more): its prompt is the client's plus that many
+        completions, and it writes one; 0 when nothing rewrites the answer."""
+        return 0

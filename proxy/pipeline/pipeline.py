@@ -68,8 +68,9 @@ class Pipeline:
             endpoint.messages(body), body.n, body.rvr, params.get("response_format"), stream=bool(body.stream)
         )
         asked_max_n = body.rvr.max_n if body.rvr is not None else None
-        candidates = route.settings.strategy.candidate_ceiling(endpoint.input_count(body) * body.n, asked_max_n)
-        estimate = request_estimate(endpoint.client_input(body), params, candidates, budget)
+        strategy = route.settings.strategy
+        candidates = strategy.candidate_ceiling(endpoint.input_count(body) * body.n, asked_max_n)
+        estimate = request_estimate(endpoint.client_input(body), params, candidates, budget, strategy.answers_rewritten())
         return Prepared(services, work, allowance, estimate)
 
     def _check_size(self, data: Any) -> None:

@@ -47,13 +47,17 @@ class Estimate:
     candidates: int
 
 
-def request_estimate(prompt: Any, params: dict[str, Any], candidates: int, token_budget: int | None) -> Estimate:
-    """Every candidate at its prompt plus its completion cap, or the route's token budget if less.
+def request_estimate(
+    prompt: Any, params: dict[str, Any], candidates: int, token_budget: int | None, rewritten: int = 0
+) -> Estimate:
+    """Every candidate at its prompt plus its completion cap, and a fuser's call (`rewritten`
+    answers read, one written), or the route's token budget if less.
 
     Judge, reward and paraphrase calls are not foreseen here; a route whose verifiers call models
     bounds them through `max_tokens_budget`, which then is the estimate.
     """
-    tokens = candidates * (estimate_tokens(prompt) + completion_cap(params))
+    asked, cap = estimate_tokens(prompt), completion_cap(params)
+    tokens = candidates * (asked + cap) + (asked + (rewritten + 1) * cap if rewritten else 0)
     return Estimate(tokens if token_budget is None else min(tokens, token_budget), candidates)
 
 

@@ -156,6 +156,10 @@ class BestOfNSettings(StrategySpec):
         ceiling = max(self.max_n, self.audit_max_n) if self.audit_rate > 0 else self.max_n
         return ceiling if asked_max_n is None else min(ceiling, asked_max_n)
 
+    def answers_rewritten(self) -> int:
+        fusion = self.selection.fusion
+        return fusion.top_k if fusion is not None else 0
+
     def upstream_calls(self, choices: int) -> int:
         """Calls one request needs at most, before retries, if every candidate is its own call.
 

@@ -160,3 +160,13 @@ def test_gold_probes_measure_fused_against_selected_on_the_same_item() -> None:
     assert table[1] == {f"q{i}": 1.0 for i in range(5)} and table[0] == {f"q{i}": 0.0 for i in range(5)}
     out = ask(strategy, FusionServices(["41", "43", "41", "42"]))
     assert out.fusion is not None and out.fusion["fused"] is True and out.fusion["gain"]["items"] == 5
+
+
+def test_a_fusion_routes_reservation_includes_the_fusers_call() -> None:
+    from proxy.upstream.allowance import estimate_tokens, request_estimate
+
+    prompt = [{"role": "user", "content": "x" * 300}]
+    plain = request_estimate(prompt, {"max_tokens": 100}, 4, None)
+    fused = request_estimate(prompt, {"max_tokens": 100}, 4, None, route().settings.answers_rewritten())
+    # the fuser reads the question and the top 4 answers, and writes one more
+    assert fused.tokens - plain.tokens == estimate_tokens(prompt) + 5 * 100 and fused.candidates == plain.candidates
