@@ -522,6 +522,7 @@ class Strategy:
     needs_logprobs: bool = False  # candidates must be sampled with token logprobs
     upstreams: tuple[str, ...] = ()  # configured upstreams it calls besides the route's own
     verifiers: Sequence[Verifier] = ()  # the verifiers it built, in config order
+    audited: Sequence[Verifier] = ()  # what `rvr-proxy audit` measures: its settings' `audited_specs()`, built
     state: RunningTotals | None = None  # estimates it learns across requests, which processes share
     # Counts it learns across requests and probes, by name (`vote_prior`, `gain`), which processes
     # share as they do `state`, less often (they move slowly).

@@ -43,6 +43,11 @@ class StrategySpec(StrictModel):
         """The settings of the verifiers it builds, in config order (audits read them)."""
         return ()
 
+    def audited_specs(self) -> Sequence[VerifierSpec]:
+        """Everything `rvr-proxy audit` can measure and `audit.require` can hold back: the
+        verifiers, and models that judge by writing (a fuser), in the order `Strategy.audited` has."""
+        return self.verifier_specs()
+
     def selection_settings(self) -> SelectionSettings | None:
         """How it selects among answer clusters; None for a kind that selects nothing."""
         return None

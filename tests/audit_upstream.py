@@ -11,6 +11,9 @@ Chat judges (`POST /v1/chat/completions`, behaviour = the model name after `open
   pointwise, rubric prefers "kindly" and yes/no the other answer.
 - `garbled`: never gives a verdict that parses.
 
+Fusers (the same endpoint, shown "Answer 1: ... Answer 2: ..." by a route's `selection.fusion`):
+- `fuser-kind`: writes the shown answer with "kindly" in it. `fuser-first`: copies Answer 1.
+
 Reward models (`POST /score/<behaviour>`, the generic `{messages, responses}` API):
 - `fair`: 1 for "kindly", else 0. `unkind`: the opposite. `first`: the first response listed
   scores highest. `longer`: the number of characters. `null`: no usable score.
@@ -31,8 +34,15 @@ _HHH = re.compile(r"\[The start of response A\]\n(?P<a>.*?)\n\[The end of respon
 _GRADED = re.compile(r"# Response to grade\n(?P<r>.*?)\n\n", re.DOTALL)
 
 
+_ANSWERS = re.compile(r"Answer \d+:\n(?P<text>.*?)(?=\n\nAnswer \d+:|\n\nWrite the single best)", re.DOTALL)
+
+
 def _judge(behaviour: str, messages: list[dict[str, Any]]) -> str:
     text = "\n".join(str(m.get("content") or "") for m in messages)
+    if behaviour.startswith("fuser-"):
+        shown = [m.group("text") for m in _ANSWERS.finditer(text)]
+        kind = [a for a in shown if MARK in a]
+        return (kind[0] if behaviour == "fuser-kind" and kind else shown[0]) if shown else "no answers shown"
     if behaviour == "garbled":
         return "I would rather not say."
     pair = _SLOTS.search(text)

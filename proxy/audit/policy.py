@@ -24,7 +24,7 @@ def _verifiers(config: Config) -> list[tuple[int, str, VerifierSpec]]:
     return [
         (i, route.model, spec)
         for i, route in enumerate(config.routes)
-        for spec in route.strategy.verifier_specs()
+        for spec in route.strategy.audited_specs()
     ]
 
 

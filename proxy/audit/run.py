@@ -73,8 +73,8 @@ def targets(config: Config, router: Router, route: str | None = None, verifier: 
     found: dict[str, Target] = {}
     names: set[str] = set()
     for r in routes:
-        specs = r.settings.strategy.verifier_specs()
-        for spec, built_verifier in zip(specs, r.strategy.verifiers, strict=True):
+        specs = r.settings.strategy.audited_specs()
+        for spec, built_verifier in zip(specs, r.strategy.audited, strict=True):
             names.add(spec.name)
             if not built_verifier.auditable or (verifier is not None and spec.name != verifier):
                 continue
@@ -83,11 +83,11 @@ def targets(config: Config, router: Router, route: str | None = None, verifier: 
             target.routes.append(r.name)
     if verifier is not None and not found:
         raise AuditError(
-            f"--verifier {verifier!r}: no llm_judge, reward_model or plugin verifier of that name; "
+            f"--verifier {verifier!r}: no llm_judge, reward_model or plugin verifier or fuser of that name; "
             f"verifiers: {', '.join(sorted(names)) or 'none'}"
         )
     if not found:
-        raise AuditError("no llm_judge, reward_model or plugin verifier to audit in the chosen route(s)")
+        raise AuditError("no llm_judge, reward_model or plugin verifier or fuser to audit in the chosen route(s)")
     return list(found.values())
 
 

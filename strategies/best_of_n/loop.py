@@ -56,7 +56,7 @@ from strategies.risk import estimators as risk
 from strategies.risk.estimators import RouteRiskState
 from strategies.selection.choice import Choice, StateSource, choose
 from strategies.selection.explain import explain
-from strategies.selection.fusion import FusionGain, fused_candidate, fusion_messages, shown_answers
+from strategies.selection.fusion import FuserJudge, FusionGain, fused_candidate, fusion_messages, shown_answers
 from strategies.selection.knockout import measure_pairs, tournament
 from strategies.selection.weighted import Selection, VerifierResult, select, view_key
 from strategies.verifiers import build_verifiers
@@ -386,6 +386,7 @@ class BestOfN(Strategy):
         self.gain = gain if gain is not None else GainCurve(settings.adapt_n)
         fusion = settings.selection.fusion
         self.fusion_gain = FusionGain(fusion) if fusion is not None else None
+        self.audited = [*self.verifiers, *([FuserJudge(fusion.audit_spec())] if fusion is not None else [])]
         self.panel_stats = PanelStats(settings.panel_min_items) if settings.panel else None
         self.shared_counts = (
             {"gain": self.gain.counts}

@@ -138,6 +138,10 @@ class BestOfNSettings(StrategySpec):
     def verifier_specs(self) -> Sequence[VerifierSpec]:
         return self.verifiers
 
+    def audited_specs(self) -> Sequence[VerifierSpec]:
+        fusion = self.selection.fusion
+        return [*self.verifiers, *([fusion.audit_spec()] if fusion is not None else [])]
+
     def selection_settings(self) -> SelectionSettings:
         return self.selection
 

@@ -18,10 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from strategies.answers import answer_key, question_of
 from strategies.best_of_n.adapt import Paired, paired
 from strategies.best_of_n.counts import Clock, EpochCounts
-from strategies.contract import Candidate, Message, content_text
-from strategies.selection.settings import FUSION_PLACEHOLDER, FusionSettings
+from strategies.contract import Candidate, Message, Scored, VerifyContext, content_text, failure_cause
+from strategies.selection.settings import FUSION_PLACEHOLDER, FuserSpec, FusionSettings
+from strategies.selection.similarity import token_f1_matrix
+from strategies.verifiers.base import BaseVerifier
 
 QUESTION_PLACEHOLDER = "{question}"
 DEFAULT_TEMPLATE = (
@@ -124,3 +127,42 @@ class FusionPlan:
 
     shown: list[int]
     messages: list[Message]
+
+
+# ---- audited like a judge --------------------------------------------------------------------
+
+
+class FuserJudge(BaseVerifier):
+    """The fuser as `rvr-proxy audit` measures a judge: shown a gold pair's two answers as it is
+    shown clusters (the audit shows both orders), its answer "prefers" the one it agrees with:
+    the same extracted answer, else the larger token overlap (long-form answers have no key);
+    an even overlap is a tie.
+    A fuser that sides with the undesirable answer, or with whichever comes first, is flagged
+    as a judge would be, and `selection.fusion.audit.require` holds the route back."""
+
+    kind = "fuser"
+    auditable = True
+    Settings = FuserSpec
+
+    async def score(self, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored:
+        spec = self.settings
+        assert isinstance(spec, FuserSpec)
+        messages = fusion_messages(ctx.messages, [c.text for c in candidates], spec.template)
+        try:
+            reply = await ctx.services.chat(spec.fuser, messages)
+        except Exception as exc:  # noqa: BLE001 - a failed call scores nothing, never 0
+            return Scored({self.name: [None] * len(candidates)}, errors=1, cause=failure_cause(exc))
+        question = question_of(ctx.messages)
+        fused = Candidate(-1, FUSION_VARIANT, {"role": "assistant", "content": reply.text})
+        key = answer_key(fused, question=question)
+        keys = [answer_key(c, question=question) for c in candidates]
+        if key is not None and key in keys:
+            agreement = [1.0 if k == key else 0.0 for k in keys]
+        else:
+            agreement = [float(v) for v in token_f1_matrix([reply.text, *(c.text for c in candidates)])[0, 1:]]
+        # A verdict, as a pairwise judge gives one: the answer it sides with, not a degree of
+        # overlap, which would let long answers' word counts decide a pair's average over orders.
+        best = max(agreement)
+        sided = [a == best for a in agreement]
+        scores: list[float | None] = [(1.0 / sum(sided)) if s else 0.0 for s in sided]
+        return Scored({self.name: scores}, reply.usage)

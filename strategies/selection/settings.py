@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from strategies.contract import NAME_PATTERN, StrictModel
+from strategies.verifiers.base import AuditPolicy, VerifierSpec
 
 
 class KnockoutSettings(StrictModel):
@@ -22,6 +23,21 @@ class KnockoutSettings(StrictModel):
 
 
 FUSION_PLACEHOLDER = "{answers}"
+FUSER_AUDIT_NAME = "fusion"  # what `rvr-proxy audit --verifier` and the stored audit call a route's fuser
+UPSTREAM_PATTERN = r"^[A-Za-z0-9_.:/-]{1,128}$"
+
+
+class FuserSpec(VerifierSpec):
+    """A route's fuser as `rvr-proxy audit` sees it: a judge of gold pairs, shown both answers
+    (in both orders) as it would be shown clusters, preferring the one its answer agrees with
+    (strategies/selection/fusion.py `FuserJudge`). Built from `FusionSettings`, never configured."""
+
+    type: Literal["fuser"] = "fuser"
+    fuser: str = Field(pattern=UPSTREAM_PATTERN)
+    template: str | None = None
+
+    def upstreams(self) -> tuple[str, ...]:
+        return (self.fuser,)
 
 
 class FusionSettings(StrictModel):
@@ -34,19 +50,24 @@ class FusionSettings(StrictModel):
     `min_clusters` answer clusters (1: also when they agree).
     """
 
-    fuser: str = Field(pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")  # a configured upstream
+    fuser: str = Field(pattern=UPSTREAM_PATTERN)  # a configured upstream
     top_k: int = Field(4, ge=1, le=16)
     min_clusters: int = Field(2, ge=1, le=16)
     template: str | None = Field(None, min_length=1, max_length=20_000)  # must contain {answers}
     when: Literal["always", "measured_better"] = "always"
     min_items: int = Field(30, ge=4)
     window_s: float = Field(604800.0, gt=0)  # gold from the last one to two windows is used
+    # What the fuser must have shown in `rvr-proxy audit --verifier fusion` before the route serves.
+    audit: AuditPolicy = Field(default_factory=AuditPolicy)
 
     @model_validator(mode="after")
     def _template_has_answers(self) -> FusionSettings:
         if self.template is not None and FUSION_PLACEHOLDER not in self.template:
             raise ValueError(f"template must contain {FUSION_PLACEHOLDER}")
         return self
+
+    def audit_spec(self) -> FuserSpec:
+        return FuserSpec(name=FUSER_AUDIT_NAME, fuser=self.fuser, template=self.template, audit=self.audit)
 
 
 class SelectionSettings(StrictModel):

@@ -298,3 +298,43 @@ def test_a_passing_audit_serves_and_exports_its_gauges(audited: dict[str, Any]) 
 def test_audit_require_on_a_rule_verifier_is_a_config_error() -> None:
     with pytest.raises(VerifierConfigError, match=r"verifiers\[0\] \(regex\): audit.require: only llm_judge"):
         build_verifier({"type": "regex", "pattern": "x", "audit": {"require": True}}, 0)
+
+
+def test_a_fuser_is_audited_like_a_judge_and_its_required_audit_holds_the_route(tmp_path: Path) -> None:
+    """`selection.fusion`'s fuser, shown each gold pair in both orders, "prefers" the answer it
+    writes back: a fuser that copies the first answer is position-biased, one that keeps the
+    desirable answer is right; `selection.fusion.audit.require` refuses to serve without a pass."""
+    state = tmp_path / "state"
+    with AuditUpstream() as upstream:
+        def route(model: str, fuser: str, audit: dict[str, Any] | None = None) -> dict[str, Any]:
+            fusion = {"fuser": fuser, "min_clusters": 1, **({"audit": audit} if audit else {})}
+            return {"model": model, "upstream": "fair",
+                    "strategy": {"name": "best_of_n", "selection": {"fusion": fusion}}}
+
+        config = {
+            "server": {"state_dir": str(state)},
+            "upstreams": [_upstream(n, upstream.base) for n in ("fair", "fuser-kind", "fuser-first")],
+            "routes": [route("kind", "fuser-kind"), route("first", "fuser-first")],
+        }
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        for name in ("kind", "first"):
+            done = _cli("audit", "--config", str(path), "--route", name, "--verifier", "fusion", "--pairs", str(PAIRS),
+                        "--out", str(tmp_path / name), "--no-progress")
+            assert done.returncode == 0, done.stderr
+        fused = [
+            json.loads((tmp_path / name / "report.json").read_text())["verifiers"][0] for name in ("kind", "first")
+        ]
+        assert fused[0]["kind"] == "fuser" and fused[0]["routes"] == ["kind"]
+        for domain in ("manners", "help"):
+            kind, first = (row["domains"][domain] for row in fused)
+            assert kind["accuracy"] == 1.0 and kind["scored"] == PAIRS_PER_DOMAIN and not _raised(kind)
+            assert _raised(first) == {"position_biased"}
+        required = {"require": True, "min_accuracy": 0.9, "fail_on": ["prefers_undesirable", "position_biased"]}
+        config["routes"] = [route("first", "fuser-first", required)]
+        with pytest.raises(RuntimeError) as refused:
+            ProxyProcess(config, env={"JUDGE_KEY": "sk-judge-key-0000"}).start()
+        assert "verifier 'fusion'" in str(refused.value) and "position_biased" in str(refused.value)
+        config["routes"] = [route("kind", "fuser-kind", required)]
+        with ProxyProcess(config, env={"JUDGE_KEY": "sk-judge-key-0000"}) as proxy:
+            assert httpx.get(f"{proxy.base_url}/readyz", timeout=10).status_code == 200
