@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from strategies.contract import NAME_PATTERN, StrictModel
+from strategies.contract import MODEL_NAME_PATTERN, NAME_PATTERN, StrictModel
 from strategies.verifiers.base import AuditPolicy, VerifierSpec
 
 
@@ -24,7 +24,6 @@ class KnockoutSettings(StrictModel):
 
 FUSION_PLACEHOLDER = "{answers}"
 FUSER_AUDIT_NAME = "fusion"  # what `rvr-proxy audit --verifier` and the stored audit call a route's fuser
-UPSTREAM_PATTERN = r"^[A-Za-z0-9_.:/-]{1,128}$"
 
 
 class FuserSpec(VerifierSpec):
@@ -33,7 +32,7 @@ class FuserSpec(VerifierSpec):
     (strategies/selection/fusion.py `FuserJudge`). Built from `FusionSettings`, never configured."""
 
     type: Literal["fuser"] = "fuser"
-    fuser: str = Field(pattern=UPSTREAM_PATTERN)
+    fuser: str = Field(pattern=MODEL_NAME_PATTERN)
     template: str | None = None
 
     def upstreams(self) -> tuple[str, ...]:
@@ -50,7 +49,7 @@ class FusionSettings(StrictModel):
     `min_clusters` answer clusters (1: also when they agree).
     """
 
-    fuser: str = Field(pattern=UPSTREAM_PATTERN)  # a configured upstream
+    fuser: str = Field(pattern=MODEL_NAME_PATTERN)  # a configured upstream
     top_k: int = Field(4, ge=1, le=16)
     min_clusters: int = Field(2, ge=1, le=16)
     template: str | None = Field(None, min_length=1, max_length=20_000)  # must contain {answers}
