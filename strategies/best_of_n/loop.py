@@ -670,7 +670,7 @@ class BestOfN(Strategy):
         self, request: StrategyRequest, services: Services, reference: Sequence[Candidate],
         utility: Callable[[Candidate], float | None], item: str,
     ) -> None:
-        """Fused against selected gold utility on one probe item (§10.6): the route's selection
+        """Fused against selected gold utility on one probe item (§10.8): the route's selection
         and fuser on a request's worth of its reference draws. Where serving would not fuse
         (agreement, tool calls), the two are the same answer."""
         fusion = self.settings.selection.fusion

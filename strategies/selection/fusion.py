@@ -1,4 +1,4 @@
-"""Fusion: a fuser model writes the answer from the top answer clusters (method §10.6).
+"""Fusion: a fuser model writes the answer from the top answer clusters (method §10.8).
 
 Selection can only serve an answer some candidate wrote; a fuser reads the strongest distinct
 answers and may combine or correct them. It sees them anonymized (no model, variant or score) and
