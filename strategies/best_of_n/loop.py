@@ -762,7 +762,10 @@ def _fusion_inputs(
 
 def _fusion_failed(outcome: Outcome, run: _Run, error: BaseException | None) -> Outcome:
     """The selected answer, saying that the fuser failed and why."""
-    cause = failure_cause(error) if error is not None else "it returned no answer"
+    if isinstance(error, BudgetExhausted):  # never sent: the budget's words, not a class name
+        cause = "the route's token budget cannot pay for its call"
+    else:
+        cause = failure_cause(error) if error is not None else "it returned no answer"
     assert outcome.fusion is not None
     outcome.fusion.update(fused=False, error=cause)
     if outcome.selection is not None:

@@ -43,6 +43,8 @@ def served() -> Iterator[tuple[ProxyProcess, StubServer]]:
                 {"model": "panel-judged", "strategy": fixed(
                     4, panel=panel(RIGHT, WRONG), verifiers=[{"type": "llm_judge", "upstream": "judge"}])},
                 {"model": "fused", "strategy": fixed(4, panel=panel(RIGHT, WRONG), selection={"fusion": fusion})},
+                {"model": "fused-budget", "strategy": fixed(
+                    4, panel=panel(RIGHT, WRONG), selection={"fusion": fusion}, max_tokens_budget=150)},
                 {"model": "fused-failing", "strategy": fixed(
                     4, panel=panel(RIGHT, WRONG), selection={"fusion": {**fusion, "fuser": "fail"}})},
             ],
@@ -165,3 +167,19 @@ def test_a_failing_fuser_is_answered_by_the_selected_candidate(served: tuple[Pro
         assert rvr["fusion"]["fused"] is False and rvr["fusion"]["error"]
         assert "fuser failed" in rvr["selection"]["fallback_reason"]
     assert metric(proxy, "rvr_fusions_total", route="fused-failing", result="failed") >= 2
+
+
+def test_the_token_budget_covers_the_fuser(served: tuple[ProxyProcess, StubServer]) -> None:
+    """A fuser call the route's budget cannot pay for is never made: the selected answer serves."""
+    proxy, stub = served
+    before = len(stub.state.bodies("drip-answer-42"))
+    for streamed in (False, True):
+        if streamed:
+            chunks = list(client(proxy).chat.completions.create(
+                model="fused-budget", messages=QUESTION, max_tokens=10, stream=True))  # type: ignore[arg-type]
+            rvr = next(c.model_dump()["rvr"] for c in chunks if not c.choices)
+        else:
+            rvr = ask(proxy, "fused-budget", max_tokens=10)["rvr"]
+        assert rvr["fusion"]["fused"] is False and "budget" in rvr["fusion"]["error"]
+        assert rvr["cost"]["upstream_tokens"] <= 150 and "drip-answer-42" not in rvr["cost"]["by_upstream"]
+    assert len(stub.state.bodies("drip-answer-42")) == before
