@@ -45,7 +45,8 @@ class Endpoint:
         """How many independent inputs the body holds; each gets `n` choices upstream."""
         return 1
 
-    async def call(self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int) -> Choices:
+    async def call(self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int, draw: int = 0) -> Choices:
+        """`n` choices; `draw` samples of this request came before (a seed moves by it)."""
         raise NotImplementedError
 
     def stream(
@@ -86,8 +87,8 @@ class ChatEndpoint(Endpoint):
     def client_input(self, body: ChatRequest) -> Any:
         return body.messages
 
-    async def call(self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int) -> Choices:
-        return await upstream.chat(input, params, n)
+    async def call(self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int, draw: int = 0) -> Choices:
+        return await upstream.chat(input, params, n, draw)
 
     def stream(
         self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int
@@ -132,8 +133,8 @@ class TextEndpoint(Endpoint):
             return len(prompt)
         return 1
 
-    async def call(self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int) -> Choices:
-        return await upstream.complete(input, params, n)
+    async def call(self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int, draw: int = 0) -> Choices:
+        return await upstream.complete(input, params, n, draw)
 
     def stream(
         self, upstream: UpstreamClient, input: Any, params: dict[str, Any], n: int

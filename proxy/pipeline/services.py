@@ -55,6 +55,7 @@ class RequestServices:
         # What each upstream (by config name; `reward_model` for reward endpoints) was paid for this
         # request, shared with `for_upstream` copies: `rvr.cost.by_upstream`.
         self.spent: dict[str, Usage] = spent if spent is not None else {}
+        self._drawn = 0  # samples this request asked for so far: where a seeded sample's seed moves to
 
     def for_upstream(self, upstream: UpstreamClient) -> RequestServices:
         """The same request (parameters, input, allowance) sent to another route's upstream."""
@@ -88,9 +89,10 @@ class RequestServices:
         sent = self._endpoint.upstream_input(messages)
         each = estimate_tokens(sent) + self._completion
         n = self._allowance.affordable(each, n)  # fewer samples, rather than none, near the budget
+        draw, self._drawn = self._drawn, self._drawn + n
         result = await self._metered(
             n * each,
-            lambda: self._endpoint.call(client, sent, self._params, n),
+            lambda: self._endpoint.call(client, sent, self._params, n, draw),
             lambda r: r.usage,
             client.name,
         )

@@ -91,6 +91,9 @@ class Choices:
     calls: int = 1  # upstream calls that succeeded: prompt tokens are paid once per call
 
 
+Sample = Callable[[int, int], Awaitable[Choices]]  # `n` choices as the `draw`-th samples of a request
+
+
 class UpstreamClient:
     def __init__(
         self,
@@ -121,15 +124,20 @@ class UpstreamClient:
 
     # ---- sampling -------------------------------------------------------------------------
 
-    async def chat(self, messages: Sequence[Message], params: dict[str, Any], n: int = 1) -> Choices:
-        """`n` chat choices; a completion-mode upstream renders the chat for a base model."""
+    async def chat(self, messages: Sequence[Message], params: dict[str, Any], n: int = 1, draw: int = 0) -> Choices:
+        """`n` chat choices; a completion-mode upstream renders the chat for a base model.
+
+        `draw`: how many samples of this request came before. A `seed` (the client's, or the
+        operator's in `litellm_params`) is offset by it and by each parallel call's place, so
+        seeded best-of-N stays reproducible without drawing the same sample N times.
+        """
         if self.renders_chat:
             rendered = render_chat(messages)
             params = _merge_stop(params, rendered.stop)
-            result = await self.complete(rendered.prompt, params, n)
+            result = await self.complete(rendered.prompt, params, n, draw)
             result.choices = [_text_to_chat(c) for c in result.choices]
             return result
-        return await self._sample(lambda k: self._chat_once(messages, params, k), n)
+        return await self._sample(lambda k, offset: self._chat_once(messages, params, k, offset), n, draw)
 
     async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], Usage]:
         """Embedding vectors in input order, through the same limits, retries and metrics."""
@@ -139,18 +147,18 @@ class UpstreamClient:
         items = sorted(data.get("data") or [], key=lambda item: item.get("index", 0))
         return [list(item["embedding"]) for item in items], Usage.from_openai(data.get("usage"))
 
-    async def complete(self, prompt: str | list[Any], params: dict[str, Any], n: int = 1) -> Choices:
-        return await self._sample(lambda k: self._text_once(prompt, params, k), n)
+    async def complete(self, prompt: str | list[Any], params: dict[str, Any], n: int = 1, draw: int = 0) -> Choices:
+        return await self._sample(lambda k, offset: self._text_once(prompt, params, k, offset), n, draw)
 
-    async def _sample(self, once: Callable[[int], Awaitable[Choices]], n: int) -> Choices:
+    async def _sample(self, once: Sample, n: int, draw: int = 0) -> Choices:
         """One call with `n` where it works; otherwise (or for the shortfall) parallel single calls."""
         if n == 1 or self.n_works is False:
-            return await self._parallel(once, n)
+            return await self._parallel(once, n, draw)
         try:
-            first = await once(n)
+            first = await once(n, draw)
         except UpstreamRejected:
             # Some providers reject `n` outright; a single call tells us whether that was it.
-            result = await self._parallel(once, n)
+            result = await self._parallel(once, n, draw)
             self.n_works = False
             return result
         got = len(first.choices)
@@ -160,11 +168,11 @@ class UpstreamClient:
             return first
         # llama.cpp's server and others silently return one choice: remember, and fill the rest.
         self.n_works = False
-        rest = await self._parallel(once, n - got)
+        rest = await self._parallel(once, n - got, draw + got)
         return Choices(first.choices + rest.choices, first.usage + rest.usage, rest.errors, 1 + rest.calls)
 
-    async def _parallel(self, once: Callable[[int], Awaitable[Choices]], n: int) -> Choices:
-        results = await asyncio.gather(*(once(1) for _ in range(n)), return_exceptions=True)
+    async def _parallel(self, once: Sample, n: int, draw: int = 0) -> Choices:
+        results = await asyncio.gather(*(once(1, draw + i) for i in range(n)), return_exceptions=True)
         good = [r for r in results if isinstance(r, Choices)]
         failures = [r for r in results if isinstance(r, BaseException)]
         for failure in failures:
@@ -175,16 +183,16 @@ class UpstreamClient:
         usage = sum((r.usage for r in good), Usage())
         return Choices([c for r in good for c in r.choices], usage, errors=len(failures), calls=len(good))
 
-    async def _chat_once(self, messages: Sequence[Message], params: dict[str, Any], n: int) -> Choices:
-        kwargs = self._kwargs(params, n)
+    async def _chat_once(self, messages: Sequence[Message], params: dict[str, Any], n: int, draw: int = 0) -> Choices:
+        kwargs = _seeded(self._kwargs(params, n), draw)
         response = await self._call(lambda t, kw: t.acompletion(messages=list(messages), **kw), kwargs)
         data = _plain(response)
         fields = _response_fields(data)
         choices = [{**_clean_chat_choice(c), "response": fields} for c in data.get("choices") or []]
         return Choices(choices, Usage.from_openai(data.get("usage")))
 
-    async def _text_once(self, prompt: str | list[Any], params: dict[str, Any], n: int) -> Choices:
-        kwargs = self._kwargs(params, n)
+    async def _text_once(self, prompt: str | list[Any], params: dict[str, Any], n: int, draw: int = 0) -> Choices:
+        kwargs = _seeded(self._kwargs(params, n), draw)
         response = await self._call(lambda t, kw: t.atext_completion(prompt=prompt, **kw), kwargs)
         data = _plain(response)
         fields = _response_fields(data)
@@ -227,7 +235,9 @@ class UpstreamClient:
     async def _open_all(self, make: Call, kwargs: dict[str, Any], n: int) -> list[_OpenStream]:
         """`n` streams opened at once. The first that fails ends the others: those still opening
         are cancelled and those open are hung up on, so no upstream keeps generating for nobody."""
-        tasks = [asyncio.ensure_future(self._call(lambda t, kw: _open(make(t, kw)), kwargs)) for _ in range(n)]
+        tasks = [
+            asyncio.ensure_future(self._call(lambda t, kw: _open(make(t, kw)), _seeded(kwargs, i))) for i in range(n)
+        ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
@@ -557,6 +567,15 @@ def _text_chunk_to_chat(chunk: dict[str, Any]) -> dict[str, Any]:
         delta = {"content": c["text"]} if c.get("text") else {}
         choices.append({"index": c.get("index", 0), "delta": delta, "finish_reason": c.get("finish_reason")})
     return {**chunk, "object": "chat.completion.chunk", "choices": choices}
+
+
+def _seeded(kwargs: dict[str, Any], draw: int) -> dict[str, Any]:
+    """`kwargs` for the `draw`-th sample of a request: an integer `seed` moves by `draw`, else
+    every call of a seeded request would return the first sample again."""
+    seed = kwargs.get("seed")
+    if draw and isinstance(seed, int) and not isinstance(seed, bool):
+        return {**kwargs, "seed": seed + draw}
+    return kwargs
 
 
 def _merge_stop(params: dict[str, Any], extra: list[str]) -> dict[str, Any]:

@@ -265,3 +265,19 @@ def test_mbr_over_embeddings_from_an_upstream(client: openai.OpenAI, stub: StubS
     sent = stub.state.bodies("embedder")[before:]
     assert len(sent) == 1 and len(sent[0]["input"]) == 4  # one call, every candidate once
     assert completion.usage.prompt_tokens > 4  # the embedding call's tokens are counted
+
+
+def test_a_seeded_request_draws_different_samples_reproducibly(client: openai.OpenAI, stub: StubServer) -> None:
+    """A client `seed` moves by the samples drawn before: every call of a best-of-N request (each
+    parallel single call, each later batch) gets its own, so N candidates are not one sample N
+    times, and the same seed asks the same calls again."""
+    sent: list[list[int]] = []
+    for _ in range(2):
+        before = len(stub.state.bodies("one"))
+        client.chat.completions.create(model="one-best", messages=[{"role": "user", "content": "6*7?"}], seed=7)
+        sent.append(sorted(b["seed"] for b in stub.state.bodies("one")[before:]))
+    assert sent[0] == sent[1] and set(sent[0]) == {7, 8, 9, 10}  # `one` answers one choice: four single calls
+    before = len(stub.state.bodies("math"))
+    client.chat.completions.create(model="math-best", messages=[{"role": "user", "content": "6*7? p=0.3"}], seed=7)
+    seeds = [b["seed"] for b in stub.state.bodies("math")[before:]]
+    assert len(seeds) > 1 and len(set(seeds)) == len(seeds)  # every batch its own seed
