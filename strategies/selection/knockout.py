@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from strategies.contract import Candidate, Usage, Verifier, VerifyContext
+from strategies.contract import BudgetExhausted, Candidate, Usage, Verifier, VerifyContext
 
 
 @dataclass(frozen=True)
@@ -49,21 +49,37 @@ def gate(pairs: Sequence[Mapping[str, Any]], min_pairs: int, min_accuracy: float
 async def measure_pairs(
     judge: Verifier, ctx: VerifyContext, right: Candidate, wrong: Sequence[Candidate]
 ) -> tuple[list[dict[str, bool]], Usage]:
-    """Per (right, wrong) pair: did the judge pick the right one with it in slot A, and in slot B."""
+    """Per (right, wrong) pair: did the judge pick the right one with it in slot A, and in slot B.
+
+    A comparison the request's budget refused was never asked, so it is no miss: the pairs judged
+    in both orders before it stand, and the rest are left out (the probe's budget ran out; a miss
+    counted for it read as the judge's error, about one pair in a hundred near an hour's end).
+    """
     usage = Usage()
     pairs = []
     for other in wrong:
-        first, used_ab = await judge.compare(ctx, right, other)
-        second, used_ba = await judge.compare(ctx, other, right)
-        usage = usage + used_ab + used_ba
+        try:
+            first, used_ab = await judge.compare(ctx, right, other)
+            usage = usage + used_ab
+            second, used_ba = await judge.compare(ctx, other, right)
+            usage = usage + used_ba
+        except BudgetExhausted:
+            break
         pairs.append({"ab": first == "a", "ba": second == "b"})
     return pairs, usage
 
 
 async def match(judge: Verifier, ctx: VerifyContext, holder: Candidate, challenger: Candidate) -> tuple[bool, Usage]:
-    """Whether the challenger wins both orders against the (higher-ranked) holder."""
-    first, used_ab = await judge.compare(ctx, challenger, holder)
-    second, used_ba = await judge.compare(ctx, holder, challenger)
+    """Whether the challenger wins both orders against the (higher-ranked) holder; a match the
+    request's budget cannot pay for is not played, and the holder keeps its place."""
+    try:
+        first, used_ab = await judge.compare(ctx, challenger, holder)
+    except BudgetExhausted:
+        return False, Usage()
+    try:
+        second, used_ba = await judge.compare(ctx, holder, challenger)
+    except BudgetExhausted:
+        return False, used_ab
     return first == "a" and second == "b", used_ab + used_ba
 
 

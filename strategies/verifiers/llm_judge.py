@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from strategies.contract import Candidate, Scored, Usage, VerifyContext, failure_cause
+from strategies.contract import BudgetExhausted, Candidate, Scored, Usage, VerifyContext, failure_cause
 from strategies.verifiers.base import BaseVerifier, VerifierSpec
 from strategies.verifiers.rendering import render_candidate, render_conversation
 
@@ -423,6 +423,8 @@ class LlmJudgeVerifier(BaseVerifier):
         )
         try:
             reply = await ctx.services.chat(self.upstream, call.messages, **self.judge_params)
+        except BudgetExhausted:
+            raise  # never asked: the caller must not count it as a verdict, wrong or right
         except Exception:  # noqa: BLE001 - a failed comparison is no verdict
             return None, Usage()
         return call.parse(reply.text or ""), reply.usage

@@ -228,6 +228,35 @@ def test_the_knockout_gate_needs_enough_pairs_and_both_orders() -> None:
     assert good.enabled and good.accuracy_ab == pytest.approx(0.7) and good.reason is None
 
 
+def test_a_comparison_the_budget_refused_is_no_miss_and_no_played_match() -> None:
+    """The knockout gate's flake (about one probe pair in a hundred judged wrong by a judge that
+    is never wrong): near an hour's end the probe budget refused judge calls, and each refusal
+    counted as a miss. A refused call is never a verdict."""
+    from strategies.contract import BudgetExhausted, Reply, Usage, VerifyContext
+    from strategies.selection.knockout import match, measure_pairs
+    from strategies.verifiers import build_verifiers
+
+    class Budgeted:
+        def __init__(self, calls: int) -> None:
+            self.calls = calls
+
+        async def chat(self, upstream: str, messages: object, **params: object) -> Reply:
+            if self.calls == 0:
+                raise BudgetExhausted("spent")
+            self.calls -= 1
+            return Reply("Verdict: A", Usage(10, 2))  # slot A: right first, as the wrong pair is shown
+
+    (judge,) = build_verifiers([{"type": "llm_judge", "upstream": "j", "mode": "pairwise", "templates": []}])
+    right, wrong = (Candidate(i, "original", {"role": "assistant", "content": t}) for i, t in enumerate(["42", "41"]))
+    for calls, judged in ((4, 2), (3, 1), (1, 0)):
+        ctx = VerifyContext([{"role": "user", "content": "6*7?"}], Budgeted(calls))  # type: ignore[arg-type]
+        pairs, usage = asyncio.run(measure_pairs(judge, ctx, right, [wrong, wrong]))
+        assert len(pairs) == judged and usage.total_tokens == 12 * min(calls, 4)
+    ctx = VerifyContext([{"role": "user", "content": "6*7?"}], Budgeted(1))  # type: ignore[arg-type]
+    upset, usage = asyncio.run(match(judge, ctx, right, wrong))
+    assert upset is False and usage.total_tokens == 12
+
+
 def test_a_route_refits_from_its_gold_clusters_and_keeps_the_model(tmp_path: Path) -> None:
     from proxy.config.probe_set import ProbeSettings
     from proxy.probes.calibration import RouteCalibration
