@@ -30,7 +30,7 @@ import numpy as np
 
 from strategies.answers import tool_calls_key
 from strategies.contract import Candidate, Scored
-from strategies.selection.similarity import consensus
+from strategies.selection.similarity import token_f1_matrix
 
 TIE_TOLERANCE = 1e-9
 
@@ -178,23 +178,37 @@ def canonical_answer(candidate: Candidate) -> str:
 
 
 def agreement(candidates: Sequence[Candidate]) -> np.ndarray:
-    """Consensus of each candidate with all others: exact match for tool calls, token F1 else."""
+    """Consensus of each candidate with the others: exact match for tool calls, token F1 else.
+
+    On a panel (candidates from several upstreams) with the other models' candidates only: one
+    model's wrong answers agree with each other in its own words, so agreement within a model is
+    the very correlation a panel is there to outvote.
+    """
     keys = [canonical_answer(c) for c in candidates]
+    n = len(keys)
+    if n < 2:
+        return np.ones(n)
     if any(c.tool_calls for c in candidates):
-        n = len(keys)
-        if n < 2:
-            return np.ones(n)
-        return np.array([(sum(k == other for other in keys) - 1) / (n - 1) for k in keys])
-    return consensus(keys)
+        sim = np.array([[float(a == b) for b in keys] for a in keys])
+    else:
+        sim = token_f1_matrix(keys)
+    models = [c.upstream for c in candidates]
+    if len(set(models) - {None}) > 1:
+        others = np.array([[models[j] != models[i] for j in range(n)] for i in range(n)])
+        return (sim * others).sum(axis=1) / others.sum(axis=1)
+    return (sim.sum(axis=1) - 1.0) / (n - 1)
 
 
 def break_tie(candidates: Sequence[Candidate], tied: Sequence[int]) -> tuple[int, np.ndarray | None]:
-    """The tied candidate that agrees most with all candidates, then the earliest; and every
-    candidate's agreement (None when there was no tie to break)."""
+    """The tied candidate that agrees most with the others (`agreement`), the earliest among
+    those within `TIE_TOLERANCE` of the most; and every candidate's agreement (None when there
+    was no tie to break). The tolerance matters: equal similarities summed in another order
+    differ in the last bit, and that bit must not pick the answer."""
     if len(tied) == 1:
         return tied[0], None
     support = agreement(candidates)
-    return max(tied, key=lambda i: (support[i], -i)), support
+    most = max(support[i] for i in tied)
+    return next(i for i in tied if support[i] >= most - TIE_TOLERANCE), support
 
 
 def select(candidates: Sequence[Candidate], results: Sequence[VerifierResult]) -> Selection:

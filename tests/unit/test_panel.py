@@ -201,3 +201,30 @@ def test_floored_shares_sum_to_one_and_respect_the_floor(values: list[float], fl
     above = [(v, s) for v, s in zip(values, shares, strict=True) if s > floor + 1e-9]
     for (v1, s1), (v2, s2) in zip(above, above[1:], strict=False):  # the unfloored keep their proportions
         assert s1 * v2 == pytest.approx(s2 * v1, abs=1e-9)
+
+
+def test_a_tied_vote_goes_to_the_answer_other_models_agree_with() -> None:
+    """3 votes for 41 from one model against 3 for 42 from both: within a model, agreement is the
+    correlation a panel is there to outvote, so the tie goes to what the other model also says."""
+    answers = {"big": ["41", "41", "41", "42"], "small": ["42", "42", "43", "44"]}
+
+    class Split(PanelServices):
+        async def generate(self, messages: Sequence[Message], n: int, upstream: str | None = None) -> Batch:
+            texts, answers[upstream or ""] = answers[upstream or ""][:n], answers[upstream or ""][n:]
+            return Batch([Sample({"role": "assistant", "content": f"The answer is {t}."}, "stop") for t in texts])
+
+    out = ask(route(max_n=8, adaptive=False, panel=[{"upstream": "big"}, {"upstream": "small"}]), Split({}))
+    assert out.chosen.text == "The answer is 42."
+    assert out.selection is not None and out.selection["tie_break"]["by"] == "consensus"
+
+
+def test_a_tie_is_not_decided_by_the_last_bit_of_a_sum() -> None:
+    from strategies.contract import Candidate
+    from strategies.selection.weighted import break_tie
+
+    # Equal similarities summed in another order: #4..#6 came out one rounding step above #0, #2, #7.
+    answers = [94927, 20302, 94927, 20302, 68860, 68860, 68860, 94927]
+    text = "Working through item 2 step by step, checking each part. The answer is {}."
+    candidates = [Candidate(i, "o", {"role": "assistant", "content": text.format(a)})
+                  for i, a in enumerate(answers)]
+    assert break_tie(candidates, [0, 2, 4, 5, 6, 7])[0] == 0
