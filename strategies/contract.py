@@ -218,6 +218,14 @@ class Reply:
 
 
 @dataclass
+class StreamEnd:
+    """The last item of `Services.chat_stream`: what the stream was charged, and why it ended."""
+
+    usage: Usage
+    finish_reason: str | None = None
+
+
+@dataclass
 class EmbedReply:
     vectors: list[list[float]]
     usage: Usage = field(default_factory=Usage)
@@ -245,9 +253,9 @@ class Services(Protocol):
         """One completion from a configured upstream (judges, paraphrases)."""
         ...
 
-    def chat_stream(self, upstream: str, messages: Sequence[Message]) -> AsyncIterator[str | Usage]:
+    def chat_stream(self, upstream: str, messages: Sequence[Message]) -> AsyncIterator[str | StreamEnd]:
         """One completion from a configured upstream with the client's parameters, as text pieces
-        while they arrive (a fuser writing the answer), then, last, the `Usage` it was charged."""
+        while they arrive (a fuser writing the answer), then, last, how it ended (`StreamEnd`)."""
         ...
 
     async def embed(self, upstream: str, texts: Sequence[str]) -> EmbedReply:
@@ -363,6 +371,11 @@ class Outcome:
     def chosen(self) -> Candidate:
         return self.candidates[self.selected]
 
+    @property
+    def sampled(self) -> int:
+        """Candidates drawn from the upstreams: a fused answer is written from them, not drawn."""
+        return sum(1 for c in self.candidates if c.variant != FUSION_VARIANT)
+
 
 @dataclass
 class VerifyContext:
@@ -439,6 +452,7 @@ class Verifier:
 
 
 ORIGINAL_VARIANT = "original"  # the plain prompt; AEU is measured on its candidates
+FUSION_VARIANT = "fusion"  # a fused answer's `variant`: written by a fuser, asked in no variant's words
 
 
 class StrategyError(Exception):

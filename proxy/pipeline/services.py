@@ -24,6 +24,7 @@ from strategies.contract import (
     RewardEndpoint,
     RewardReply,
     Sample,
+    StreamEnd,
     Usage,
     content_text,
 )
@@ -130,19 +131,21 @@ class RequestServices:
             self._spend(self._upstream.name, spent)
             self._allowance.settle(held, spent)
 
-    async def chat_stream(self, upstream: str, messages: Sequence[Message]) -> AsyncIterator[str]:
+    async def chat_stream(self, upstream: str, messages: Sequence[Message]) -> AsyncIterator[str | StreamEnd]:
         """One answer from `upstream` with the client's parameters, as text pieces while they
-        arrive; charged, when the stream ends, at the usage it reported or at its estimate."""
+        arrive, then how it ended; charged at the usage it reported, or else at its estimate."""
         client = self._clients[upstream]
         sent = self._endpoint.upstream_input(messages)
         prompt = estimate_tokens(sent)
         held = self._allowance.reserve(prompt + self._completion)
-        reported, streamed = Usage(), 0
+        reported, streamed, finish = Usage(), 0, None
         try:
             async for chunk in self._endpoint.stream(client, sent, self._params, 1):
                 if chunk.get("usage"):
                     reported += Usage.from_openai(chunk["usage"])
                 for choice in chunk.get("choices") or []:
+                    if isinstance(choice, Mapping) and choice.get("finish_reason"):
+                        finish = str(choice["finish_reason"])
                     piece = _piece_text(choice)
                     if piece:
                         streamed += len(piece.encode("utf-8", "replace"))
@@ -151,7 +154,7 @@ class RequestServices:
             spent = reported if reported.total_tokens else Usage(prompt, math.ceil(streamed / BYTES_PER_TOKEN))
             self._spend(upstream, spent)
             self._allowance.settle(held, spent)
-        yield spent  # last, so the strategy counts what the stream cost in the request's usage
+        yield StreamEnd(spent, finish)  # last, so the strategy counts what it cost in the request's usage
 
     async def chat(self, upstream: str, messages: Sequence[Message], **params: Any) -> Reply:
         result = await self._metered(

@@ -114,7 +114,7 @@ class Proxy:
                 return response
             outcome = await self._guarded(request, self.pipeline.run(route, work, services))
             record.outcome = outcome
-            headers["x-rvr-candidates"] = str(len(outcome.candidates))
+            headers["x-rvr-candidates"] = str(outcome.sampled)
             rvr = self._rvr(outcome, route, body)
             return JSONResponse(completion(outcome, route.name, body.n, rvr, endpoint), headers=headers)
         except ProxyError as exc:
@@ -162,7 +162,7 @@ class Proxy:
         outcome = record.outcome
         usage = outcome.usage if outcome is not None else record.usage
         if outcome is not None:
-            candidates: int | None = len(outcome.candidates)
+            candidates: int | None = outcome.sampled
         else:  # a relayed stream counts its choices; other work cut short is charged its estimate
             candidates = record.streamed_choices or None
         try:

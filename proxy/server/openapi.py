@@ -416,8 +416,9 @@ COST = {
 # `rvr.panel` (strategies/best_of_n/panel.py `PanelRecord.report`).
 PANEL = {
     "type": "object",
-    "description": "panel routes: candidates per upstream, the selected candidate's upstream, the panelists "
-    "dropped for this request and why",
+    "description": "panel routes: candidates per upstream, the upstream of the candidate the selection chose "
+    "(before any fusion: a fused answer's writer is `rvr.fusion.fuser`), the panelists dropped for this "
+    "request and why",
     "required": ["upstreams", "candidates", "selected_upstream", "dropped", "min_panel"],
     "properties": {
         "upstreams": _STRINGS,
@@ -488,8 +489,8 @@ RVR_REPORT = {
         "summary": {**_STRING, "description": "one line for a person to read"},
         "route": _STRING,
         "strategy": _STRING,
-        "candidates": {**_COUNT, "description": "candidates sampled"},
-        "selected": {**_INT, "description": "index of the chosen candidate among them"},
+        "candidates": {**_COUNT, "description": "candidates sampled (a fused answer is written, not sampled)"},
+        "selected": {**_INT, "description": "index of the chosen candidate among them (a fused answer comes last)"},
         "stop_reason": {"enum": [reason.value for reason in StopReason]},
         "variants": _STRINGS,
         "scores": {"type": "array", "items": _SCORE, "description": "ensemble score per candidate"},

@@ -84,7 +84,7 @@ def rvr_body(
         "summary": summary(outcome, calibration),
         "route": route,
         "strategy": outcome.strategy,
-        "candidates": len(outcome.candidates),
+        "candidates": outcome.sampled,
         "selected": outcome.selected,
         "stop_reason": outcome.stop_reason.value,
         "variants": list(outcome.variants),
@@ -124,7 +124,7 @@ def cost_body(outcome: Outcome) -> dict[str, Any]:
     plain = outcome.plain_usage.total_tokens if outcome.plain_usage is not None else 0
     return {
         "upstream_tokens": tokens,
-        "candidates": len(outcome.candidates),
+        "candidates": outcome.sampled,
         "single_call_tokens": plain or None,
         "multiple": tokens / plain if plain else None,
         "gain": outcome.gain,
@@ -176,7 +176,7 @@ def verifier_errors(outcome: Outcome) -> dict[str, dict[str, Any]]:
 
 def summary(outcome: Outcome, calibration: dict[str, Any] | None = None) -> str:
     """One line a person can read: what was sampled, what was chosen, what the numbers rest on."""
-    n = len(outcome.candidates)
+    n = outcome.sampled
     scored = [s for s in outcome.scores if s is not None]
     parts = [f"{n} candidate{'s' if n != 1 else ''} from {len(outcome.variants)} prompt variant(s)"]
     if not scored:
@@ -185,6 +185,8 @@ def summary(outcome: Outcome, calibration: dict[str, Any] | None = None) -> str:
         parts.append(f"{len(scored)} scored, #{outcome.selected} chosen{_by_rule(outcome)}")
         if len(set(scored)) == 1 and n > 1:
             parts.append("all scored alike, so the verifiers saw no difference to act on")
+    if outcome.fusion is not None and outcome.fusion.get("fused"):
+        parts.append(f"{outcome.fusion['fuser']} wrote the answer from {outcome.fusion['answers']} distinct answers")
     parts.append(f"stopped: {outcome.stop_reason.value.replace('_', ' ')}")
     missing = sum(e["missing"] + e["failed"] for e in verifier_errors(outcome).values())
     if missing:

@@ -47,7 +47,7 @@ def finish(record: RequestRecord, log_prompts: bool) -> None:
         "completion_tokens": usage.completion_tokens,
     }
     if outcome is not None:
-        line["candidates"] = len(outcome.candidates)
+        line["candidates"] = outcome.sampled
         line["stop_reason"] = outcome.stop_reason.value
         if outcome.risk is not None:
             line["residual"] = outcome.risk.residual
@@ -72,7 +72,7 @@ def _observe(record: RequestRecord, duration: float, usage: Usage) -> None:
         if record.streamed_choices and record.status < 400:
             _observe_relayed_stream(record, usage)
         return
-    metrics.CANDIDATES.labels(route).observe(len(outcome.candidates))
+    metrics.CANDIDATES.labels(route).observe(outcome.sampled)
     metrics.STOPS.labels(route, outcome.stop_reason.value).inc()
     _observe_plain_cost(route, outcome)
     _observe_gain(route, outcome)

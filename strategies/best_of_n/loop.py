@@ -45,6 +45,7 @@ from strategies.contract import (
     StopReason,
     Strategy,
     StrategyRequest,
+    StreamEnd,
     Usage,
     Verifier,
     VerifyContext,
@@ -488,11 +489,11 @@ class BestOfN(Strategy):
         outcome.gain = gain.as_dict() if gain is not None else None
         if run.panel is not None:
             outcome.panel = run.panel.report(outcome.candidates, outcome.selected)
-        return await self._fuse(request, run, plan, verdict, ctx, rng, outcome)
+        return await self._fuse(request, run, plan, verdict, ctx, outcome)
 
     async def _fuse(
         self, request: StrategyRequest, run: _Run, plan: Plan, verdict: _Round, ctx: VerifyContext,
-        rng: np.random.Generator, outcome: Outcome,
+        outcome: Outcome,
     ) -> Outcome:
         """The fuser's answer from the strongest distinct answers (strategies/selection/fusion.py),
         scored by the route's verifiers like a candidate and served in place of the selected one;
@@ -507,7 +508,7 @@ class BestOfN(Strategy):
             "gain": None if gain is None else {"estimate": gain.estimate, "ci90": [gain.low, gain.high], "items": gain.items},
         }
         outcome.fusion = report
-        shown = _fusion_inputs(verdict.choice, verdict.selection, run.candidates, fusion.top_k, rng)
+        shown = _fusion_inputs(verdict.choice, verdict.selection, run.candidates, fusion.top_k)
         skipped = self._fusion_skipped(request, outcome, len(shown))
         if skipped is not None:
             report["skipped"] = skipped
@@ -515,17 +516,24 @@ class BestOfN(Strategy):
         report.update(shown=shown, answers=len(shown), selected_candidate=outcome.selected)
         messages = fusion_messages(request.messages, [run.candidates[i].text for i in shown], fusion.template)
         if request.stream:
+            ended: list[str | None] = []  # the fuser's finish_reason, once its stream ends
+
             async def pieces() -> AsyncIterator[str]:
-                async for piece in run.services.chat_stream(fusion.fuser, messages):
-                    if isinstance(piece, Usage):
-                        run.usage += piece
-                    else:
-                        yield piece
+                since = run.clock()
+                try:
+                    async for piece in run.services.chat_stream(fusion.fuser, messages):
+                        if isinstance(piece, StreamEnd):
+                            run.usage += piece.usage
+                            ended.append(piece.finish_reason)
+                        else:
+                            yield piece
+                finally:
+                    run.time("fuse", since)
 
             async def finish(text: str | None, error: BaseException | None) -> Outcome:
                 if text is None:
                     return _fusion_failed(outcome, run, error)
-                return await self._with_fused(run, plan, ctx, outcome, text, "stop", {})
+                return await self._with_fused(run, plan, ctx, outcome, text, ended[0] if ended else None, {})
 
             outcome.fusion_stream = FusionStream(pieces(), finish)
             return outcome
@@ -683,7 +691,7 @@ class BestOfN(Strategy):
         ctx = VerifyContext(request.messages, services, response_format=request.response_format)
         selection, choice = self._choose(run, select(run.candidates, await _verify(run, plan, ctx)))
         selected = run.candidates[selection.index]
-        shown = _fusion_inputs(choice, selection, run.candidates, fusion.top_k, self._rng())
+        shown = _fusion_inputs(choice, selection, run.candidates, fusion.top_k)
         fused = selected
         if not selected.tool_calls and len(shown) >= fusion.min_clusters:
             messages = fusion_messages(request.messages, [run.candidates[i].text for i in shown], fusion.template)
@@ -747,9 +755,7 @@ class BestOfN(Strategy):
         return [replace(c, index=i) for i, c in enumerate(ordered)]
 
 
-def _fusion_inputs(
-    choice: Choice, selection: Selection, candidates: Sequence[Candidate], top_k: int, rng: np.random.Generator
-) -> list[int]:
+def _fusion_inputs(choice: Choice, selection: Selection, candidates: Sequence[Candidate], top_k: int) -> list[int]:
     """The candidates the fuser reads: the strongest answered clusters' representatives, then
     (free text whose answers cannot be compared) unanswered candidates by ranking, shuffled."""
     clusters = choice.clusters
@@ -757,7 +763,7 @@ def _fusion_inputs(
     ranking = selection.ranking
     loose = [i for c in clusters if not c.answered for i in c.members]
     loose.sort(key=lambda i: -ranking[i] if not np.isnan(ranking[i]) else math.inf)
-    return shown_answers(candidates, ranked + loose, top_k, rng)
+    return shown_answers(candidates, ranked + loose, top_k)
 
 
 def _fusion_failed(outcome: Outcome, run: _Run, error: BaseException | None) -> Outcome:

@@ -11,6 +11,7 @@ while the paired interval's lower bound is above zero.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,15 @@ import numpy as np
 from strategies.answers import answer_key, question_of
 from strategies.best_of_n.adapt import Paired, paired
 from strategies.best_of_n.counts import Clock, EpochCounts
-from strategies.contract import Candidate, Message, Scored, VerifyContext, content_text, failure_cause
+from strategies.contract import (
+    FUSION_VARIANT,
+    Candidate,
+    Message,
+    Scored,
+    VerifyContext,
+    content_text,
+    failure_cause,
+)
 from strategies.selection.settings import FUSION_PLACEHOLDER, FuserSpec, FusionSettings
 from strategies.selection.similarity import token_f1_matrix
 from strategies.verifiers.base import BaseVerifier
@@ -35,7 +44,6 @@ DEFAULT_TEMPLATE = (
     "Write the single best answer to the request. Check each candidate; keep what is right, correct "
     "what is wrong, and do not mention the candidates. Answer in the form the request asks for."
 )
-FUSION_VARIANT = "fusion"  # the fused answer's `variant`: it was asked in no variant's words
 
 
 def fusion_messages(messages: Sequence[Message], answers: Sequence[str], template: str | None) -> list[Message]:
@@ -50,12 +58,14 @@ def fusion_messages(messages: Sequence[Message], answers: Sequence[str], templat
     return [*head, {"role": "user", "content": filled}]
 
 
-def shown_answers(
-    candidates: Sequence[Candidate], ranked: Sequence[int], top_k: int, rng: np.random.Generator
-) -> list[int]:
+def shown_answers(candidates: Sequence[Candidate], ranked: Sequence[int], top_k: int) -> list[int]:
     """Which representatives the fuser reads, in the order it reads them: the `top_k` best
-    clusters' (`ranked`, best first), shuffled so the best is not always first."""
+    clusters' (`ranked`, best first), shuffled so the best is not always first. The shuffle is
+    seeded by the answers themselves: the same answers are always shown in the same order, so a
+    fused answer can be reproduced, and still the strongest is first only by chance."""
     shown = [i for i in ranked if not candidates[i].tool_calls][:top_k]
+    texts = "\x00".join(sorted(candidates[i].text for i in shown)).encode("utf-8", "replace")
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(texts).digest()[:8], "little"))
     order = rng.permutation(len(shown))
     return [shown[j] for j in order]
 

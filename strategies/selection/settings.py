@@ -43,17 +43,19 @@ class FusionSettings(StrictModel):
     """A fuser model writes the answer from the top answer clusters' representatives, shown
     anonymized and shuffled (strategies/selection/fusion.py). Tool-call answers are never fused.
 
-    `when: measured_better` fuses only while the route's gold probes measure fused answers above
-    selected ones on the same items (the paired interval's lower bound above 0, over at least
-    `min_items` items); `always` fuses every request whose candidates fall in at least
-    `min_clusters` answer clusters (1: also when they agree).
+    `when: measured_better` (the default) fuses only while the route's gold probes measure fused
+    answers above selected ones on the same items (the paired interval's lower bound above 0,
+    over at least `min_items` items): a fuser that can only copy picks among the top clusters at
+    random and throws the vote away (bench/panel.py: −66 points where the vote was at 92%), so
+    fusion must earn its place. `always` fuses every request whose candidates fall in at least
+    `min_clusters` answer clusters (1: also when they agree), gold or not.
     """
 
     fuser: str = Field(pattern=MODEL_NAME_PATTERN)  # a configured upstream
     top_k: int = Field(4, ge=1, le=16)
     min_clusters: int = Field(2, ge=1, le=16)
     template: str | None = Field(None, min_length=1, max_length=20_000)  # must contain {answers}
-    when: Literal["always", "measured_better"] = "always"
+    when: Literal["always", "measured_better"] = "measured_better"
     min_items: int = Field(30, ge=4)
     window_s: float = Field(604800.0, gt=0)  # gold from the last one to two windows is used
     # What the fuser must have shown in `rvr-proxy audit --verifier fusion` before the route serves.

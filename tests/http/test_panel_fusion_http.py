@@ -31,7 +31,7 @@ def panel(*names: str, weights: tuple[float, ...] = ()) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[ProxyProcess, StubServer]]:
-    fusion = {"fuser": "drip-answer-42", "top_k": 4}
+    fusion = {"fuser": "drip-answer-42", "top_k": 4, "when": "always"}
     with StubServer() as stub:
         names = [RIGHT, WRONG, "fail", "judge", "drip-answer-42"]
         config = {

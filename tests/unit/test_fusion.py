@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from strategies.best_of_n.loop import BestOfN
 from strategies.best_of_n.settings import BestOfNSettings
-from strategies.contract import Batch, Candidate, Message, Outcome, Sample, StrategyRequest, Usage
+from strategies.contract import Batch, Candidate, Message, Outcome, Sample, StrategyRequest, StreamEnd, Usage
 from strategies.selection.fusion import FusionGain, fusion_messages, shown_answers
 from strategies.selection.settings import FusionSettings
 from strategies.verifiers import build_verifiers
@@ -38,12 +38,12 @@ class FusionServices:
         taken, self.texts = self.texts[:n], self.texts[n:]
         return Batch([Sample({"role": "assistant", "content": t}, "stop") for t in taken], Usage(5, len(taken)))
 
-    async def chat_stream(self, upstream: str, messages: Sequence[Message]) -> AsyncIterator[str | Usage]:
+    async def chat_stream(self, upstream: str, messages: Sequence[Message]) -> AsyncIterator[str | StreamEnd]:
         self.fuser_prompts.append(list(messages))
         assert isinstance(self.fused, str)
         for word in self.fused.split(" "):
             yield word + " "
-        yield Usage(50, 7)
+        yield StreamEnd(Usage(50, 7), "length")
 
 
 class _Original:
@@ -56,7 +56,7 @@ class _Original:
 def route(fusion: dict[str, Any] | None = None, **settings: Any) -> BestOfN:
     parsed = BestOfNSettings.model_validate({
         "max_n": 4, "adaptive": False, "verifiers": [{"type": "self_consistency"}],
-        "selection": {"fusion": {"fuser": "fuse", **(fusion or {})}}, **settings,
+        "selection": {"fusion": {"fuser": "fuse", "when": "always", **(fusion or {})}}, **settings,
     })
     return BestOfN(parsed, build_verifiers(parsed.verifiers), [_Original()], rng=lambda: np.random.default_rng(3))
 
@@ -78,12 +78,16 @@ def test_the_fuser_reads_the_question_and_numbered_answers_with_braces_kept() ->
         FusionSettings(fuser="fuse", template="no placeholder")
 
 
-def test_the_shown_order_is_shuffled_and_tool_calls_are_left_out() -> None:
-    candidates = [Candidate(i, "original", {"role": "assistant", "content": str(i)}) for i in range(6)]
-    candidates[2].message["tool_calls"] = [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
-    orders = {tuple(shown_answers(candidates, [0, 1, 2, 3, 4], 4, np.random.default_rng(seed))) for seed in range(20)}
+def test_the_shown_order_is_shuffled_reproducibly_and_tool_calls_are_left_out() -> None:
+    def shown(words: Sequence[str]) -> list[int]:
+        candidates = [Candidate(i, "original", {"role": "assistant", "content": w}) for i, w in enumerate(words)]
+        candidates[2].message["tool_calls"] = [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+        return shown_answers(candidates, [0, 1, 2, 3, 4], 4)
+
+    orders = [shown([f"answer {k}.{i}" for i in range(6)]) for k in range(20)]
     assert all(sorted(order) == [0, 1, 3, 4] for order in orders)  # the top 4 without the tool call
-    assert len(orders) > 1  # the strongest is not always shown first
+    assert len({tuple(order) for order in orders}) > 1  # the strongest is not always shown first
+    assert shown([f"answer 3.{i}" for i in range(6)]) == orders[3]  # the same answers, the same order
 
 
 def test_a_fused_answer_is_served_scored_and_compared_with_the_selection() -> None:
@@ -130,6 +134,7 @@ def test_a_streaming_client_gets_the_fusers_pieces_then_the_finished_outcome() -
     pieces, out = asyncio.run(scenario())
     assert pieces == ["The ", "answer ", "is ", "42. "]
     assert out.chosen.text == "The answer is 42. " and out.fusion is not None and out.fusion["fused"] is True
+    assert out.chosen.finish_reason == "length" and "fuse" in out.timings  # as the fuser's stream ended
     assert out.usage.total_tokens == (5 + 4) + (50 + 7)
 
 
