@@ -41,6 +41,31 @@ and their difference is only what they do with them. ``run`` only keys the count
 Ground truth lives in `World` (exact REU by numerical integration of the Beta CDFs, exact for
 0/1), used by bench/validate_risk.py and bench/compare_strategies.py.
 
+Panels of models and fusers (bench/panel.py)
+--------------------------------------------
+A prompt ``Panel item 17 [clustered_within] (trial 0, run r): ...`` names an item of a panel world
+(`PanelWorld`), and the request's ``model`` names the model that answers it: ``pm-<name>-p<P>``
+(optionally ``-c<C>``) is model ``<name>``, right with probability ``P`` on every item. Answers are
+five-digit numbers (``... The answer is 48213.``), never one of the question's own numbers. A
+wrong answer depends on the world (written in the prompt):
+
+* ``independent``: a value drawn uniformly from 90,000, so wrong answers almost never agree;
+* ``clustered_within``: with probability ``C`` (default 1) the model's own wrong value for the item
+  (one per item and model, different models' differ), else uniform;
+* ``clustered_shared``: with probability ``C`` the item's one wrong value, the same for every model.
+
+The j-th sample of (item, trial, model) is right or wrong by the same draw in every world and run
+tag (common random numbers); which wrong value it says depends on the world.
+
+Fusers read the fusion prompt (strategies/selection/fusion.py): the question, then ``Answer k:``
+blocks. ``fuser-copy`` copies the answer that appears most among those shown (the first shown
+on a tie: the proxy shows one representative per cluster, so that is the first shown);
+``fuser-correct-q<Q>-r<R>`` (defaults Q=0.9, R=0.1) answers right with probability Q when the
+right answer is among those shown and R when it is not, and otherwise copies, by a draw fixed per
+(item, trial, fuser). ``-t<T>`` on either name makes every word of the answer take T seconds after
+the first (its time to first token is ``--latency``), streamed (``stream: true``, usage in the
+last chunk with ``stream_options.include_usage``) or not. Any model streams when asked.
+
     python bench/sim_upstream.py --port 9200 --latency 0.2     # prints "READY <port>"
 """
 
@@ -50,6 +75,7 @@ import argparse
 import asyncio
 import hashlib
 import itertools
+import json
 import math
 import re
 import sys
@@ -78,6 +104,13 @@ FILLER = [f"w{i}" for i in range(200)]
 ITEM_RE = re.compile(r"Item (\d+) \[(\w+)\] \(trial (\d+), run ([\w.-]+)\)")
 MARKER_RE = re.compile(r"\[\[sim u=([-\d.]+) z=([-\d.e]+) id=([0-9a-f]+)\]\]")
 GRID = np.linspace(0.0, 1.0, 4001)
+PANEL_WORLDS = ("independent", "clustered_within", "clustered_shared")
+PANEL_RE = re.compile(r"Panel item (\d+) \[(\w+)\] \(trial (\d+), run ([\w.-]+)\)")
+PANEL_MODEL_RE = re.compile(r"^pm-([A-Za-z0-9_]+)-p([\d.]+)(?:-c([\d.]+))?$")
+FUSER_RE = re.compile(r"^fuser-(copy|correct)((?:-[qrt][\d.]+)*)$")
+ANSWER_RE = re.compile(r"[Tt]he answer is (\d+)")
+ANSWER_BLOCK_RE = re.compile(r"(?:^|\n)Answer (\d+):\n")
+VALUE_LOW, VALUE_HIGH = 10_000, 100_000  # panel answers: five digits, above any item id or trial
 
 
 def prompt(item: int, task: str, trial: int = 0, run: str = "r") -> str:
@@ -226,12 +259,148 @@ def round_robin(variants: list[str], n: int) -> dict[str, int]:
     return counts
 
 
+# --- panels of models: known accuracy and error correlation ---------------------------------
+
+
+def panel_prompt(item: int, world: str, trial: int = 0, run: str = "r") -> str:
+    """The user message that names an item of a panel world."""
+    if not 0 <= item < VALUE_LOW:
+        raise ValueError(f"panel items are 0..{VALUE_LOW - 1}: an answer must never be a number of the question")
+    return f"Panel item {item} [{world}] (trial {trial}, run {run}): what is the item's value?"
+
+
+def _code(name: str) -> int:
+    """A stable integer for a name (a model's, a world's), for seeding."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little")
+
+
+@dataclass(frozen=True)
+class PanelModel:
+    name: str
+    p: float  # P(right) of every sample on every item
+    concentration: float = 1.0  # clustered worlds: P(a wrong answer is the clustered wrong value)
+
+    @property
+    def model(self) -> str:
+        """The request's `model` that asks this one."""
+        suffix = "" if self.concentration == 1.0 else f"-c{self.concentration:g}"
+        return f"pm-{self.name}-p{self.p:g}{suffix}"
+
+    @classmethod
+    def parse(cls, model: str) -> PanelModel | None:
+        found = PANEL_MODEL_RE.match(model)
+        if not found:
+            return None
+        return cls(found.group(1), float(found.group(2)), float(found.group(3)) if found.group(3) else 1.0)
+
+
+@dataclass(frozen=True)
+class Fuser:
+    kind: str  # copy | correct
+    q: float = 0.9  # correct: P(right) when the right answer is among those shown
+    r: float = 0.1  # correct: P(right) when it is not
+    token_s: float = 0.0  # seconds per word after the first
+
+    @classmethod
+    def parse(cls, model: str) -> Fuser | None:
+        found = FUSER_RE.match(model)
+        if not found:
+            return None
+        params = {k: float(v) for k, v in re.findall(r"-([qrt])([\d.]+)", found.group(2))}
+        return cls(found.group(1), params.get("q", 0.9), params.get("r", 0.1), params.get("t", 0.0))
+
+
+class PanelWorld:
+    """Items with one right five-digit value each, and per world, where wrong answers fall."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def right(self, item: int) -> int:
+        return int(np.random.default_rng([self.seed, item, 101]).integers(VALUE_LOW, VALUE_HIGH))
+
+    def _other(self, rng: np.random.Generator, item: int) -> int:
+        """A uniform wrong value."""
+        right = self.right(item)
+        value = int(rng.integers(VALUE_LOW, VALUE_HIGH - 1))
+        return value + 1 if value >= right else value
+
+    def shared_wrong(self, item: int) -> int:
+        return self._other(np.random.default_rng([self.seed, item, 102]), item)
+
+    def own_wrong(self, item: int, model: str) -> int:
+        """Model `model`'s wrong value for the item (clustered_within): never the right one, and
+        never the shared one; two models' coincide with probability about 1/90,000."""
+        rng = np.random.default_rng([self.seed, item, 103, _code(model)])
+        value = self._other(rng, item)
+        while value == self.shared_wrong(item):
+            value = self._other(rng, item)
+        return value
+
+    def answer(self, item: int, world: str, trial: int, model: PanelModel, j: int) -> int:
+        """The j-th sample's answer. Right or wrong by a draw that no world or run tag changes."""
+        if world not in PANEL_WORLDS:
+            raise ValueError(f"unknown panel world {world!r}")
+        rng = np.random.default_rng([self.seed, item, 104, trial, _code(model.name), j])
+        if rng.random() < model.p:
+            return self.right(item)
+        clustered = rng.random() < model.concentration
+        uniform = self._other(np.random.default_rng([self.seed, item, 105, trial, _code(model.name), j,
+                                                     PANEL_WORLDS.index(world)]), item)
+        if world == "clustered_within" and clustered:
+            return self.own_wrong(item, model.name)
+        if world == "clustered_shared" and clustered:
+            return self.shared_wrong(item)
+        return uniform
+
+    def fuse(self, item: int, world: str, trial: int, fuser: Fuser, shown: list[int | None]) -> int | None:
+        """What `fuser` answers having read `shown` (the answers in the order shown; None where a
+        block had none)."""
+        present = [a for a in shown if a is not None]
+        if not present:
+            return None
+        counts: dict[int, int] = {}
+        for a in present:
+            counts[a] = counts.get(a, 0) + 1
+        copied = max(present, key=lambda a: (counts[a], -present.index(a)))  # most shown, then first
+        if fuser.kind == "copy":
+            return copied
+        key = [self.seed, item, 106, trial, PANEL_WORLDS.index(world), _code(fuser.kind)]
+        draw = np.random.default_rng(key).random()
+        right = self.right(item)
+        return right if draw < (fuser.q if right in present else fuser.r) else copied
+
+
+def panel_text(item: int, answer: int) -> str:
+    return f"Working through item {item} step by step, checking each part. The answer is {answer}."
+
+
+def fused_text(answer: int | None) -> str:
+    if answer is None:
+        return "None of the answers shown gives a value, so I cannot say."
+    return ("I read every answer, checked each one against the request and kept what holds up; "
+            f"after that check the single best answer is clear. The answer is {answer}.")
+
+
+def shown_blocks(text: str) -> list[str]:
+    """The `Answer k:` blocks of a fusion prompt, in order (the text after the last runs on into
+    the instruction, which holds no answer)."""
+    heads = list(ANSWER_BLOCK_RE.finditer(text))
+    return [text[h.end():(heads[i + 1].start() if i + 1 < len(heads) else len(text))] for i, h in enumerate(heads)]
+
+
+def answer_in(text: str) -> int | None:
+    found = ANSWER_RE.findall(text or "")
+    return int(found[-1]) if found else None
+
+
 # --- the HTTP server ------------------------------------------------------------------------
 
 
 class Sim:
     def __init__(self, world: World, latency: float, score_latency: float, judge_latency: float) -> None:
         self.world = world
+        self.panel = PanelWorld(world.seed)
         self.latency = latency
         self.score_latency = score_latency
         self.judge_latency = judge_latency
@@ -242,8 +411,13 @@ class Sim:
         messages = body.get("messages") or [{"role": "user", "content": body.get("prompt", "")}]
         model = str(body.get("model", ""))
         n = int(body.get("n") or 1)
+        panelist, fuser = PanelModel.parse(model), Fuser.parse(model)
         if model.startswith("judge"):
             texts = [self.judge(model, messages)]
+        elif panelist is not None:
+            texts = self.panel_candidates(panelist, messages, n)
+        elif fuser is not None:
+            texts = [self.fused(fuser, messages)] * n
         else:
             texts = self.candidates(messages, n)
         prompt_tokens = sum(len(_content(m.get("content")).split()) for m in messages)
@@ -269,6 +443,30 @@ class Sim:
         self.counters[key] += n
         self.calls["generate"] += 1
         return [self.world.sample(item, task, trial, variant, j)[0] for j in range(start, start + n)]
+
+    def panel_candidates(self, model: PanelModel, messages: list[dict[str, Any]], n: int) -> list[str]:
+        text = " ".join(_content(m.get("content")) for m in messages)
+        found = PANEL_RE.search(text)
+        if not found:
+            return ["I do not know which item this is."] * n
+        item, world, trial, run = int(found.group(1)), found.group(2), int(found.group(3)), found.group(4)
+        key = ("panel", item, world, trial, run, model.name)
+        start = self.counters[key]
+        self.counters[key] += n
+        self.calls["panel"] += 1
+        self.calls[f"panel:{model.name}"] += n
+        return [panel_text(item, self.panel.answer(item, world, trial, model, j)) for j in range(start, start + n)]
+
+    def fused(self, fuser: Fuser, messages: list[dict[str, Any]]) -> str:
+        last = _content(messages[-1].get("content")) if messages else ""
+        found = PANEL_RE.search(last)
+        self.calls["fuse"] += 1
+        if not found:
+            return "I do not know which item this is."
+        item, world, trial = int(found.group(1)), found.group(2), int(found.group(3))
+        shown = [answer_in(block) for block in shown_blocks(last)]
+        self.calls[f"fuse_shown_{len(shown)}"] += 1
+        return fused_text(self.panel.fuse(item, world, trial, fuser, shown))
 
     def judge(self, model: str, messages: list[dict[str, Any]]) -> str:
         params = dict(re.findall(r"-([spb])([\d.]+)", model))
@@ -317,11 +515,48 @@ class Sim:
 def build_app(sim: Sim) -> Any:
     from aiohttp import web
 
-    async def chat(request: web.Request) -> web.Response:
+    async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         model = str(body.get("model", ""))
+        fuser = Fuser.parse(model)
+        token_s = fuser.token_s if fuser is not None else 0.0
         await asyncio.sleep(sim.judge_latency if model.startswith("judge") else sim.latency)
-        return web.json_response(sim.completion(body))
+        completion = sim.completion(body)
+        if not body.get("stream"):
+            words = max((len(c["message"]["content"].split()) for c in completion["choices"]), default=0)
+            if token_s and words > 1:
+                await asyncio.sleep(token_s * (words - 1))
+            return web.json_response(completion)
+        return await stream(request, body, completion, token_s)
+
+    async def stream(request: web.Request, body: dict[str, Any], completion: dict[str, Any],
+                     token_s: float) -> web.StreamResponse:
+        """The completion as OpenAI streams it: the role, a piece per word (`token_s` apart), the
+        finish reason, and usage in a last chunk when the client asked for it."""
+        response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+        await response.prepare(request)
+        base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
+                "model": completion["model"]}
+
+        async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
+            await response.write(f"data: {json.dumps({**base, 'choices': choices, **extra})}\n\n".encode())
+
+        choices = completion["choices"]
+        await send([{"index": c["index"], "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
+                     "logprobs": None} for c in choices])
+        pieces = [re.findall(r"\S+\s*", c["message"]["content"]) for c in choices]
+        for step in range(max((len(p) for p in pieces), default=0)):
+            if step and token_s:
+                await asyncio.sleep(token_s)
+            await send([{"index": c["index"], "delta": {"content": p[step]}, "finish_reason": None, "logprobs": None}
+                        for c, p in zip(choices, pieces, strict=True) if step < len(p)])
+        await send([{"index": c["index"], "delta": {}, "finish_reason": c["finish_reason"], "logprobs": None}
+                    for c in choices])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send([], usage=completion["usage"])
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def score(request: web.Request) -> web.Response:
         body = await request.json()
