@@ -99,7 +99,9 @@ class ChatEndpoint(Endpoint):
         return messages
 
     def choice(self, candidate: Candidate) -> dict[str, Any]:
-        return {"message": candidate.message}
+        # A message the proxy wrote (a fused answer, an abstention) gets the fields OpenAI always
+        # sends, as the upstream client gives an upstream's (`proxy.upstream.client._clean_chat_choice`).
+        return {"message": {"role": "assistant", "content": None, "refusal": None} | candidate.message}
 
     def pieces(self, candidate: Candidate, index: int) -> list[dict[str, Any]]:
         pieces = [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]

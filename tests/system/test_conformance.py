@@ -9,7 +9,8 @@ Around the shapes:
 
 * a matrix of requests (plain, streamed with and without `include_usage`, `n=3`, tools with
   `tool_choice`, `response_format` json_object and json_schema, `logprobs` with `top_logprobs`,
-  `stop`) on passthrough and strategy routes, for chat and text completions;
+  `stop`, a panel route whose answer a fuser writes) on passthrough and strategy routes, for chat
+  and text completions;
 * every error status the proxy answers with (400, 401, 404, 405, 413, 502, 504);
 * `/v1/models` and `/v1/models/{model}` for every route alias;
 * a passthrough answer compared field by field with the upstream's own answer to the same request
@@ -156,6 +157,7 @@ def conformant(stub: StubServer, strategy_routes: list[dict[str, Any]]) -> Itera
     # `rich` answers as OpenAI does, `n` included: declared so, its n > 1 streams are one upstream stream
     config["upstreams"] += [upstream("rich", stub.api_base, retries=0, supports_n=True)]
     config["upstreams"] += [upstream("tools-stream", stub.api_base, retries=0)]
+    config["upstreams"] += [upstream("answer-42", stub.api_base, retries=0)]  # a panelist and the fuser
     # Streams the proxy cannot read below litellm (compressed), and an upstream that never reports usage.
     for name in ("gzip-echo", "gzip-ends-early", "no-usage-echo"):
         config["upstreams"].append(upstream(name, stub.api_base, retries=0))
@@ -173,6 +175,11 @@ def conformant(stub: StubServer, strategy_routes: list[dict[str, Any]]) -> Itera
         {"model": "rich-best", "upstream": "rich", "strategy": {"name": "best_of_n", "max_n": 4, "adaptive": False}},
         {"model": "tools-stream", "upstream": "tools-stream"},
         {"model": "tools-stream-best", "upstream": "tools-stream", "strategy": {"name": "best_of_n", "max_n": 4}},
+        # a panel whose answer a fuser writes, every time: its pieces are streamed as they come
+        {"model": "fused-best", "strategy": {
+            "name": "best_of_n", "max_n": 4, "adaptive": False,
+            "panel": [{"upstream": "math"}, {"upstream": "answer-42"}],
+            "selection": {"fusion": {"fuser": "answer-42", "min_clusters": 1, "when": "always"}}}},
     ]
     with ProxyProcess(config, env={"UPSTREAM_KEY": UPSTREAM_KEY, "RVR_KEY": KEY}) as process:
         process.aliases = [route["model"] for route in config["routes"]]  # type: ignore[attr-defined]
@@ -327,6 +334,7 @@ CHAT_CASES = {
     "json_schema": Case("json", "json-best", {"response_format": ANSWER_SCHEMA}),
     "logprobs": Case("rich", "rich-best", {"logprobs": True, "top_logprobs": 2}, logprobs=2),
     "stop": Case("echo", "math-best", {"stop": ["\n\n", "END"]}),
+    "fused": Case("echo", "fused-best", {}),
 }
 TEXT_CASES = {
     "plain": Case("echo", "math-best", {}),
@@ -334,6 +342,7 @@ TEXT_CASES = {
     "rich": Case("rich", "rich-best", {}),
     "logprobs": Case("rich", "rich-best", {"logprobs": 2}, logprobs=2),
     "stop": Case("echo", "math-best", {"stop": ["END"]}),
+    "fused": Case("echo", "fused-best", {}),
 }
 MODES = ["plain", "stream", "stream-usage"]
 KINDS = ["passthrough", "strategy"]
