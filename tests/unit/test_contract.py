@@ -250,7 +250,9 @@ def test_each_endpoint_is_one_record() -> None:
 
 def test_endpoints_render_a_candidate_their_own_way() -> None:
     candidate = Candidate(0, "original", {"role": "assistant", "content": "x" * 100}, "length")
-    assert CHAT.choice(candidate) == {"message": candidate.message}
+    assert CHAT.choice(candidate) == {"message": {**candidate.message, "refusal": None}}  # OpenAI's fields, null
+    upstreams = {"role": "assistant", "content": "y", "refusal": "no", "annotations": []}
+    assert CHAT.choice(Candidate(1, "original", upstreams)) == {"message": upstreams}  # kept as sent
     assert TEXT.choice(candidate) == {"text": "x" * 100}
     chat_pieces = CHAT.pieces(candidate, 0)
     assert chat_pieces[0]["delta"] == {"role": "assistant", "content": ""}
