@@ -181,6 +181,9 @@ class BestOfNSettings(StrategySpec):
         paraphrases = sum(1 for variant in self.variants if variant == "paraphrase")
         # The fused answer is one more candidate for the verifiers, verified once more; a gold
         # probe fuses its reference candidates once more.
-        fusing = 2 if self.selection.fusion is not None else 0
-        verifying = sum(verifier.upstream_calls(candidates + 1, rounds + fusing) for verifier in self.verifiers)
+        fused = 1 if self.selection.fusion is not None else 0
+        fusing = 2 * fused
+        verifying = sum(
+            verifier.upstream_calls(candidates + fused, rounds + fusing) for verifier in self.verifiers
+        )
         return candidates + paraphrases + fusing + verifying

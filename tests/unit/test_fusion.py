@@ -175,3 +175,14 @@ def test_a_fusion_routes_reservation_includes_the_fusers_call() -> None:
     fused = request_estimate(prompt, {"max_tokens": 100}, 4, None, route().settings.answers_rewritten())
     # the fuser reads the question and the top 4 answers, and writes one more
     assert fused.tokens - plain.tokens == estimate_tokens(prompt) + 5 * 100 and fused.candidates == plain.candidates
+
+
+def test_the_call_ceiling_counts_the_fuser_and_nothing_more_without_fusion() -> None:
+    plain = BestOfNSettings.model_validate({"max_n": 8})
+    fused = BestOfNSettings.model_validate({"max_n": 8, "selection": {"fusion": {"fuser": "fuse"}}})
+    # one fused answer served, one fused on a gold probe; self-consistency calls nothing
+    assert fused.upstream_calls(1) - plain.upstream_calls(1) == 2
+    judged = {"verifiers": [{"type": "llm_judge", "upstream": "j", "templates": ["rubric_10"]}]}
+    with_judge = BestOfNSettings.model_validate({"max_n": 8, **judged})
+    fused_judge = BestOfNSettings.model_validate({"max_n": 8, **judged, "selection": {"fusion": {"fuser": "f"}}})
+    assert fused_judge.upstream_calls(1) > with_judge.upstream_calls(1) + 2  # the judge also scores the fused answer
