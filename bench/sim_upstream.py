@@ -57,7 +57,7 @@ wrong answer depends on the world (written in the prompt):
 The j-th sample of (item, trial, model) is right or wrong by the same draw in every world and run
 tag (common random numbers); which wrong value it says depends on the world.
 
-Fusers read the fusion prompt (strategies/selection/fusion.py): the question, then ``Answer k:``
+Fusers read the fusion prompt (strategies/selection/fusion.py): the question, then ``Candidate k:``
 blocks. ``fuser-copy`` copies the answer that appears most among those shown (the first shown
 on a tie: the proxy shows one representative per cluster, so that is the first shown);
 ``fuser-correct-q<Q>-r<R>`` (defaults Q=0.9, R=0.1) answers right with probability Q when the
@@ -109,7 +109,7 @@ PANEL_RE = re.compile(r"Panel item (\d+) \[(\w+)\] \(trial (\d+), run ([\w.-]+)\
 PANEL_MODEL_RE = re.compile(r"^pm-([A-Za-z0-9_]+)-p([\d.]+)(?:-c([\d.]+))?$")
 FUSER_RE = re.compile(r"^fuser-(copy|correct)((?:-[qrt][\d.]+)*)$")
 ANSWER_RE = re.compile(r"[Tt]he answer is (\d+)")
-ANSWER_BLOCK_RE = re.compile(r"(?:^|\n)Answer (\d+):\n")
+ANSWER_BLOCK_RE = re.compile(r"(?:^|\n)Candidate (\d+):\n")
 VALUE_LOW, VALUE_HIGH = 10_000, 100_000  # panel answers: five digits, above any item id or trial
 
 
@@ -383,7 +383,7 @@ def fused_text(answer: int | None) -> str:
 
 
 def shown_blocks(text: str) -> list[str]:
-    """The `Answer k:` blocks of a fusion prompt, in order (the text after the last runs on into
+    """The `Candidate k:` blocks of a fusion prompt, in order (the text after the last runs on into
     the instruction, which holds no answer)."""
     heads = list(ANSWER_BLOCK_RE.finditer(text))
     return [text[h.end():(heads[i + 1].start() if i + 1 < len(heads) else len(text))] for i, h in enumerate(heads)]

@@ -11,8 +11,8 @@ Chat judges (`POST /v1/chat/completions`, behaviour = the model name after `open
   pointwise, rubric prefers "kindly" and yes/no the other answer.
 - `garbled`: never gives a verdict that parses.
 
-Fusers (the same endpoint, shown "Answer 1: ... Answer 2: ..." by a route's `selection.fusion`):
-- `fuser-kind`: writes the shown answer with "kindly" in it. `fuser-first`: copies Answer 1.
+Fusers (the same endpoint, shown "Candidate 1: ... Candidate 2: ..." by a route's `selection.fusion`):
+- `fuser-kind`: writes the shown answer with "kindly" in it. `fuser-first`: copies Candidate 1.
 
 Reward models (`POST /score/<behaviour>`, the generic `{messages, responses}` API):
 - `fair`: 1 for "kindly", else 0. `unkind`: the opposite. `first`: the first response listed
@@ -34,7 +34,7 @@ _HHH = re.compile(r"\[The start of response A\]\n(?P<a>.*?)\n\[The end of respon
 _GRADED = re.compile(r"# Response to grade\n(?P<r>.*?)\n\n", re.DOTALL)
 
 
-_ANSWERS = re.compile(r"Answer \d+:\n(?P<text>.*?)(?=\n\nAnswer \d+:|\n\nWrite the single best)", re.DOTALL)
+_ANSWERS = re.compile(r"Candidate \d+:\n(?P<text>.*?)(?=\n\nCandidate \d+:|\n\nWrite the single best)", re.DOTALL)
 
 
 def _judge(behaviour: str, messages: list[dict[str, Any]]) -> str:

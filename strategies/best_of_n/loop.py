@@ -532,7 +532,7 @@ class BestOfN(Strategy):
 
             async def finish(text: str | None, error: BaseException | None) -> Outcome:
                 if text is None:
-                    return _fusion_failed(outcome, run, error)
+                    return _fusion_failed(outcome, run, _cause(error))
                 return await self._with_fused(run, plan, ctx, outcome, text, ended[0] if ended else None, {})
 
             outcome.fusion_stream = FusionStream(pieces(), finish)
@@ -542,14 +542,26 @@ class BestOfN(Strategy):
             batch = await run.services.generate(messages, 1, fusion.fuser)
         except Exception as exc:  # noqa: BLE001 - a failed fuser leaves the selected answer standing
             run.time("fuse", since)
-            return _fusion_failed(outcome, run, exc)
+            return _fusion_failed(outcome, run, _cause(exc))
         run.usage += batch.usage
         run.time("fuse", since)
-        if not batch.samples:
-            return _fusion_failed(outcome, run, None)
+        text = Candidate(-1, "", batch.samples[0].message).text if batch.samples else ""
+        unusable = self._unusable(run.messages, outcome.chosen, text)
+        if unusable is not None:
+            return _fusion_failed(outcome, run, unusable)
         sample = batch.samples[0]
-        text = Candidate(-1, "", sample.message).text
         return await self._with_fused(run, plan, ctx, outcome, text, sample.finish_reason, sample.response_fields)
+
+    def _unusable(self, messages: Sequence[Message], selected: Candidate, text: str) -> str | None:
+        """Why a fused answer must not replace the selected one: it is empty, or the route can read
+        an answer in the selected candidate and none in it (a 270M fuser wrote both, 15 and 41 of
+        192 times, and served in place of right answers). A streamed one is already sent."""
+        if not text.strip():
+            return "it wrote an empty answer"
+        key_of = self._answers_to(messages) or self.cluster_key
+        if key_of(selected) is not None and key_of(fused_candidate(-1, text, None, "")) is None:
+            return "its answer holds none the route can read, where the selected one does"
+        return None
 
     def _fusion_skipped(self, request: StrategyRequest, outcome: Outcome, answers: int) -> str | None:
         """Why this request is not fused, or None."""
@@ -699,11 +711,9 @@ class BestOfN(Strategy):
                 batch = await services.generate(messages, 1, fusion.fuser)
             except BudgetExhausted:
                 return
-            if not batch.samples:
-                return
-            sample = batch.samples[0]
-            fused = fused_candidate(len(run.candidates), Candidate(-1, "", sample.message).text,
-                                    sample.finish_reason, fusion.fuser)
+            text = Candidate(-1, "", batch.samples[0].message).text if batch.samples else ""
+            if self._unusable(request.messages, selected, text) is None:  # else serving keeps the selected
+                fused = fused_candidate(len(run.candidates), text, None, fusion.fuser)
         fused_utility, selected_utility = utility(fused), utility(selected)
         if fused_utility is not None and selected_utility is not None:
             self.fusion_gain.add(item, fused_utility, selected_utility)
@@ -766,12 +776,15 @@ def _fusion_inputs(choice: Choice, selection: Selection, candidates: Sequence[Ca
     return shown_answers(candidates, ranked + loose, top_k)
 
 
-def _fusion_failed(outcome: Outcome, run: _Run, error: BaseException | None) -> Outcome:
-    """The selected answer, saying that the fuser failed and why."""
+def _cause(error: BaseException | None) -> str:
+    """Why a fuser call gave no answer, in words."""
     if isinstance(error, BudgetExhausted):  # never sent: the budget's words, not a class name
-        cause = "the route's token budget cannot pay for its call"
-    else:
-        cause = failure_cause(error) if error is not None else "it returned no answer"
+        return "the route's token budget cannot pay for its call"
+    return failure_cause(error) if error is not None else "it returned no answer"
+
+
+def _fusion_failed(outcome: Outcome, run: _Run, cause: str) -> Outcome:
+    """The selected answer, saying that the fuser failed and why."""
     assert outcome.fusion is not None
     outcome.fusion.update(fused=False, error=cause)
     if outcome.selection is not None:

@@ -36,6 +36,10 @@ from strategies.selection.similarity import token_f1_matrix
 from strategies.verifiers.base import BaseVerifier
 
 QUESTION_PLACEHOLDER = "{question}"
+# "Candidate 1:", not "Answer 1:": a chat rendered for a base model ends in "Answer:", and a list
+# of "Answer k:" blocks before it reads as a list to continue (the embedded Gemma wrote "Answer 5:
+# ..." in 51 of 192 fused answers).
+SHOWN_LABEL = "Candidate"
 DEFAULT_TEMPLATE = (
     "{question}\n\n"
     "Several answers to the request above were written independently. Some may be wrong, and "
@@ -52,7 +56,7 @@ def fusion_messages(messages: Sequence[Message], answers: Sequence[str], templat
     questions carry braces (code, JSON)."""
     last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
     question = content_text(messages[last_user].get("content"), mark_attachments=True) if last_user >= 0 else ""
-    listed = "\n\n".join(f"Answer {i + 1}:\n{text}" for i, text in enumerate(answers))
+    listed = "\n\n".join(f"{SHOWN_LABEL} {i + 1}:\n{text}" for i, text in enumerate(answers))
     filled = (template or DEFAULT_TEMPLATE).replace(QUESTION_PLACEHOLDER, question).replace(FUSION_PLACEHOLDER, listed)
     head = [dict(m) for m in messages[:last_user]] if last_user >= 0 else [dict(m) for m in messages]
     return [*head, {"role": "user", "content": filled}]

@@ -126,7 +126,7 @@ def test_the_fuser_writes_the_answer_from_anonymized_clusters(served: tuple[Prox
     assert "drip-answer-42" in rvr["cost"]["by_upstream"]
     (sent,) = stub.state.bodies("drip-answer-42")[before:]
     prompt = sent["messages"][-1]["content"]
-    assert prompt.startswith("What is 6 times 7?") and "Answer 1:" in prompt and "Answer 2:" in prompt
+    assert prompt.startswith("What is 6 times 7?") and "Candidate 1:" in prompt and "Candidate 2:" in prompt
     assert RIGHT not in prompt and WRONG not in prompt
     assert metric(proxy, "rvr_fusions_total", route="fused", result="fused") >= 1
 

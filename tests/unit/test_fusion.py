@@ -71,9 +71,9 @@ def test_the_fuser_reads_the_question_and_numbered_answers_with_braces_kept() ->
     prompt = fusion_messages(messages, ['{"a": 1}', "b"], None)
     assert prompt[0] == {"role": "system", "content": "be brief"}
     text = prompt[-1]["content"]
-    assert text.startswith("format {x}?") and 'Answer 1:\n{"a": 1}' in text and "Answer 2:\nb" in text
+    assert text.startswith("format {x}?") and 'Candidate 1:\n{"a": 1}' in text and "Candidate 2:\nb" in text
     custom = fusion_messages(messages, ["b"], "Q: {question}\n{answers}\nBest?")
-    assert custom[-1]["content"] == "Q: format {x}?\nAnswer 1:\nb\nBest?"
+    assert custom[-1]["content"] == "Q: format {x}?\nCandidate 1:\nb\nBest?"
     with pytest.raises(ValidationError, match="answers"):
         FusionSettings(fuser="fuse", template="no placeholder")
 
@@ -186,3 +186,13 @@ def test_the_call_ceiling_counts_the_fuser_and_nothing_more_without_fusion() -> 
     with_judge = BestOfNSettings.model_validate({"max_n": 8, **judged})
     fused_judge = BestOfNSettings.model_validate({"max_n": 8, **judged, "selection": {"fusion": {"fuser": "f"}}})
     assert fused_judge.upstream_calls(1) > with_judge.upstream_calls(1) + 2  # the judge also scores the fused answer
+
+
+@pytest.mark.parametrize(("fused", "why"), [
+    ("   ", "empty answer"),
+    ("Candidate 5: I am not sure what", "none the route can read"),
+])
+def test_an_empty_or_unreadable_fused_answer_leaves_the_selected_one(fused: str, why: str) -> None:
+    out = ask(route(), FusionServices(["41", "43", "41", "42"], fused=fused))
+    assert out.chosen.text == "41" and out.fusion is not None and out.fusion["fused"] is False
+    assert why in out.fusion["error"] and len(out.candidates) == 4
