@@ -564,10 +564,15 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace, command: str
         f"{table(records, args.bootstrap, args.bootstrap_seed)}"
         f"\n\nCommand: `{command}`\n"
     )
+    return publish(text, records, ROUTES, args.out)
+
+
+def publish(text: str, records: list[dict[str, Any]], routes: tuple[str, ...], out: Path | None) -> int:
+    """Print the report (and write it to `out`); 1 when any request of `routes` failed."""
     print(text)
-    if args.out:
-        args.out.write_text(text)
-    failed = sum("error" in r[route] for r in records for route in ROUTES)
+    if out:
+        out.write_text(text)
+    failed = sum("error" in r[route] for r in records for route in routes)
     if failed:
         print(f"{failed} request(s) failed (counted wrong in the table)", file=sys.stderr)
     return 1 if failed else 0
@@ -583,13 +588,7 @@ def fusion_report(records: list[dict[str, Any]], args: argparse.Namespace, comma
         f"{fusion_tables(records, args.bootstrap, args.bootstrap_seed)}"
         f"\n\n{wall}Command: `{command}`\n"
     )
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    failed = sum("error" in r[route] for r in records for route in FUSION_ROUTES)
-    if failed:
-        print(f"{failed} request(s) failed (counted wrong in the table)", file=sys.stderr)
-    return 1 if failed else 0
+    return publish(text, records, FUSION_ROUTES, args.out)
 
 
 if __name__ == "__main__":
