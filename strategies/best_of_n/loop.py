@@ -113,14 +113,6 @@ def plan_request(
     return Plan(cap, adaptive, chosen_variants, chosen_verifiers, tuple(settings.panel or ()))
 
 
-def round_robin(start: int, size: int, variants: Sequence[str]) -> dict[str, int]:
-    """How many of candidates start..start+size−1 each variant produces, candidate i → i mod V."""
-    shares = dict.fromkeys(variants, 0)
-    for i in range(start, start + size):
-        shares[variants[i % len(variants)]] += 1
-    return {name: count for name, count in shares.items() if count}
-
-
 @dataclass
 class _Run:
     """Per-request state; lives in the call, never in the module."""

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strategies.best_of_n.loop import BestOfN, plan_request, round_robin
+from strategies.best_of_n.loop import BestOfN, plan_request
+from strategies.best_of_n.panel import split
 from strategies.best_of_n.settings import BestOfNSettings, StopSettings
 from strategies.contract import (
     Batch,
@@ -236,8 +237,8 @@ def test_every_call_failing_raises() -> None:
 
 
 def test_candidates_go_round_robin_over_variants() -> None:
-    assert round_robin(0, 5, ["a", "b", "c"]) == {"a": 2, "b": 2, "c": 1}
-    assert round_robin(5, 4, ["a", "b", "c"]) == {"c": 2, "a": 1, "b": 1}
+    assert split(0, 5, ["a", "b", "c"], [], set()) == {("a", None): 2, ("b", None): 2, ("c", None): 1}
+    assert split(5, 4, ["a", "b", "c"], [], set()) == {("c", None): 2, ("a", None): 1, ("b", None): 1}
     services = FakeServices(distinct)
     variants = [FakeVariant("original"), FakeVariant("cot"), FakeVariant("terse")]
     out = run(BestOfNSettings(max_n=6, adaptive=False), services, variants=variants)
