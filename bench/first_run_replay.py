@@ -3,6 +3,7 @@
     python bench/first_run_replay.py /tmp/first_run.json                 # the table, in seconds
     python bench/first_run_replay.py /tmp/first_run.json --changed       # and every changed choice
     python bench/first_run_replay.py /tmp/first_run.json --out /tmp/replay.md --records /tmp/replay.json
+    python bench/first_run_replay.py /tmp/first_run.json --n-curve 1,2,4,8   # fixed best-of-n at each n
     python bench/first_run_replay.py --smoke                             # 6 built-in records
 
 `bench/first_run.py --records` stores, per question, the `gemma` reply and the 8 (or fewer)
@@ -21,6 +22,12 @@ used, and the recorded tokens scaled by the share of candidates used. `--smoke` 
 built-in records to check the path (it fails unless the route serves their right answers: the
 restated "36" loses to "yes", "Paris" beats the numbers, "5" to "what is 5 times 1?" counts);
 its numbers mean nothing.
+
+`--n-curve 1,2,4,8` replays the route at each fixed n instead (`adaptive: false`, `max_n: n`, the
+first n recorded candidates): what each candidate cap buys on these questions, and at what multiple
+of `gemma`'s tokens. It is the curve `strategy.adapt_n` (method §4.8) reads off gold probes, measured
+here on the benchmark's own questions; questions whose adaptive run recorded fewer than n
+candidates keep what was recorded.
 """
 
 from __future__ import annotations
@@ -37,8 +44,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
 
-from bench.common import ROOT, HelpFormatter, add_smoke, apply_smoke
-from bench.first_run import Question, correct, table
+from bench.common import ROOT, HelpFormatter, add_smoke, apply_smoke, markdown_table
+from bench.first_run import Question, bootstrap_diff, correct, table
 from bench.replay import PoolServices, render_variants
 from strategies.best_of_n.loop import BestOfN
 from strategies.contract import StrategyRequest
@@ -67,12 +74,15 @@ SMOKE_RECORDS: list[dict[str, Any]] = [
 ]
 
 
-def route_strategy(seed: int, config: Path = DEFAULT_CONFIG, route: str = ROUTE) -> tuple[BestOfN, list[str]]:
-    """The route's strategy as the proxy builds it from `config`, with a fixed random generator
-    (it only draws the risk report's resamples), and its variants' names."""
+def route_strategy(
+    seed: int, config: Path = DEFAULT_CONFIG, route: str = ROUTE, overrides: dict[str, Any] | None = None
+) -> tuple[BestOfN, list[str]]:
+    """The route's strategy as the proxy builds it from `config` (with `overrides` on its strategy
+    block), with a fixed random generator (it only draws the risk report's resamples), and its
+    variants' names."""
     routes = yaml.safe_load(config.read_text())["routes"]
     block = next(r["strategy"] for r in routes if r["model"] == route)
-    built = build_strategy(parse_settings(block))
+    built = build_strategy(parse_settings({**block, **(overrides or {})}))
     if not isinstance(built, BestOfN):
         raise SystemExit(f"route {route!r} is not best_of_n in {config}")
     strategy = BestOfN(built.settings, built.verifiers, built.variants, state=built.state,
@@ -98,9 +108,12 @@ async def replay_one(strategy: BestOfN, variants: list[str], record: dict[str, A
     }
 
 
-def replay(records: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
-    """Copies of `records` whose `gemma-best` entry is the replayed one (`recorded` keeps the old)."""
-    strategy, variants = route_strategy(seed)
+def replay(records: list[dict[str, Any]], seed: int = 0, fixed_n: int | None = None) -> list[dict[str, Any]]:
+    """Copies of `records` whose `gemma-best` entry is the replayed one (`recorded` keeps the old).
+
+    `fixed_n`: the route at fixed best-of-n (never more than the record holds: a question whose
+    adaptive run stopped early keeps what was recorded)."""
+    routes: dict[int | None, tuple[BestOfN, list[str]]] = {}
     out = []
     for record in records:
         q = Question(record["category"], record["kind"], record["text"], record["gold"], tuple(record["aliases"]))
@@ -111,6 +124,10 @@ def replay(records: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]
             new[ROUTE] = dict(recorded, correct=False)  # a failed request stays failed
             out.append(new)
             continue
+        cap = None if fixed_n is None else min(fixed_n, len(recorded["candidate_texts"]))
+        if cap not in routes:
+            routes[cap] = route_strategy(seed, overrides=None if cap is None else {"max_n": cap, "adaptive": False})
+        strategy, variants = routes[cap]
         result = asyncio.run(replay_one(strategy, variants, record))
         used = result["candidates"] / max(1, len(recorded["candidate_texts"]))
         tokens = recorded.get("total_tokens")
@@ -122,6 +139,27 @@ def replay(records: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]
         )
         out.append(new)
     return out
+
+
+def n_curve(records: list[dict[str, Any]], ns: list[int], seed: int, resamples: int, bootstrap_seed: int) -> str:
+    """Fixed best-of-n at each n: accuracy, candidates, tokens as a multiple of `gemma`'s, and the
+    paired difference to `gemma` (95% bootstrap over questions)."""
+    rows = []
+    gemma_tokens = sum(r["gemma"].get("total_tokens") or 0 for r in records)
+    for n in ns:
+        replayed = [r for r in replay(records, seed, fixed_n=n) if "error" not in r[ROUTE]]
+        best = np.array([bool(r[ROUTE]["correct"]) for r in replayed], dtype=float)
+        plain = np.array([bool(r["gemma"]["correct"]) for r in replayed], dtype=float)
+        mid, low, high = bootstrap_diff(plain, best, resamples, bootstrap_seed)  # best - plain
+        tokens = sum(r[ROUTE].get("total_tokens") or 0 for r in replayed)
+        rows.append([
+            str(n), f"{100 * best.mean():.1f}%", f"{100 * mid:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]",
+            f"{np.mean([r[ROUTE]['candidates'] for r in replayed]):.2f}",
+            f"{tokens / gemma_tokens:.1f}x" if gemma_tokens else "-",
+        ])
+    head = ["n (fixed)", f"{ROUTE} acc", "diff vs gemma [95% CI]", "candidates", "tokens vs gemma"]
+    gemma = np.mean([bool(r["gemma"]["correct"]) for r in records])
+    return f"`gemma` (as recorded): {100 * gemma:.1f}%\n\n" + markdown_table(head, rows, "rrlrr")
 
 
 def changes(replayed: list[dict[str, Any]]) -> str:
@@ -147,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples")
     parser.add_argument("--bootstrap-seed", type=int, default=12345)
     parser.add_argument("--seed", type=int, default=0, help="the route's random generator (risk only)")
+    parser.add_argument("--n-curve", default=None, metavar="N,N,...",
+                        help="replay at each fixed n instead (e.g. 1,2,4,8): what each cap buys")
     add_smoke(parser, "3 built-in records, 200 bootstrap resamples")
     args = apply_smoke(parser.parse_args(argv), SMOKE)
     if args.smoke:
@@ -156,6 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         records = json.loads(args.records.read_text())
 
+    if args.n_curve:
+        ns = [int(n) for n in args.n_curve.split(",")]
+        text = (f"First-run replay at fixed n: `{ROUTE}` re-selected by today's code from the first n recorded "
+                f"candidates, {len(records)} questions\n\n"
+                f"{n_curve(records, ns, args.seed, args.bootstrap, args.bootstrap_seed)}\n\n"
+                f"Records: `{'--smoke' if args.smoke else args.records}`\n")
+        print(text)
+        if args.out:
+            args.out.write_text(text)
+        return 0
     replayed = replay(records, args.seed)
     with_texts = [r for r in replayed if r[ROUTE].get("recorded") is not None]
     same = sum(r[ROUTE]["text"] == r[ROUTE]["recorded"]["text"] for r in with_texts)
