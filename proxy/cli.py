@@ -17,6 +17,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the
 from proxy.audit import command as verifier_audit  # noqa: E402
 from proxy.config.settings import Config, ConfigError, build_strategy_of, call_ceiling, load_config  # noqa: E402
 from proxy.config.source import EMBEDDED_API_BASE_ENV, config_from_env, configured_source  # noqa: E402
+from proxy.state.local import LOCAL_STATE_ENV  # noqa: E402
 from proxy.telemetry.logs import log_config  # noqa: E402
 
 log = logging.getLogger("rvr_proxy")
@@ -127,6 +128,10 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"rvr-proxy: {exc}", file=sys.stderr)
         return 2
     metrics_dir = _private_metrics_dir(args.workers)
+    if metrics_dir is not None and config.server.state.backend == "memory":
+        # Without Redis, the workers of this instance share one file, so key limits and what
+        # routes learn hold across them as in one process (proxy/state/local.py).
+        os.environ[LOCAL_STATE_ENV] = os.path.join(metrics_dir, "state.sqlite3")
     from proxy.server.connections import HEADER_TIMEOUT_ENV
 
     os.environ[HEADER_TIMEOUT_ENV] = str(config.server.read_timeout_s)  # workers read it

@@ -24,7 +24,8 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 class StateSettings(StrictModel):
     """Where state every process must agree on lives (`proxy.state.base`)."""
 
-    backend: Literal["memory", "redis"] = "memory"  # memory: each process on its own, as before
+    # memory: one instance on its own (its workers share a file, proxy/state/local.py); redis: all
+    backend: Literal["memory", "redis"] = "memory"
     url: str | None = None  # redis://host:6379/0, rediss://..., unix:///path; usually os.environ/REDIS_URL
     prefix: str = Field("rvr", pattern=NAME_PATTERN)  # every Redis key starts `<prefix>:`
     # Per Redis command: past it the proxy serves from local state, so a hung Redis costs each

@@ -1,6 +1,7 @@
 """State every worker and every instance must agree on: one small async interface, two backends.
 
-`server.state.backend: memory` (the default) keeps it in the process, as a single process needs;
+`server.state.backend: memory` (the default) keeps it in the process, as a single process needs,
+or, under `serve --workers N`, in a SQLite file the instance's workers share (`proxy.state.local`);
 `redis` shares it through Redis, so N workers and M instances behind a load balancer learn as one.
 The proxy builds one per worker (`Proxy.state`, started and closed by the app's lifespan):
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ def finish(record: RequestRecord, log_prompts: bool) -> None:
         "strategy": record.strategy,
         "status": record.status,
         "latency_ms": round(duration * 1000, 2),
+        "pid": os.getpid(),  # the worker that served it, with `serve --workers N`
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
     }
