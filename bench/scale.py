@@ -20,7 +20,8 @@ what the run can reach, so each request does what a limited key costs: an atomic
 on arrival and a token charge when done. With `backend: redis` that is two Redis round trips per
 request (an EVALSHA of the admit script, then a MULTI/INCRBY/EXPIRE/EXEC transaction; Redis counts
 the commands inside both, about 9 per request); with `backend: memory` the counters live in the
-worker. A passthrough route has no running estimates to share, so a key without limits
+worker, or, with several workers, in the SQLite file the instance's workers share
+(proxy/state/local.py: one transaction each). A passthrough route has no running estimates to share, so a key without limits
 (`--no-limits`) touches Redis only for the once-a-second liveness check. The setups do not share
 Redis keys (each has its own prefix); the instances behind one HAProxy do, as replicas would.
 Each round also measures the upstream alone (no proxy), the ceiling of load generator + upstream.
@@ -392,11 +393,13 @@ def summarize(results: list[Measurement], targets: list[Target], baseline_setup:
 
 async def state_costs(redis_url: str, calls: int, repeats: int) -> dict[str, dict[str, float]]:
     """ms per call, median over `repeats` of the mean over `calls` calls, of the state calls a request
-    makes, on MemoryState and on RedisState (this run's redis-server, its own key prefix): `admit`
+    makes, on MemoryState, on LocalState (the file `serve --workers N` gives its workers) and on
+    RedisState (this run's redis-server, its own key prefix): `admit`
     (a key with limits, on arrival), `add_totals` (a best-of-N route's estimate sync, before and
     after its run) and `get_json` (an upstream whose `n` support is unknown)."""
     from proxy.config.scale import StateSettings
     from proxy.state.base import Counter, SharedState
+    from proxy.state.local import LocalState
     from proxy.state.memory import MemoryState
     from proxy.state.redis import RedisState
 
@@ -423,7 +426,15 @@ async def state_costs(redis_url: str, calls: int, repeats: int) -> dict[str, dic
     try:
         if not redis.up:
             raise RuntimeError("the state-cost measurement could not reach redis-server")
-        return {"memory": await measure(MemoryState()), "redis": await measure(redis)}
+        with tempfile.TemporaryDirectory(prefix="rvr-statecost-") as directory:
+            local = LocalState(Path(directory) / "state.sqlite3")
+            await local.start()
+            try:
+                workers_file = await measure(local)
+            finally:
+                await local.close()
+        return {"memory (one worker)": await measure(MemoryState()), "memory (workers' file)": workers_file,
+                "redis": await measure(redis)}
     finally:
         await redis.close()
 
