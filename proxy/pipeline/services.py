@@ -6,6 +6,7 @@ One instance per request, so nothing a request does leaks into another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -140,16 +141,17 @@ class RequestServices:
         held = self._allowance.reserve(prompt + self._completion)
         reported, streamed, finish = Usage(), 0, None
         try:
-            async for chunk in self._endpoint.stream(client, sent, self._params, 1):
-                if chunk.get("usage"):
-                    reported += Usage.from_openai(chunk["usage"])
-                for choice in chunk.get("choices") or []:
-                    if isinstance(choice, Mapping) and choice.get("finish_reason"):
-                        finish = str(choice["finish_reason"])
-                    piece = _piece_text(choice)
-                    if piece:
-                        streamed += len(piece.encode("utf-8", "replace"))
-                        yield piece
+            async with contextlib.aclosing(self._endpoint.stream(client, sent, self._params, 1)) as chunks:
+                async for chunk in chunks:
+                    if chunk.get("usage"):
+                        reported += Usage.from_openai(chunk["usage"])
+                    for choice in chunk.get("choices") or []:
+                        if isinstance(choice, Mapping) and choice.get("finish_reason"):
+                            finish = str(choice["finish_reason"])
+                        piece = _piece_text(choice)
+                        if piece:
+                            streamed += len(piece.encode("utf-8", "replace"))
+                            yield piece
         finally:
             spent = reported if reported.total_tokens else Usage(prompt, math.ceil(streamed / BYTES_PER_TOKEN))
             self._spend(upstream, spent)

@@ -8,6 +8,7 @@ stream the chosen answer. A stream cut mid-answer ends with an error event, neve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -116,8 +117,10 @@ async def replay(
     base = {"id": stream_id, "object": endpoint.chunk_object, "created": int(time.time()), "model": route}
     if outcome.fusion_stream is not None:
         fused: list[Outcome] = []
-        async for data in _fused(outcome, base, endpoint, keepalive_s, fused, on_error):
-            yield data
+        # aclosing: a client that hangs up closes this generator, and with it the fuser's stream
+        async with contextlib.aclosing(_fused(outcome, base, endpoint, keepalive_s, fused, on_error)) as fusing:
+            async for data in fusing:
+                yield data
         if not fused:  # cut mid-answer: the error event went out
             return
         outcome = fused[0]
@@ -158,40 +161,45 @@ async def _fused(
 ) -> AsyncIterator[bytes]:
     """The fuser's answer as it is written (keep-alives until its first piece), then the finished
     outcome in `into`. A fuser that fails before its first piece leaves the selected answer to
-    stream instead; one that fails mid-answer ends the stream with an error event (`into` empty)."""
+    stream instead; one that fails mid-answer ends the stream with an error event (`into` empty).
+    However it ends (a client that hangs up included), the fuser's stream is closed at once, so
+    its upstream call stops and what it cost is charged to the request."""
     stream = outcome.fusion_stream
     assert stream is not None
     outcome.fusion_stream = None
     pieces = stream.pieces
     first = asyncio.ensure_future(anext(pieces, END))
     try:
-        async for keepalive in _waiting(first, keepalive_s, due=False):
-            yield keepalive
-        piece = first.result()
-    except asyncio.CancelledError:
-        first.cancel()
-        raise
-    except Exception as exc:  # noqa: BLE001 - nothing was sent: the selected answer stands in
-        into.append(await stream.finish(None, exc))
-        return
-    if piece is END:
-        into.append(await stream.finish(None, None))
-        return
-    written: list[str] = []
-    chat_role = endpoint.pieces(Candidate(0, "", {"role": "assistant", "content": ""}), 0)
-    for choice in chat_role:  # a chat stream opens with the role
-        yield event({**base, "choices": [{**choice, "logprobs": None}]})
-    try:
-        while piece is not END:
-            written.append(piece)
-            yield event({**base, "choices": [{**endpoint.text_piece(piece, 0), "logprobs": None}]})
-            piece = await anext(pieces, END)
-        into.append(await stream.finish("".join(written), None))
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        on_error(exc)
-        yield error_event(exc)
+        try:
+            async for keepalive in _waiting(first, keepalive_s, due=False):
+                yield keepalive
+            piece = first.result()
+        except Exception as exc:  # noqa: BLE001 - nothing was sent: the selected answer stands in
+            into.append(await stream.finish(None, exc))
+            return
+        if piece is END:
+            into.append(await stream.finish(None, None))
+            return
+        written: list[str] = []
+        chat_role = endpoint.pieces(Candidate(0, "", {"role": "assistant", "content": ""}), 0)
+        for choice in chat_role:  # a chat stream opens with the role
+            yield event({**base, "choices": [{**choice, "logprobs": None}]})
+        try:
+            while piece is not END:
+                written.append(piece)
+                yield event({**base, "choices": [{**endpoint.text_piece(piece, 0), "logprobs": None}]})
+                piece = await anext(pieces, END)
+            into.append(await stream.finish("".join(written), None))
+        except Exception as exc:
+            on_error(exc)
+            yield error_event(exc)
+    finally:
+        if not first.done():
+            first.cancel()
+            with contextlib.suppress(BaseException):
+                await first
+        with contextlib.suppress(BaseException):
+            await pieces.aclose()
 
 
 async def _tail(

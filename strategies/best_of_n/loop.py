@@ -15,6 +15,7 @@ are refilled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -512,13 +513,14 @@ class BestOfN(Strategy):
 
             async def pieces() -> AsyncIterator[str]:
                 since = run.clock()
-                try:
-                    async for piece in run.services.chat_stream(fusion.fuser, messages):
-                        if isinstance(piece, StreamEnd):
-                            run.usage += piece.usage
-                            ended.append(piece.finish_reason)
-                        else:
-                            yield piece
+                try:  # aclosing: closing these pieces closes the upstream stream at once
+                    async with contextlib.aclosing(run.services.chat_stream(fusion.fuser, messages)) as stream:
+                        async for piece in stream:
+                            if isinstance(piece, StreamEnd):
+                                run.usage += piece.usage
+                                ended.append(piece.finish_reason)
+                            else:
+                                yield piece
                 finally:
                     run.time("fuse", since)
 

@@ -196,3 +196,34 @@ def test_an_empty_or_unreadable_fused_answer_leaves_the_selected_one(fused: str,
     out = ask(route(), FusionServices(["41", "43", "41", "42"], fused=fused))
     assert out.chosen.text == "41" and out.fusion is not None and out.fusion["fused"] is False
     assert why in out.fusion["error"] and len(out.candidates) == 4
+
+
+def test_a_client_that_hangs_up_mid_fusion_closes_the_fusers_stream() -> None:
+    """The streamed fusion's upstream call must stop, and be charged, when nobody reads on: the
+    fuser's stream (here the scripted `chat_stream`) is closed as soon as the client's is."""
+    from proxy.pipeline.endpoints import CHAT
+    from proxy.server.streaming import replay
+
+    closed: list[bool] = []
+
+    class Closing(FusionServices):
+        async def chat_stream(self, upstream: str, messages: Sequence[Message]) -> AsyncIterator[str | StreamEnd]:
+            try:
+                for word in ("The", " answer", " is", " 42."):
+                    yield word
+                    await asyncio.sleep(0)
+            finally:
+                closed.append(True)
+
+    async def scenario() -> list[bytes]:
+        work = StrategyRequest([{"role": "user", "content": QUESTION}], stream=True)
+        events = replay(route().run(work, Closing(["41", "43", "41", "42"])), route="r", stream_id="chatcmpl-x",  # type: ignore[arg-type]
+                        endpoint=CHAT, n=1, include_usage=False, rvr=lambda o: None, keepalive_s=5.0,
+                        on_error=lambda exc: None)
+        got = [await anext(events), await anext(events)]  # the role, then the fuser's first piece
+        await events.aclose()  # the client went away
+        assert closed == [True]  # at once, not when the event loop shuts down
+        return got
+
+    got = asyncio.run(scenario())
+    assert b'"content":"The"' in got[1]
