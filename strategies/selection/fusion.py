@@ -12,9 +12,9 @@ while the paired interval's lower bound is above zero.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ QUESTION_PLACEHOLDER = "{question}"
 # of "Answer k:" blocks before it reads as a list to continue (the embedded Gemma wrote "Answer 5:
 # ..." in 51 of 192 fused answers).
 SHOWN_LABEL = "Candidate"
+_PLACEHOLDERS = re.compile(re.escape(QUESTION_PLACEHOLDER) + "|" + re.escape(FUSION_PLACEHOLDER))
 DEFAULT_TEMPLATE = (
     "{question}\n\n"
     "Several answers to the request above were written independently. Some may be wrong, and "
@@ -57,7 +58,9 @@ def fusion_messages(messages: Sequence[Message], answers: Sequence[str], templat
     last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
     question = content_text(messages[last_user].get("content"), mark_attachments=True) if last_user >= 0 else ""
     listed = "\n\n".join(f"{SHOWN_LABEL} {i + 1}:\n{text}" for i, text in enumerate(answers))
-    filled = (template or DEFAULT_TEMPLATE).replace(QUESTION_PLACEHOLDER, question).replace(FUSION_PLACEHOLDER, listed)
+    # One pass, so a question that itself says "{answers}" is never filled in.
+    fills = {QUESTION_PLACEHOLDER: question, FUSION_PLACEHOLDER: listed}
+    filled = _PLACEHOLDERS.sub(lambda found: fills[found.group(0)], template or DEFAULT_TEMPLATE)
     head = [dict(m) for m in messages[:last_user]] if last_user >= 0 else [dict(m) for m in messages]
     return [*head, {"role": "user", "content": filled}]
 
@@ -133,14 +136,6 @@ class FusionGain:
         if gain.low <= 0:
             return False, f"gold does not show fusion beating selection (90% interval low {gain.low:+.3f})"
         return True, None
-
-
-@dataclass(frozen=True)
-class FusionPlan:
-    """What one request fuses: the representatives shown, in order, and the fuser's messages."""
-
-    shown: list[int]
-    messages: list[Message]
 
 
 # ---- audited like a judge --------------------------------------------------------------------

@@ -72,6 +72,8 @@ def test_the_fuser_reads_the_question_and_numbered_answers_with_braces_kept() ->
     assert prompt[0] == {"role": "system", "content": "be brief"}
     text = prompt[-1]["content"]
     assert text.startswith("format {x}?") and 'Candidate 1:\n{"a": 1}' in text and "Candidate 2:\nb" in text
+    tricky = fusion_messages([{"role": "user", "content": "say {answers}"}], ["x"], None)[-1]["content"]
+    assert tricky.startswith("say {answers}\n") and tricky.count("Candidate 1:") == 1  # the question stays as asked
     custom = fusion_messages(messages, ["b"], "Q: {question}\n{answers}\nBest?")
     assert custom[-1]["content"] == "Q: format {x}?\nCandidate 1:\nb\nBest?"
     with pytest.raises(ValidationError, match="answers"):
