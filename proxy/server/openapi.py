@@ -334,7 +334,8 @@ SELECTION_EXPLANATION: dict[str, Any] = {
         "description": "what chose: vote (the ranking key, ordered by vote shares alone), score (the ranking key "
         "of the verifiers' normalized scores), consensus (no verifier ordered the candidates: agreement chose), "
         "learned (P(correct) per cluster), knockout (pairwise judge tournament), single (one candidate), "
-        "abstain (below min_confidence: the abstention message answered), fusion (a fuser wrote the answer from the strongest distinct answers, `rvr.fusion`)",
+        "abstain (below min_confidence: the abstention message answered), fusion (a fuser wrote the answer "
+        "from the strongest distinct answers, `rvr.fusion`)",
     },
     "over": {"enum": ["candidates", "clusters"], "description": "what `compared` and `chosen` index"},
     "key": {**_STRING, "description": "what the compared numbers are"},
@@ -431,7 +432,7 @@ PANEL = {
     },
     "additionalProperties": False,
 }
-# `rvr.fusion` (strategies/best_of_n/loop.py `BestOfN._fuse`).
+# `rvr.fusion` (strategies/best_of_n/fusing.py `Fuser.fuse`).
 FUSION = {
     "type": "object",
     "description": "routes with `selection.fusion`: whether the fuser wrote the answer; if not, why "

@@ -15,244 +15,53 @@ are refilled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from strategies.answers import answer_key, answer_type, question_of
 from strategies.best_of_n import adapt, stopping
 from strategies.best_of_n.adapt import GainCurve
-from strategies.best_of_n.panel import PanelistSettings, PanelRecord, PanelStats, drop_reason, numeric_weight, split
+from strategies.best_of_n.fusing import Fuser
+from strategies.best_of_n.panel import PanelRecord, PanelStats, numeric_weight, split
 from strategies.best_of_n.prior import VotePrior
+from strategies.best_of_n.run import AnswerOf, Clock, Plan, Run, plan_request, sample_batch, verify, view_scores
 from strategies.best_of_n.settings import MAX_VIEW_ROUNDS, BestOfNSettings
 from strategies.best_of_n.variants import Variant, build_variants
 from strategies.contract import (
-    Batch,
-    BudgetExhausted,
     Candidate,
-    FusionStream,
     Message,
     NoCandidatesError,
     Outcome,
-    OverrideError,
-    RequestOverrides,
-    Scored,
     Services,
     StopReason,
     Strategy,
     StrategyRequest,
-    StreamEnd,
-    Usage,
     Verifier,
     VerifyContext,
-    as_candidate,
-    failure_cause,
     sample_variant,
 )
 from strategies.risk import estimators as risk
 from strategies.risk.estimators import RouteRiskState
-from strategies.selection.choice import Choice, StateSource, choose
+from strategies.selection.choice import Choice, StateSource, choose, ranked_clusters
 from strategies.selection.explain import explain
-from strategies.selection.fusion import FuserJudge, FusionGain, fused_candidate, fusion_messages, shown_answers
+from strategies.selection.fusion import FuserJudge
 from strategies.selection.knockout import measure_pairs, tournament
-from strategies.selection.weighted import Selection, VerifierResult, select, view_key
+from strategies.selection.weighted import Selection, VerifierResult, select
 from strategies.verifiers import build_verifiers
 
 STRATEGY = "best_of_n"
-
-Clock = Callable[[], float]
-AnswerOf = Callable[[Candidate], "str | None"]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The request's effective settings: the route's, narrowed by the client's overrides."""
-
-    max_n: int
-    adaptive: bool
-    variants: list[Variant]
-    verifiers: list[Verifier]
-    panel: tuple[PanelistSettings, ...] = ()
-
-
-_Named = TypeVar("_Named", Variant, Verifier)
-
-
-def _subset(available: Sequence[_Named], wanted: list[str] | None, kind: str) -> list[_Named]:
-    if wanted is None:
-        return list(available)
-    names = [item.name for item in available]
-    unknown = sorted(set(wanted) - set(names))
-    if unknown:
-        raise OverrideError(f"unknown {kind} {unknown}; this route has {names}")
-    return [item for item in available if item.name in set(wanted)]
-
-
-def plan_request(
-    settings: BestOfNSettings,
-    overrides: RequestOverrides | None,
-    variants: Sequence[Variant],
-    verifiers: Sequence[Verifier],
-    audit: bool,
-) -> Plan:
-    """Overrides can only lower caps and narrow the route's variants and verifiers."""
-    overrides = overrides or RequestOverrides.model_validate({})
-    chosen_variants = _subset(variants, overrides.variants, "variants")
-    if not chosen_variants:
-        raise OverrideError("at least one variant is needed")
-    chosen_verifiers = _subset(verifiers, overrides.verifiers, "verifiers")
-    cap = settings.audit_max_n if audit else settings.max_n
-    if overrides.max_n is not None:
-        cap = min(cap, overrides.max_n)
-    # audit requests measure the route, so they sample the whole budget, never stop early
-    adaptive = False if audit else (settings.adaptive if overrides.adaptive is None else overrides.adaptive)
-    return Plan(cap, adaptive, chosen_variants, chosen_verifiers, tuple(settings.panel or ()))
-
-
-@dataclass
-class _Run:
-    """Per-request state; lives in the call, never in the module."""
-
-    messages: Sequence[Message]
-    services: Services
-    clock: Clock
-    started: float
-    candidates: list[Candidate] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-    errors: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-    rendered: dict[str, list[Message]] = field(default_factory=dict)
-    rendering: dict[str, asyncio.Future[tuple[list[Message], Usage]]] = field(default_factory=dict)
-    last_error: BaseException | None = None
-    over_budget: BudgetExhausted | None = None  # a call the token budget could not pay for
-    view_rounds: int = 0  # times the verifier-first rule added views
-    verifier_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
-    verifier_causes: dict[str, str] = field(default_factory=dict)
-    panel: PanelRecord | None = None  # panel routes: who drew what, who was dropped
-
-    def time(self, step: str, since: float) -> None:
-        self.timings[step] = self.timings.get(step, 0.0) + (self.clock() - since)
-
-    @property
-    def elapsed(self) -> float:
-        return self.clock() - self.started
-
-
-async def _render(run: _Run, variant: Variant) -> list[Message]:
-    """The variant's messages, rendered once per request (a paraphrase is asked once, whichever
-    panelists then answer it)."""
-    rendered = run.rendered.get(variant.name)
-    if rendered is None:
-        task = run.rendering.get(variant.name)
-        if task is None:
-            task = run.rendering[variant.name] = asyncio.ensure_future(variant.render(run.messages, run.services))
-            messages, usage = await task
-            run.rendered[variant.name] = messages
-            run.usage += usage
-            return messages
-        messages, _ = await asyncio.shield(task)
-        return messages
-    return rendered
-
-
-async def _generate_for(
-    run: _Run, variant: Variant, share: int, upstream: str | None
-) -> tuple[str, str | None, Batch | None]:
-    """One (variant, panelist) share of a batch; a failure becomes an error count (and, on a
-    panel, drops the panelist for the request), not an exception."""
-    try:
-        messages = await _render(run, variant)
-        batch = await run.services.generate(messages, share, upstream)
-    except BudgetExhausted as refused:  # never sent: not an upstream error
-        run.over_budget = refused
-        return variant.name, upstream, None
-    except Exception as error:  # noqa: BLE001 - any upstream failure only costs its share
-        run.errors += 1
-        run.last_error = error
-        if run.panel is not None and upstream is not None:
-            run.panel.drop(upstream, drop_reason(error))
-        return variant.name, upstream, None
-    run.usage += batch.usage
-    run.errors += batch.errors
-    if run.panel is not None and upstream is not None:
-        run.panel.tokens[upstream] = run.panel.tokens.get(upstream, 0) + batch.usage.total_tokens
-        if not batch.samples:
-            run.panel.drop(upstream, "no_candidates")
-    return variant.name, upstream, batch
-
-
-async def _sample_batch(run: _Run, plan: Plan, size: int, timeout: float | None) -> int:
-    """Run one batch; keeps what finished in time and returns how many candidates it added."""
-    since = run.clock()
-    dropped = set(run.panel.dropped) if run.panel is not None else set()
-    shares = split(len(run.candidates), size, [v.name for v in plan.variants], plan.panel, dropped)
-    by_name = {v.name: v for v in plan.variants}
-    tasks = [
-        asyncio.ensure_future(_generate_for(run, by_name[name], k, upstream))
-        for (name, upstream), k in shares.items()
-    ]
-    try:
-        done, pending = await asyncio.wait(tasks, timeout=timeout)
-    except asyncio.CancelledError:  # asyncio.wait never cancels what it waits for: the client left
-        for task in tasks:
-            task.cancel()
-        raise
-    for task in pending:  # past the deadline: what did not arrive is not waited for
-        task.cancel()
-    added = 0
-    for task in tasks:
-        if task not in done:
-            continue
-        name, upstream, batch = task.result()
-        for sample in batch.samples if batch else []:
-            run.candidates.append(as_candidate(len(run.candidates), name, sample, upstream))
-            added += 1
-            if run.panel is not None and upstream is not None:
-                run.panel.drawn[upstream] = run.panel.drawn.get(upstream, 0) + 1
-    run.time("generate", since)
-    return added
-
-
-async def _score_one(verifier: Verifier, ctx: VerifyContext, candidates: Sequence[Candidate]) -> Scored | str:
-    """The verifier's verdict, or why it could not give one."""
-    try:
-        return await verifier.score(ctx, candidates)
-    except Exception as exc:  # noqa: BLE001 - a broken verifier leaves its views missing, never 0
-        return failure_cause(exc)
-
-
-async def _verify(run: _Run, plan: Plan, ctx: VerifyContext) -> list[VerifierResult]:
-    since = run.clock()
-    verdicts = await asyncio.gather(*(_score_one(v, ctx, run.candidates) for v in plan.verifiers))
-    results = []
-    for verifier, scored in zip(plan.verifiers, verdicts, strict=True):
-        tally = run.verifier_outcomes.setdefault(verifier.name, {})
-        if isinstance(scored, str):
-            tally["failed"] = tally.get("failed", 0) + 1
-            run.verifier_causes[verifier.name] = scored
-            continue
-        tally["ok"] = tally.get("ok", 0) + 1
-        if scored.errors:  # calls inside it that failed or did not parse: missing views
-            tally["missing"] = tally.get("missing", 0) + scored.errors
-            if scored.cause is not None:
-                run.verifier_causes[verifier.name] = scored.cause
-        run.usage += scored.usage
-        results.append(VerifierResult(verifier.name, verifier.weight, scored))
-    run.time("verify", since)
-    return results
-
 
 async def _expand_views(plan: Plan, ctx: VerifyContext) -> bool:
     grown = await asyncio.gather(*(v.add_views(ctx) for v in plan.verifiers))
     return any(grown)
 
 
-def _next_size(run: _Run, plan: Plan, settings: BestOfNSettings) -> int:
+def _next_size(run: Run, plan: Plan, settings: BestOfNSettings) -> int:
     n = len(run.candidates)
     if not plan.adaptive:
         size = plan.max_n - n
@@ -267,7 +76,7 @@ def _next_size(run: _Run, plan: Plan, settings: BestOfNSettings) -> int:
     return size
 
 
-def _caps(run: _Run, plan: Plan, settings: BestOfNSettings) -> stopping.Caps:
+def _caps(run: Run, plan: Plan, settings: BestOfNSettings) -> stopping.Caps:
     n = len(run.candidates)
     return stopping.Caps(
         n=n,
@@ -281,7 +90,7 @@ def _caps(run: _Run, plan: Plan, settings: BestOfNSettings) -> stopping.Caps:
 
 
 def _evidence(
-    run: _Run, selection: Selection, answer_of: AnswerOf | None, verifier_term: float | None
+    run: Run, selection: Selection, answer_of: AnswerOf | None, verifier_term: float | None
 ) -> stopping.Evidence:
     scored = [u for u in selection.utility_list() if u is not None]
     answers = [answer_of(c) for c in run.candidates] if answer_of else None
@@ -291,14 +100,6 @@ def _evidence(
 def _verifier_term(selection: Selection, rng: np.random.Generator, resamples: int) -> float | None:
     m = selection.matrix
     return risk.verifier_term(m.scores, m.weights, m.eligible, selection.index, rng, resamples)
-
-
-def _view_scores(results: Sequence[VerifierResult], n: int) -> dict[str, list[float | None]]:
-    return {
-        view_key(r.name, view): (list(values) + [None] * n)[:n]
-        for r in results
-        for view, values in r.scored.views.items()
-    }
 
 
 @dataclass(frozen=True)
@@ -312,17 +113,17 @@ class _Round:
     knockout: dict[str, Any] | None = None  # the tournament's report, when one is configured
 
 
-Chooser = Callable[[_Run, Selection], "tuple[Selection, Choice]"]
+Chooser = Callable[[Run, Selection], "tuple[Selection, Choice]"]
 
 
 async def _judge(
-    run: _Run, plan: Plan, settings: BestOfNSettings, ctx: VerifyContext,
+    run: Run, plan: Plan, settings: BestOfNSettings, ctx: VerifyContext,
     rng: np.random.Generator, answer_of: AnswerOf | None, chooser: Chooser,
     posterior: stopping.Posterior | None = None,
 ) -> _Round:
     """Verify, select and decide; verify better first while the views disagree most (§4.4)."""
     while True:
-        results = await _verify(run, plan, ctx)
+        results = await verify(run, plan, ctx)
         since = run.clock()
         selection, choice = chooser(run, select(run.candidates, results))
         v_term = _verifier_term(selection, rng, settings.bootstrap)
@@ -338,7 +139,7 @@ async def _judge(
             return _Round(results, selection, decision, choice)
 
 
-def _deadline_left(run: _Run, settings: BestOfNSettings) -> float | None:
+def _deadline_left(run: Run, settings: BestOfNSettings) -> float | None:
     """Seconds left for the next batch; the first batch is never cut (it is the answer)."""
     if not run.candidates or settings.deadline_s is None:
         return None
@@ -379,7 +180,12 @@ class BestOfN(Strategy):
         self.prior = prior
         self.gain = gain if gain is not None else GainCurve(settings.adapt_n)
         fusion = settings.selection.fusion
-        self.fusion_gain = FusionGain(fusion) if fusion is not None else None
+        self.fuser = Fuser(
+            fusion, key_of=lambda messages: self._answers_to(messages) or self.cluster_key, choose=self._choose,
+            plan=lambda: plan_request(settings, None, self.variants, self.verifiers, audit=False),
+            variants=[v.name for v in self.variants], max_n=settings.max_n, clock=clock,
+        ) if fusion is not None else None
+        self.fusion_gain = self.fuser.gain if self.fuser is not None else None
         self.audited = [*self.verifiers, *([FuserJudge(fusion.audit_spec())] if fusion is not None else [])]
         self.panel_stats = PanelStats(settings.panel_min_items) if settings.panel else None
         self.shared_counts = (
@@ -433,7 +239,7 @@ class BestOfN(Strategy):
             plan = replace(plan, max_n=gain.n)
             no_gain_cap = gain.n == 1
         ctx = VerifyContext(request.messages, services, response_format=request.response_format)
-        run = _Run(request.messages, services, self._clock, started=self._clock())
+        run = Run(request.messages, services, self._clock, started=self._clock())
         if plan.panel:
             run.panel = PanelRecord([p.upstream for p in plan.panel], settings.min_panel,
                                     weights={p.upstream: numeric_weight(p) for p in plan.panel})
@@ -446,7 +252,7 @@ class BestOfN(Strategy):
             if remaining is not None and remaining <= 0:
                 stop = StopReason.DEADLINE
                 break
-            added = await _sample_batch(run, plan, _next_size(run, plan, settings), remaining)
+            added = await sample_batch(run, plan, _next_size(run, plan, settings), remaining)
             if not run.candidates and run.over_budget is not None:
                 raise run.over_budget  # not even the first answer fits the budget
             if not run.candidates:
@@ -482,125 +288,9 @@ class BestOfN(Strategy):
         outcome.gain = gain.as_dict() if gain is not None else None
         if run.panel is not None:
             outcome.panel = run.panel.report(outcome.candidates, outcome.selected)
-        return await self._fuse(request, run, plan, verdict, ctx, outcome)
-
-    async def _fuse(
-        self, request: StrategyRequest, run: _Run, plan: Plan, verdict: _Round, ctx: VerifyContext,
-        outcome: Outcome,
-    ) -> Outcome:
-        """The fuser's answer from the strongest distinct answers (strategies/selection/fusion.py),
-        scored by the route's verifiers like a candidate and served in place of the selected one;
-        the selected one where fusion does not run or the fuser fails. A streaming client gets
-        a `fusion_stream` to relay instead, which completes the outcome when it ends."""
-        fusion = self.settings.selection.fusion
-        if fusion is None or self.fusion_gain is None:
+        if self.fuser is None:
             return outcome
-        gain = self.fusion_gain.gain()
-        report: dict[str, Any] = {
-            "fuser": fusion.fuser, "fused": False,
-            "gain": None if gain is None else {"estimate": gain.estimate, "ci90": [gain.low, gain.high], "items": gain.items},
-        }
-        outcome.fusion = report
-        shown = _fusion_inputs(verdict.choice, verdict.selection, run.candidates, fusion.top_k)
-        skipped = self._fusion_skipped(request, outcome, len(shown))
-        if skipped is not None:
-            report["skipped"] = skipped
-            return outcome
-        report.update(shown=shown, answers=len(shown), selected_candidate=outcome.selected)
-        messages = fusion_messages(request.messages, [run.candidates[i].text for i in shown], fusion.template)
-        if request.stream:
-            ended: list[str | None] = []  # the fuser's finish_reason, once its stream ends
-
-            async def pieces() -> AsyncIterator[str]:
-                since = run.clock()
-                try:  # aclosing: closing these pieces closes the upstream stream at once
-                    async with contextlib.aclosing(run.services.chat_stream(fusion.fuser, messages)) as stream:
-                        async for piece in stream:
-                            if isinstance(piece, StreamEnd):
-                                run.usage += piece.usage
-                                ended.append(piece.finish_reason)
-                            else:
-                                yield piece
-                finally:
-                    run.time("fuse", since)
-
-            async def finish(text: str | None, error: BaseException | None) -> Outcome:
-                if text is None:
-                    return _fusion_failed(outcome, run, _cause(error))
-                return await self._with_fused(run, plan, ctx, outcome, text, ended[0] if ended else None, {})
-
-            outcome.fusion_stream = FusionStream(pieces(), finish)
-            return outcome
-        since = run.clock()
-        try:
-            batch = await run.services.generate(messages, 1, fusion.fuser)
-        except Exception as exc:  # noqa: BLE001 - a failed fuser leaves the selected answer standing
-            run.time("fuse", since)
-            return _fusion_failed(outcome, run, _cause(exc))
-        run.usage += batch.usage
-        run.time("fuse", since)
-        text = Candidate(-1, "", batch.samples[0].message).text if batch.samples else ""
-        unusable = self._unusable(run.messages, outcome.chosen, text)
-        if unusable is not None:
-            return _fusion_failed(outcome, run, unusable)
-        sample = batch.samples[0]
-        return await self._with_fused(run, plan, ctx, outcome, text, sample.finish_reason, sample.response_fields)
-
-    def _unusable(self, messages: Sequence[Message], selected: Candidate, text: str) -> str | None:
-        """Why a fused answer must not replace the selected one: it is empty, or the route can read
-        an answer in the selected candidate and none in it (a 270M fuser wrote both, 15 and 41 of
-        192 times, and served in place of right answers). A streamed one is already sent."""
-        if not text.strip():
-            return "it wrote an empty answer"
-        key_of = self._answers_to(messages) or self.cluster_key
-        if key_of(selected) is not None and key_of(fused_candidate(-1, text, None, "")) is None:
-            return "its answer holds none the route can read, where the selected one does"
-        return None
-
-    def _fusion_skipped(self, request: StrategyRequest, outcome: Outcome, answers: int) -> str | None:
-        """Why this request is not fused, or None."""
-        fusion = self.settings.selection.fusion
-        assert fusion is not None and self.fusion_gain is not None
-        fuses, why = self.fusion_gain.fuses()
-        if not fuses:
-            return why
-        if request.n > 1:
-            return "the client asked for n > 1 answers; fusion writes one"
-        if outcome.chosen.tool_calls:
-            return "tool-call answers are never fused"
-        if answers < fusion.min_clusters:
-            return f"{answers} distinct answer(s), fewer than min_clusters {fusion.min_clusters}"
-        return None
-
-    async def _with_fused(
-        self, run: _Run, plan: Plan, ctx: VerifyContext, outcome: Outcome, text: str,
-        finish_reason: str | None, response_fields: dict[str, Any],
-    ) -> Outcome:
-        """The outcome serving the fused answer, scored by the route's verifiers beside the
-        candidates it was written from."""
-        fusion = self.settings.selection.fusion
-        assert fusion is not None and outcome.fusion is not None
-        fused = fused_candidate(len(run.candidates), text, finish_reason, fusion.fuser, response_fields)
-        selected = run.candidates[outcome.selected]
-        run.candidates.append(fused)  # the outcome's candidates are the run's
-        results = await _verify(run, plan, ctx)
-        rescored = select(run.candidates, results)
-        key_of = self._answers_to(run.messages) or self.cluster_key
-        key = key_of(fused)
-        outcome.scores = rescored.utility_list()
-        outcome.view_scores = _view_scores(results, len(run.candidates))
-        outcome.answer_types.append(answer_type(key or ""))
-        outcome.fusion.update(fused=True, score=outcome.scores[-1], agrees=key is not None and key == key_of(selected))
-        outcome.selected = fused.index
-        if outcome.selection is not None:
-            outcome.selection["rule"] = "fusion"
-            outcome.selection["why"] = (
-                f"{fusion.fuser} wrote the answer from {outcome.fusion['answers']} distinct answers; "
-                f"the selection's own choice was candidate {outcome.fusion['selected_candidate']}"
-            )
-        outcome.usage = run.usage
-        outcome.timings = dict(run.timings)
-        return outcome
+        return await self.fuser.fuse(request, run, plan, verdict.choice, verdict.selection, ctx, outcome)
 
     def _judge_of(self, plan: Plan | None = None) -> Verifier | None:
         knockout = self.settings.selection.knockout
@@ -609,7 +299,7 @@ class BestOfN(Strategy):
             return None
         return next((v for v in verifiers if v.name == knockout.judge and v.judges_pairs), None)
 
-    async def _knockout(self, run: _Run, plan: Plan, verdict: _Round, ctx: VerifyContext) -> _Round:
+    async def _knockout(self, run: Run, plan: Plan, verdict: _Round, ctx: VerifyContext) -> _Round:
         """The top clusters' tournament, where the probes found the judge good enough in both orders."""
         knockout = self.settings.selection.knockout
         if knockout is None:
@@ -622,7 +312,7 @@ class BestOfN(Strategy):
             report["played"] = False
             return replace(verdict, knockout=report)
         choice, selection = verdict.choice, verdict.selection
-        seeds = _ranked_clusters(choice, selection)[: knockout.top]
+        seeds = ranked_clusters(choice, selection)[: knockout.top]
         if len(seeds) < 2:
             report["played"] = False
             return replace(verdict, knockout=report)
@@ -677,47 +367,15 @@ class BestOfN(Strategy):
                 value = utility(candidate) if candidate.upstream is not None else None
                 if value is not None:
                     self.panel_stats.observe_gold(candidate.upstream, value)  # type: ignore[arg-type]
-        if self.fusion_gain is not None:
-            await self._measure_fusion(request, services, reference, utility, item)
-
-    async def _measure_fusion(
-        self, request: StrategyRequest, services: Services, reference: Sequence[Candidate],
-        utility: Callable[[Candidate], float | None], item: str,
-    ) -> None:
-        """Fused against selected gold utility on one probe item (§10.8): the route's selection
-        and fuser on a request's worth of its reference draws. Where serving would not fuse
-        (agreement, tool calls), the two are the same answer."""
-        fusion = self.settings.selection.fusion
-        assert fusion is not None and self.fusion_gain is not None
-        group = adapt.groups(reference, [v.name for v in self.variants], self.settings.max_n)[:1]
-        if not group:
-            return
-        plan = plan_request(self.settings, None, self.variants, self.verifiers, audit=False)
-        run = _Run(request.messages, services, self._clock, started=self._clock(), candidates=group[0])
-        ctx = VerifyContext(request.messages, services, response_format=request.response_format)
-        selection, choice = self._choose(run, select(run.candidates, await _verify(run, plan, ctx)))
-        selected = run.candidates[selection.index]
-        shown = _fusion_inputs(choice, selection, run.candidates, fusion.top_k)
-        fused = selected
-        if not selected.tool_calls and len(shown) >= fusion.min_clusters:
-            messages = fusion_messages(request.messages, [run.candidates[i].text for i in shown], fusion.template)
-            try:
-                batch = await services.generate(messages, 1, fusion.fuser)
-            except BudgetExhausted:
-                return
-            text = Candidate(-1, "", batch.samples[0].message).text if batch.samples else ""
-            if self._unusable(request.messages, selected, text) is None:  # else serving keeps the selected
-                fused = fused_candidate(len(run.candidates), text, None, fusion.fuser)
-        fused_utility, selected_utility = utility(fused), utility(selected)
-        if fused_utility is not None and selected_utility is not None:
-            self.fusion_gain.add(item, fused_utility, selected_utility)
+        if self.fuser is not None:
+            await self.fuser.measure(request, services, reference, utility, item)
 
     async def _select_among(self, request: StrategyRequest, services: Services, candidates: list[Candidate]) -> int:
         """The candidate the route's verifiers and selection would choose among `candidates`."""
         plan = plan_request(self.settings, None, self.variants, self.verifiers, audit=False)
-        run = _Run(request.messages, services, self._clock, started=self._clock(), candidates=list(candidates))
+        run = Run(request.messages, services, self._clock, started=self._clock(), candidates=list(candidates))
         ctx = VerifyContext(request.messages, services, response_format=request.response_format)
-        results = await _verify(run, plan, ctx)
+        results = await verify(run, plan, ctx)
         selection, _ = self._choose(run, select(run.candidates, results))
         return selection.index
 
@@ -730,7 +388,7 @@ class BestOfN(Strategy):
         question = question_of(messages)
         return lambda candidate: voter.answer_of(candidate, question)
 
-    def _choose(self, run: _Run, selection: Selection) -> tuple[Selection, Choice]:
+    def _choose(self, run: Run, selection: Selection) -> tuple[Selection, Choice]:
         cluster_key = self._answers_to(run.messages) or self.cluster_key
         return choose(run.candidates, selection, run.messages, cluster_key, self.settings.selection,
                       self.selector_state)
@@ -759,51 +417,6 @@ class BestOfN(Strategy):
         return [replace(c, index=i) for i, c in enumerate(ordered)]
 
 
-def _fusion_inputs(choice: Choice, selection: Selection, candidates: Sequence[Candidate], top_k: int) -> list[int]:
-    """The candidates the fuser reads: the strongest answered clusters' representatives, then
-    (free text whose answers cannot be compared) unanswered candidates by ranking, shuffled."""
-    clusters = choice.clusters
-    ranked = [clusters[j].representative for j in _ranked_clusters(choice, selection)]
-    ranking = selection.ranking
-    loose = [i for c in clusters if not c.answered for i in c.members]
-    loose.sort(key=lambda i: -ranking[i] if not np.isnan(ranking[i]) else math.inf)
-    return shown_answers(candidates, ranked + loose, top_k)
-
-
-def _cause(error: BaseException | None) -> str:
-    """Why a fuser call gave no answer, in words."""
-    if isinstance(error, BudgetExhausted):  # never sent: the budget's words, not a class name
-        return "the route's token budget cannot pay for its call"
-    return failure_cause(error) if error is not None else "it returned no answer"
-
-
-def _fusion_failed(outcome: Outcome, run: _Run, cause: str) -> Outcome:
-    """The selected answer, saying that the fuser failed and why."""
-    assert outcome.fusion is not None
-    outcome.fusion.update(fused=False, error=cause)
-    if outcome.selection is not None:
-        outcome.selection["fallback_reason"] = f"the fuser failed ({cause}); the selected candidate answered"
-    outcome.usage = run.usage
-    outcome.timings = dict(run.timings)
-    return outcome
-
-
-def _ranked_clusters(choice: Choice, selection: Selection) -> list[int]:
-    """The admissible answered clusters, strongest first: the current choice, then by the learned
-    probability where there is one, else by the weighted ranking key of the representative."""
-    eligible = selection.matrix.eligible
-    ranked = [j for j, c in enumerate(choice.clusters) if c.answered and eligible[c.representative]]
-
-    def strength(j: int) -> tuple[bool, float]:
-        chosen = selection.index in choice.clusters[j].members  # the current choice defends first
-        if choice.probabilities is not None:
-            return chosen, choice.probabilities[j]
-        rank = selection.ranking[choice.clusters[j].representative]
-        return chosen, float(rank) if not np.isnan(rank) else -1.0
-
-    return sorted(ranked, key=strength, reverse=True)
-
-
 def _vote_answers(plan: Plan, choice: Choice, n: int) -> list[str | None] | None:
     """Each candidate's answer, where the utilities are vote shares (every verifier that scores
     is a vote: the disagreement floor is the vote's own model, method §3.10); else None."""
@@ -817,7 +430,7 @@ def _vote_answers(plan: Plan, choice: Choice, n: int) -> list[str | None] | None
 
 
 def _outcome(
-    run: _Run,
+    run: Run,
     plan: Plan,
     settings: BestOfNSettings,
     verdict: _Round,
@@ -846,7 +459,7 @@ def _outcome(
         usage=run.usage,
         strategy=STRATEGY,
         scores=selection.utility_list(),
-        view_scores=_view_scores(verdict.results, len(run.candidates)),
+        view_scores=view_scores(verdict.results, len(run.candidates)),
         variants=[v.name for v in plan.variants],
         risk=report,
         verifier_disagreement=report.verifier if report.sources.get("verifier") == "request" else None,

@@ -106,6 +106,22 @@ def choose(
                           p_none=p_none, model=current.model.public(), weighted_cluster=weighted, gate=gate)
 
 
+def ranked_clusters(choice: Choice, selection: Selection) -> list[int]:
+    """The admissible answered clusters, strongest first: the current choice, then by the learned
+    probability where there is one, else by the weighted ranking key of the representative."""
+    eligible = selection.matrix.eligible
+    ranked = [j for j, c in enumerate(choice.clusters) if c.answered and eligible[c.representative]]
+
+    def strength(j: int) -> tuple[bool, float]:
+        chosen = selection.index in choice.clusters[j].members  # the current choice defends first
+        if choice.probabilities is not None:
+            return chosen, choice.probabilities[j]
+        rank = selection.ranking[choice.clusters[j].representative]
+        return chosen, float(rank) if not math.isnan(rank) else -1.0
+
+    return sorted(ranked, key=strength, reverse=True)
+
+
 def _distribution(clusters: Sequence[Cluster], best: int, model: LearnedSelector) -> tuple[list[float], float | None]:
     """The model's distribution over the answered clusters (what it was fitted on); over all
     clusters where the chosen one has no answer (no answered cluster was admissible)."""

@@ -19,7 +19,7 @@ names its `rule` and gives the very numbers that rule compared:
   words why they lost, so `scores` and `selected` never contradict each other unexplained.
 
 `RULES` is the fixed vocabulary; `fusion` marks an answer a fuser wrote from the strongest
-distinct answers (strategies/best_of_n/loop.py `BestOfN._fuse`), the other fields then telling
+distinct answers (strategies/best_of_n/fusing.py `Fuser.fuse`), the other fields then telling
 how the selection ranked them.
 """
 
