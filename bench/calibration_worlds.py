@@ -14,16 +14,25 @@ run-to-run noise N(0, 0.02²). The default slope 0.1 makes f the weak, squashed 
 online residual is (item-level correlation with Y about 0.4); slope 1 with `item_noise` 0 is a
 surrogate right up to its offset.
 
-Pure numpy, fast enough to run a thousand gold windows per cell.
+Pure numpy, fast enough to run a thousand gold windows per cell. Alone, `python
+bench/calibration_worlds.py [--smoke]` checks that the worlds hold the truth they claim: the mean
+gold residual of a window against `rate`, and the mean gap between gold and online residual against
+`bias`, over repeated windows.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from strategies.risk.calibration import COMPONENTS, GoldRecord
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
+
+from bench.common import HelpFormatter, add_smoke, apply_smoke, markdown_table  # noqa: E402
+from strategies.risk.calibration import COMPONENTS, GoldRecord  # noqa: E402
 
 NOISE = 0.02  # the run-to-run noise of the online residual
 
@@ -75,3 +84,36 @@ def item_gaps(world: World, items: int, rng: np.random.Generator) -> tuple[np.nd
     """Gold residuals and online residuals of `items` items run once each (for the status)."""
     rates, effects = world.items(items, rng)
     return (rng.random(items) < rates).astype(float), world.online(rates, effects, rng)
+
+
+def check(world: World, items: int, records: int, repeats: int, seed: int) -> list[str]:
+    """A table row: the world's truth next to what its gold windows hold, averaged over `repeats`."""
+    rng = np.random.default_rng(seed)
+    gold, gap = [], []
+    for _ in range(repeats):
+        window = gold_window(world, items, records, rng)
+        residual = np.array([1.0 - r.served for r in window])
+        online = np.array([r.online["residual"] for r in window])
+        gold.append(residual.mean())
+        gap.append((residual - online).mean())
+    return [f"{world.rate:g}", f"{world.bias:+g}", str(items), str(records), f"{np.mean(gold):.3f}",
+            f"{np.mean(gap):+.3f}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--items", type=int, default=100, help="probe items of a gold window")
+    parser.add_argument("--records", type=int, default=2000, help="gold records of a window (cycled items)")
+    parser.add_argument("--repeats", type=int, default=200, help="windows per world")
+    parser.add_argument("--seed", type=int, default=0)
+    add_smoke(parser, "20 items, 100 records, 5 windows")
+    args = apply_smoke(parser.parse_args(argv), {"items": 20, "records": 100, "repeats": 5})
+    worlds = [World(rate, bias) for rate in (0.05, 0.5) for bias in (0.0, 0.06)]
+    rows = [check(world, args.items, args.records, args.repeats, args.seed) for world in worlds]
+    print(markdown_table(["rate", "bias", "items", "records", "mean gold residual", "mean gold − online"],
+                         rows, "rrrrrr"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,5 @@
 """Is `rvr.confidence` P(the served answer is right)? A simulated route (issue 20, item 3; run by
-bench/select_bench.py).
+bench/select_bench.py, or alone: `python bench/confidence_case.py [--smoke]`).
 
 Each request has 2-5 answer clusters; one of them is right in 80% of requests, none in the rest
 (the candidates never hold the answer). The right cluster tends to have the larger vote share,
@@ -14,12 +14,18 @@ and the largest departure of the new distribution's sum from 1.
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from strategies.selection.confidence import reliability
-from strategies.selection.learned import ClusterRow, LearnedSelector, fit_selector, rank_clusters
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
+
+from bench.common import HelpFormatter, add_smoke, apply_smoke  # noqa: E402
+from strategies.selection.confidence import reliability  # noqa: E402
+from strategies.selection.learned import ClusterRow, LearnedSelector, fit_selector, rank_clusters  # noqa: E402
 
 
 def request(rng: np.random.Generator) -> tuple[list[dict[str, float]], int | None]:
@@ -90,3 +96,19 @@ def report(results: list[dict[str, Any]], requests: int) -> str:
             f"| {r['sum_departure']:.1e} |"
         )
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--probe-items", type=lambda s: [int(v) for v in s.split(",")], default=[50, 100, 400],
+                        help="probe-set sizes to fit on")
+    parser.add_argument("--requests", type=int, default=2000, help="fresh requests served per probe-set size")
+    parser.add_argument("--seed", type=int, default=12)
+    add_smoke(parser, "50 probe items, 50 requests")
+    args = apply_smoke(parser.parse_args(argv), {"probe_items": [50], "requests": 50})
+    print(report(run(tuple(args.probe_items), args.requests, args.seed), args.requests))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,5 @@
 """A constructed route where learned selection is worse than weighted: does it serve weighted?
-(issue 20, item 4; run by bench/select_bench.py).
+(issue 20, item 4; run by bench/select_bench.py, or alone: `python bench/gate_case.py [--smoke]`).
 
 Each request has 8 candidates spread over 4 answers, one of them right. The operator knows
 which verifier to trust: `good` (weight 10), a reward model whose scale drifts from request to
@@ -18,18 +18,24 @@ ways: weighted, learned without the gate, and the route as configured (learned b
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from proxy.probes.jobs import FitRequest, fit_of
-from strategies.answers import answer_key
-from strategies.contract import Candidate, Scored
-from strategies.risk.calibration import GoldRecord
-from strategies.selection.choice import choose
-from strategies.selection.learned import SelectorState
-from strategies.selection.settings import SelectionSettings
-from strategies.selection.weighted import Selection, VerifierResult, select
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: bench.*, proxy, strategies
+
+from bench.common import HelpFormatter, add_smoke, apply_smoke  # noqa: E402
+from proxy.probes.jobs import FitRequest, fit_of  # noqa: E402
+from strategies.answers import answer_key  # noqa: E402
+from strategies.contract import Candidate, Scored  # noqa: E402
+from strategies.risk.calibration import GoldRecord  # noqa: E402
+from strategies.selection.choice import choose  # noqa: E402
+from strategies.selection.learned import SelectorState  # noqa: E402
+from strategies.selection.settings import SelectionSettings  # noqa: E402
+from strategies.selection.weighted import Selection, VerifierResult, select  # noqa: E402
 
 NOISE_VERIFIERS = 10
 CANDIDATES = 8
@@ -106,3 +112,18 @@ def report(result: dict[str, Any]) -> str:
     ]
     lines += [f"| {name} | {value:.3f} |" for name, value in result["accuracy"].items()]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--probe-items", type=int, default=100, help="probe items the model is fitted on")
+    parser.add_argument("--requests", type=int, default=2000, help="fresh requests served each way")
+    parser.add_argument("--seed", type=int, default=12)
+    add_smoke(parser, "30 probe items, 50 requests")
+    args = apply_smoke(parser.parse_args(argv), {"probe_items": 30, "requests": 50})
+    print(report(run(args.probe_items, args.requests, args.seed)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
