@@ -95,8 +95,7 @@ class Run:
     usage: Usage = field(default_factory=Usage)
     errors: int = 0
     timings: dict[str, float] = field(default_factory=dict)
-    rendered: dict[str, list[Message]] = field(default_factory=dict)
-    rendering: dict[str, asyncio.Future[tuple[list[Message], Usage]]] = field(default_factory=dict)
+    rendered: dict[str, asyncio.Future[list[Message]]] = field(default_factory=dict)  # per variant, once
     last_error: BaseException | None = None
     over_budget: BudgetExhausted | None = None  # a call the token budget could not pay for
     view_rounds: int = 0  # times the verifier-first rule added views
@@ -114,19 +113,19 @@ class Run:
 
 async def _render(run: Run, variant: Variant) -> list[Message]:
     """The variant's messages, rendered once per request (a paraphrase is asked once, whichever
-    panelists then answer it)."""
-    rendered = run.rendered.get(variant.name)
-    if rendered is None:
-        task = run.rendering.get(variant.name)
-        if task is None:
-            task = run.rendering[variant.name] = asyncio.ensure_future(variant.render(run.messages, run.services))
-            messages, usage = await task
-            run.rendered[variant.name] = messages
-            run.usage += usage
-            return messages
-        messages, _ = await asyncio.shield(task)
-        return messages
-    return rendered
+    panelists then answer it). The first caller awaits the rendering itself, so cancelling the
+    request cancels it; the others wait on it shielded."""
+    task = run.rendered.get(variant.name)
+    if task is None:
+        task = run.rendered[variant.name] = asyncio.ensure_future(_rendered(run, variant))
+        return await task
+    return await asyncio.shield(task)
+
+
+async def _rendered(run: Run, variant: Variant) -> list[Message]:
+    messages, usage = await variant.render(run.messages, run.services)
+    run.usage += usage
+    return messages
 
 
 async def _generate_for(
